@@ -1,0 +1,88 @@
+"""Run one phase of an exchange through its plugins, in config order.
+
+Each plugin sees what the previous ones changed; an immediate response ends the chain.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from extproc.contract import Export, ImmediateReply, MessageView, build_input
+from extproc.errors import PluginCallError
+from extproc.headers import HeaderList
+from extproc.plugins.registry import Selection
+
+log = logging.getLogger("extproc.chain")
+
+# What the client sees when a plugin fails: it names no internals.
+PLUGIN_FAILURE_REPLY = ImmediateReply(
+    status=503,
+    headers=(("content-type", "text/plain"),),
+    body=b"Service Unavailable\n",
+    details="extproc_plugin_failure",
+)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One HTTP exchange as the plugins have left it so far."""
+
+    selection: Selection
+    request: HeaderList
+    attributes: dict[str, Any]
+    metadata: dict[str, Any]
+    request_body: bytes | None = None
+    response: HeaderList | None = None
+    response_body: bytes | None = None
+    request_body_changed: bool = False
+    response_body_changed: bool = False
+    emitted_metadata: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, export: Export) -> ImmediateReply | None:
+        """Call `export` on every selected plugin that has it; stop at an immediate response."""
+        for plugin in self.selection.plugins:
+            if export not in plugin.exports:
+                continue
+            request_body = (
+                self.request_body if _sees_request_body(export, plugin.wants_request_body) else None
+            )
+            response = None
+            if export.is_response and self.response is not None:
+                body = self.response_body if export is Export.RESPONSE_BODY else None
+                response = MessageView(self.response.pairs, body)
+            payload = build_input(
+                export,
+                plugin.name,
+                MessageView(self.request.pairs, request_body),
+                response,
+                self.attributes,
+                self.metadata,
+            )
+            try:
+                output = plugin.call(export, payload)
+            except PluginCallError as exc:
+                log.error(
+                    "%s", exc, extra={"plugin": exc.plugin, "phase": export.value, "kind": exc.kind.value}
+                )
+                return PLUGIN_FAILURE_REPLY
+            if output is None:
+                continue
+            if output.metadata:
+                self.emitted_metadata[plugin.name] = output.metadata
+            if output.immediate is not None:
+                return output.immediate
+            target = self.response if export.is_response else self.request
+            if output.headers is not None and target is not None:
+                target.apply(output.headers)
+            if output.body is not None:
+                if export is Export.REQUEST_BODY:
+                    self.request_body, self.request_body_changed = output.body, True
+                else:
+                    self.response_body, self.response_body_changed = output.body, True
+        return None
+
+
+def _sees_request_body(export: Export, wants_request_body: bool) -> bool:
+    return export is Export.REQUEST_BODY or (export is Export.GENERATE_RESPONSE and wants_request_body)

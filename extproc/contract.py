@@ -1,0 +1,348 @@
+"""The plugin contract: export names, the input a plugin receives and the output it may return.
+
+The schema is proto/extproc/plugin/v1/plugin.proto. JSON plugins exchange its proto3 JSON
+mapping (snake_case names); protobuf plugins exchange the binary encoding. Both decode into
+the same validated `PluginOutput`, so the rest of the server never sees wire formats.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from google.protobuf import json_format
+
+from extproc._pb.extproc.plugin.v1 import plugin_pb2
+from extproc.errors import OutputError
+
+Pair = tuple[str, str]
+
+
+class Export(StrEnum):
+    """The functions a plugin may export, in the order a request meets them."""
+
+    REQUEST_HEADERS = "process_request_headers"
+    REQUEST_BODY = "process_request_body"
+    GENERATE_RESPONSE = "generate_response"
+    RESPONSE_HEADERS = "process_response_headers"
+    RESPONSE_BODY = "process_response_body"
+
+    @property
+    def phase_name(self) -> str:
+        """The `phase` value the plugin sees in its input."""
+        return _PHASE_NAMES[self]
+
+    @property
+    def is_response(self) -> bool:
+        return self in (Export.RESPONSE_HEADERS, Export.RESPONSE_BODY)
+
+    @property
+    def is_body(self) -> bool:
+        return self in (Export.REQUEST_BODY, Export.RESPONSE_BODY)
+
+
+_PHASE_NAMES = {
+    Export.REQUEST_HEADERS: "REQUEST_HEADERS",
+    Export.REQUEST_BODY: "REQUEST_BODY",
+    Export.GENERATE_RESPONSE: "GENERATE_RESPONSE",
+    Export.RESPONSE_HEADERS: "RESPONSE_HEADERS",
+    Export.RESPONSE_BODY: "RESPONSE_BODY",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderChanges:
+    set: tuple[Pair, ...] = ()
+    append: tuple[Pair, ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ImmediateReply:
+    status: int
+    headers: tuple[Pair, ...] = ()
+    body: bytes = b""
+    grpc_status: int | None = None
+    details: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PluginOutput:
+    headers: HeaderChanges | None = None
+    body: bytes | None = None
+    immediate: ImmediateReply | None = None
+    metadata: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    """One side of the exchange as a plugin sees it."""
+
+    headers: Sequence[Pair]
+    body: bytes | None = None
+
+
+# --- input ---------------------------------------------------------------------------------
+
+
+def body_json(body: bytes) -> dict[str, str]:
+    try:
+        return {"text": body.decode()}
+    except UnicodeDecodeError:
+        return {"data": base64.b64encode(body).decode("ascii")}
+
+
+def _headers_json(headers: Sequence[Pair]) -> list[dict[str, str]]:
+    return [{"name": name, "value": value} for name, value in headers]
+
+
+def _pseudo(headers: Sequence[Pair], name: str) -> str:
+    for key, value in headers:
+        if key == name:
+            return value
+        if not key.startswith(":"):
+            # Envoy sends pseudo-headers first, so the search can stop at the first regular header.
+            break
+    return ""
+
+
+def build_input(
+    export: Export,
+    plugin_name: str,
+    request: MessageView,
+    response: MessageView | None,
+    attributes: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The plugin input in its proto3 JSON shape; empty fields are left out as proto3 JSON does."""
+    req_headers = request.headers
+    http_request: dict[str, Any] = {
+        "method": _pseudo(req_headers, ":method"),
+        "path": _pseudo(req_headers, ":path"),
+        "scheme": _pseudo(req_headers, ":scheme"),
+        "authority": _pseudo(req_headers, ":authority"),
+        "headers": _headers_json(req_headers),
+    }
+    if request.body is not None:
+        http_request["body"] = body_json(request.body)
+    data: dict[str, Any] = {"phase": export.phase_name, "plugin_name": plugin_name, "request": http_request}
+    if response is not None:
+        status = _pseudo(response.headers, ":status")
+        http_response: dict[str, Any] = {
+            "status": int(status) if status.isdigit() else 0,
+            "headers": _headers_json(response.headers),
+        }
+        if response.body is not None:
+            http_response["body"] = body_json(response.body)
+        data["response"] = http_response
+    if attributes:
+        data["attributes"] = attributes
+    if metadata:
+        data["metadata"] = metadata
+    return data
+
+
+def encode_json(data: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(data)
+
+
+def encode_protobuf(data: Mapping[str, Any]) -> bytes:
+    message = json_format.ParseDict(data, plugin_pb2.PluginInput())
+    return bytes(message.SerializeToString())
+
+
+# --- output --------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"^:?[a-z0-9!#$%&'*+.^_`|~-]+$")
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
+_OUTPUT_KEYS = frozenset({"headers", "body", "immediate_response", "dynamic_metadata"})
+_MUTATION_KEYS = frozenset({"set", "append", "remove"})
+_IMMEDIATE_KEYS = frozenset({"status", "headers", "body", "grpc_status", "details"})
+MAX_HEADER_VALUE = 64 * 1024
+
+
+def decode_json(raw: bytes) -> PluginOutput | None:
+    """Parse a JSON plugin output; empty output (or `{}`) means no change."""
+    if not raw.strip():
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise OutputError("", f"output is not valid JSON: {exc}") from None
+    return validate_output(data)
+
+
+def decode_protobuf(raw: bytes) -> PluginOutput | None:
+    if not raw:
+        return None
+    message = plugin_pb2.PluginOutput()
+    try:
+        message.ParseFromString(raw)
+    except Exception as exc:  # the upb parser raises a bare DecodeError subclass of Exception
+        raise OutputError("", f"output is not a valid PluginOutput protobuf: {exc}") from None
+    return validate_output(json_format.MessageToDict(message, preserving_proto_field_name=True))
+
+
+def validate_output(data: object) -> PluginOutput | None:
+    """Check untrusted plugin output against the contract and HTTP's rules."""
+    obj = _mapping(data, "", _OUTPUT_KEYS)
+    if not obj:
+        return None
+    headers = _header_changes(obj["headers"], "headers") if "headers" in obj else None
+    body = _body(obj["body"], "body") if "body" in obj else None
+    immediate = _immediate(obj["immediate_response"]) if "immediate_response" in obj else None
+    metadata = None
+    if "dynamic_metadata" in obj:
+        metadata = _mapping(obj["dynamic_metadata"], "dynamic_metadata", None)
+    return PluginOutput(headers=headers, body=body, immediate=immediate, metadata=metadata)
+
+
+def _mapping(value: object, where: str, allowed: frozenset[str] | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise OutputError(where, f"must be an object, got {type(value).__name__}")
+    if allowed is not None:
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise OutputError(where, f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+    return value
+
+
+def _list(value: object, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise OutputError(where, f"must be a list, got {type(value).__name__}")
+    return value
+
+
+def header_name(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise OutputError(where, "header name must be a non-empty string")
+    name = value.lower()
+    if not _TOKEN.match(name):
+        raise OutputError(where, f"invalid header name {value!r}")
+    return name
+
+
+def header_value(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise OutputError(where, f"header value must be a string, got {type(value).__name__}")
+    if _BAD_VALUE.search(value):
+        raise OutputError(where, "header value contains CR, LF or NUL")
+    if len(value) > MAX_HEADER_VALUE:
+        raise OutputError(where, f"header value longer than {MAX_HEADER_VALUE} bytes")
+    return value
+
+
+def _pairs(value: object, where: str) -> tuple[Pair, ...]:
+    pairs = []
+    for index, item in enumerate(_list(value, where)):
+        at = f"{where}[{index}]"
+        entry = _mapping(item, at, frozenset({"name", "value"}))
+        pairs.append(
+            (
+                header_name(entry.get("name"), f"{at}.name"),
+                header_value(entry.get("value", ""), f"{at}.value"),
+            )
+        )
+    return tuple(pairs)
+
+
+def _header_changes(value: object, where: str) -> HeaderChanges:
+    obj = _mapping(value, where, _MUTATION_KEYS)
+    remove = tuple(
+        header_name(name, f"{where}.remove[{index}]")
+        for index, name in enumerate(_list(obj.get("remove"), f"{where}.remove"))
+    )
+    return HeaderChanges(
+        set=_pairs(obj.get("set"), f"{where}.set"),
+        append=_pairs(obj.get("append"), f"{where}.append"),
+        remove=remove,
+    )
+
+
+def _body(value: object, where: str) -> bytes:
+    obj = _mapping(value, where, frozenset({"text", "data"}))
+    if len(obj) != 1:
+        raise OutputError(where, "must have exactly one of 'text' or 'data'")
+    if "text" in obj:
+        text = obj["text"]
+        if not isinstance(text, str):
+            raise OutputError(f"{where}.text", "must be a string")
+        return text.encode()
+    data = obj["data"]
+    if not isinstance(data, str):
+        raise OutputError(f"{where}.data", "must be a base64 string")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise OutputError(f"{where}.data", "is not valid base64") from None
+
+
+def _int(value: object, where: str, low: int, high: int) -> int:
+    if isinstance(value, str) and value.isdigit():  # proto3 JSON allows numbers as strings
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OutputError(where, f"must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise OutputError(where, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _immediate(value: object) -> ImmediateReply:
+    where = "immediate_response"
+    obj = _mapping(value, where, _IMMEDIATE_KEYS)
+    if "status" not in obj:
+        raise OutputError(f"{where}.status", "is required")
+    details = obj.get("details", "")
+    if not isinstance(details, str) or _BAD_VALUE.search(details):
+        raise OutputError(f"{where}.details", "must be a single-line string")
+    headers = _pairs(obj.get("headers"), f"{where}.headers")
+    for index, (name, _) in enumerate(headers):
+        if name.startswith(":"):
+            raise OutputError(f"{where}.headers[{index}].name", f"pseudo-header {name!r} may not be set here")
+    grpc_status = obj.get("grpc_status")
+    return ImmediateReply(
+        status=_int(obj["status"], f"{where}.status", 200, 599),
+        headers=headers,
+        body=_body(obj["body"], f"{where}.body") if obj.get("body") is not None else b"",
+        grpc_status=None if grpc_status is None else _int(grpc_status, f"{where}.grpc_status", 0, 16),
+        details=details,
+    )
+
+
+# Pseudo-headers a plugin may replace, per side; removing or appending them is never allowed.
+SETTABLE_REQUEST_PSEUDO = frozenset({":path", ":authority", ":method", ":scheme"})
+SETTABLE_RESPONSE_PSEUDO = frozenset({":status"})
+
+
+def check_for_export(output: PluginOutput, export: Export) -> None:
+    """Reject changes the phase cannot carry: bodies outside body phases, forbidden pseudo-headers."""
+    if output.body is not None and not export.is_body:
+        raise OutputError("body", f"a body can only be replaced in body phases, not in {export.value}")
+    changes = output.headers
+    if changes is None:
+        return
+    settable = SETTABLE_RESPONSE_PSEUDO if export.is_response else SETTABLE_REQUEST_PSEUDO
+    for index, (name, value) in enumerate(changes.set):
+        if name.startswith(":"):
+            if name not in settable:
+                raise OutputError(
+                    f"headers.set[{index}].name", f"pseudo-header {name!r} may not be changed here"
+                )
+            if name == ":status":
+                _int(value, f"headers.set[{index}].value", 200, 599)
+            elif not value:
+                raise OutputError(f"headers.set[{index}].value", f"{name} may not be empty")
+    for field, names in (("append", [name for name, _ in changes.append]), ("remove", list(changes.remove))):
+        for index, name in enumerate(names):
+            if name.startswith(":"):
+                raise OutputError(f"headers.{field}[{index}]", f"pseudo-header {name!r} may only be set")

@@ -1,0 +1,137 @@
+"""Translation between Envoy's ext_proc messages and the server's own values.
+
+Only this module and stream.py know Envoy's protobuf types; plugins never see them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+
+from extproc.contract import ImmediateReply, Pair
+from extproc.headers import HeaderDiff
+
+OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+APPEND = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+METADATA_NAMESPACE = "extproc"
+
+
+def header_pairs(header_map: Any) -> list[Pair]:
+    """Envoy's header map as (name, value) pairs, in order, repeats kept."""
+    pairs = []
+    for header in header_map.headers:
+        raw = header.raw_value
+        if raw:
+            try:
+                value = raw.decode()
+            except UnicodeDecodeError:
+                # Header bytes outside UTF-8 are legal on the wire; latin-1 keeps every byte.
+                value = raw.decode("latin-1")
+        else:
+            value = header.value
+        pairs.append((header.key, value))
+    return pairs
+
+
+def header_mutation(diff: HeaderDiff) -> ep.HeaderMutation:
+    mutation = ep.HeaderMutation(remove_headers=diff.removed)
+    set_headers = mutation.set_headers
+    for name, values in diff.replaced:
+        for index, value in enumerate(values):
+            option = set_headers.add()
+            option.header.key = name
+            option.header.raw_value = value.encode()
+            option.append_action = OVERWRITE if index == 0 else APPEND
+    return mutation
+
+
+def _pairs_mutation(pairs: Iterable[Pair]) -> ep.HeaderMutation:
+    mutation = ep.HeaderMutation()
+    for name, value in pairs:
+        option = mutation.set_headers.add()
+        option.header.key = name
+        option.header.raw_value = value.encode()
+        option.append_action = APPEND
+    return mutation
+
+
+# HTTP status -> gRPC status, after grpc/doc/http-grpc-status-mapping.md.
+_GRPC_FROM_HTTP = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+GRPC_UNKNOWN = 2
+
+
+def immediate_response(reply: ImmediateReply, is_grpc: bool) -> ep.ProcessingResponse:
+    response = ep.ImmediateResponse(
+        status=http_status_pb2.HttpStatus(code=reply.status),
+        headers=_pairs_mutation(reply.headers),
+        body=reply.body,
+        details=reply.details,
+    )
+    if is_grpc:
+        grpc_status = reply.grpc_status
+        if grpc_status is None:
+            grpc_status = 0 if reply.status == 200 else _GRPC_FROM_HTTP.get(reply.status, GRPC_UNKNOWN)
+        response.grpc_status.status = grpc_status
+    return ep.ProcessingResponse(immediate_response=response)
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return {key: _value(value) for key, value in struct.fields.items()}
+
+
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value(item) for item in value.list_value.values]
+    if kind == "null_value" or kind is None:
+        return None
+    return getattr(value, kind)
+
+
+def attributes(request: ep.ProcessingRequest) -> dict[str, Any]:
+    """Envoy groups attributes by filter name; plugins get one flat map keyed by attribute name."""
+    flat: dict[str, Any] = {}
+    for struct in request.attributes.values():
+        flat.update(struct_to_dict(struct))
+    return flat
+
+
+def metadata_context(request: ep.ProcessingRequest) -> dict[str, Any]:
+    return {name: struct_to_dict(struct) for name, struct in request.metadata_context.filter_metadata.items()}
+
+
+def dynamic_metadata(per_plugin: Mapping[str, Mapping[str, Any]]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update({METADATA_NAMESPACE: dict(per_plugin)})
+    return struct
+
+
+def mode_override(*, request_body: bool, response_headers: bool, response_body: bool) -> ProcessingMode:
+    """Ask Envoy for exactly the phases this request's plugins need."""
+    return ProcessingMode(
+        request_header_mode=ProcessingMode.SEND,
+        response_header_mode=ProcessingMode.SEND if response_headers else ProcessingMode.SKIP,
+        request_body_mode=ProcessingMode.BUFFERED if request_body else ProcessingMode.NONE,
+        response_body_mode=ProcessingMode.BUFFERED if response_body else ProcessingMode.NONE,
+        request_trailer_mode=ProcessingMode.SKIP,
+        response_trailer_mode=ProcessingMode.SKIP,
+    )
+
+
+def partial_body_fields(protocol_config: Any) -> set[str]:
+    """Body fields Envoy is configured to send as BUFFERED_PARTIAL (our override may not apply)."""
+    partial = ProcessingMode.BUFFERED_PARTIAL
+    fields = set()
+    if protocol_config.request_body_mode == partial:
+        fields.add("request_body")
+    if protocol_config.response_body_mode == partial:
+        fields.add("response_body")
+    return fields

@@ -1,0 +1,50 @@
+"""Typed errors. Each one says what failed and where (file, key, plugin, phase)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+
+class ExtprocError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class PluginLoadError(ExtprocError):
+    """A plugin could not be compiled or does not fit the contract."""
+
+    def __init__(self, plugin: str, path: Path, reason: str) -> None:
+        super().__init__(f"plugin {plugin!r} ({path}): {reason}")
+        self.plugin = plugin
+        self.path = path
+        self.reason = reason
+
+
+class FailureKind(StrEnum):
+    """Why a plugin call failed; used in logs and, later, metrics labels."""
+
+    TIMEOUT = "timeout"
+    MEMORY = "memory"
+    TRAP = "trap"
+    BAD_OUTPUT = "bad_output"
+    POOL_EXHAUSTED = "pool_exhausted"
+
+
+class PluginCallError(ExtprocError):
+    """A call into a plugin failed, or its output broke the contract."""
+
+    def __init__(self, plugin: str, function: str, kind: FailureKind, reason: str) -> None:
+        super().__init__(f"plugin {plugin!r} {function}: {kind.value}: {reason}")
+        self.plugin = plugin
+        self.function = function
+        self.kind = kind
+        self.reason = reason
+
+
+class OutputError(ValueError):
+    """Plugin output that does not parse or breaks HTTP rules; `where` is the field path."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}" if where else reason)
+        self.where = where
+        self.reason = reason

@@ -1,0 +1,1 @@
+"""Plugin manager: compile Wasm plugins, pool their instances, call them within limits."""

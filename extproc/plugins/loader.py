@@ -1,0 +1,161 @@
+"""Compile one configured plugin and call it: limits in the manifest, instances from a pool."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import extism
+
+from extproc import contract
+from extproc.config import Encoding, ExecutionPoint, PluginConfig
+from extproc.contract import Export, PluginOutput
+from extproc.errors import FailureKind, OutputError, PluginCallError, PluginLoadError
+from extproc.plugins.pool import InstancePool, PoolExhausted
+
+WASM_MAGIC = b"\x00asm"
+WASM_PAGE_BYTES = 64 * 1024
+
+POINT_OF_EXPORT = {
+    Export.REQUEST_HEADERS: ExecutionPoint.REQUEST_HEADERS,
+    Export.REQUEST_BODY: ExecutionPoint.REQUEST_BODY,
+    Export.GENERATE_RESPONSE: ExecutionPoint.GENERATE_RESPONSE,
+    Export.RESPONSE_HEADERS: ExecutionPoint.RESPONSE_HEADERS,
+    Export.RESPONSE_BODY: ExecutionPoint.RESPONSE_BODY,
+}
+
+Encoder = Callable[[Mapping[str, Any]], bytes]
+Decoder = Callable[[bytes], PluginOutput | None]
+_CODECS: dict[Encoding, tuple[Encoder, Decoder]] = {
+    Encoding.JSON: (contract.encode_json, contract.decode_json),
+    Encoding.PROTOBUF: (contract.encode_protobuf, contract.decode_protobuf),
+}
+
+
+def extism_config(spec: PluginConfig) -> dict[str, str]:
+    """Extism config is a flat string map: the whole config as JSON, plus each top-level string."""
+    flat = {key: value for key, value in spec.config.items() if isinstance(value, str)}
+    flat["config"] = spec.config_json()
+    return flat
+
+
+def classify(error: Exception) -> FailureKind:
+    message = str(error).lower()
+    if "timeout" in message or "timed out" in message or "interrupt" in message:
+        return FailureKind.TIMEOUT
+    if "memory" in message or "oom" in message or "out of bounds memory" in message:
+        return FailureKind.MEMORY
+    return FailureKind.TRAP
+
+
+@dataclass(eq=False)
+class LoadedPlugin:
+    """A compiled plugin ready to serve calls. Immutable once built; instances live in `pool`."""
+
+    spec: PluginConfig
+    sha256: str
+    module_exports: frozenset[Export]
+    exports: frozenset[Export]
+    wants_request_body: bool
+    pool: InstancePool[extism.Plugin] = field(repr=False)
+    encode: Encoder = field(repr=False)
+    decode: Decoder = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def call(self, export: Export, payload: Mapping[str, Any]) -> PluginOutput | None:
+        """Run one export on a pooled instance; every failure becomes a PluginCallError."""
+        data = self.encode(payload)
+        try:
+            instance = self.pool.acquire(self.spec.timeout_ms / 1000)
+        except PoolExhausted as exc:
+            raise PluginCallError(self.name, export.value, FailureKind.POOL_EXHAUSTED, str(exc)) from None
+        try:
+            raw = instance.call(export.value, data)
+        except extism.Error as exc:
+            # A trapped or interrupted instance may hold half-updated state: never reuse it.
+            self.pool.discard(instance)
+            raise PluginCallError(self.name, export.value, classify(exc), str(exc)) from None
+        self.pool.release(instance)
+        try:
+            output = self.decode(raw)
+            if output is not None:
+                contract.check_for_export(output, export)
+        except OutputError as exc:
+            raise PluginCallError(self.name, export.value, FailureKind.BAD_OUTPUT, str(exc)) from None
+        return output
+
+    def close(self) -> None:
+        self.pool.clear()
+
+
+def load_plugin(spec: PluginConfig, default_pool_size: int) -> LoadedPlugin:
+    """Compile the module once, check it against the contract, and seed its instance pool."""
+    try:
+        wasm = spec.path.read_bytes()
+    except OSError as exc:
+        raise PluginLoadError(spec.name, spec.path, f"cannot read file: {exc.strerror}") from None
+    if not wasm.startswith(WASM_MAGIC):
+        raise PluginLoadError(spec.name, spec.path, "not a WebAssembly module (missing \\0asm header)")
+    manifest = {
+        "wasm": [{"data": wasm}],
+        "timeout_ms": spec.timeout_ms,
+        "memory": {"max_pages": spec.memory_limit_mb * 1024 * 1024 // WASM_PAGE_BYTES},
+        # No allowed_hosts and no allowed_paths: the sandbox has no network and no filesystem.
+    }
+    config = extism_config(spec)
+    try:
+        compiled = extism.CompiledPlugin(manifest, wasi=False, functions=[])
+        first = extism.Plugin(compiled, config=config, functions=[])
+    except extism.Error as exc:
+        raise PluginLoadError(spec.name, spec.path, f"cannot instantiate: {exc}") from None
+    module_exports = frozenset(export for export in Export if first.function_exists(export.value))
+    if not module_exports:
+        names = ", ".join(export.value for export in Export)
+        raise PluginLoadError(spec.name, spec.path, f"exports none of the plugin functions ({names})")
+    exports, wants_request_body = _active_exports(spec, module_exports)
+
+    def new_instance() -> extism.Plugin:
+        return extism.Plugin(compiled, config=config, functions=[])
+
+    pool: InstancePool[extism.Plugin] = InstancePool(new_instance, spec.pool_size or default_pool_size)
+    pool.add_idle(first)
+    encode, decode = _CODECS[spec.encoding]
+    return LoadedPlugin(
+        spec=spec,
+        sha256=hashlib.sha256(wasm).hexdigest(),
+        module_exports=module_exports,
+        exports=exports,
+        wants_request_body=wants_request_body,
+        pool=pool,
+        encode=encode,
+        decode=decode,
+    )
+
+
+def _active_exports(spec: PluginConfig, module_exports: frozenset[Export]) -> tuple[frozenset[Export], bool]:
+    """Exports to call, and whether generate_response should wait for the request body.
+
+    Listing `request_body` for a plugin that only exports generate_response means
+    "call generate_response with the whole request body".
+    """
+    points = spec.execution_points
+    if points is None:
+        return module_exports, Export.REQUEST_BODY in module_exports
+    for point in points:
+        export = next(e for e, p in POINT_OF_EXPORT.items() if p == point)
+        serves_body_to_generate = (
+            point is ExecutionPoint.REQUEST_BODY and Export.GENERATE_RESPONSE in module_exports
+        )
+        if export not in module_exports and not serves_body_to_generate:
+            raise PluginLoadError(
+                spec.name,
+                spec.path,
+                f"execution point {point.value!r} needs export {export.value!r}, which is missing",
+            )
+    exports = frozenset(e for e in module_exports if POINT_OF_EXPORT[e] in points)
+    return exports, ExecutionPoint.REQUEST_BODY in points

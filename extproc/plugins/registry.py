@@ -1,0 +1,83 @@
+"""The loaded plugin set: which plugins a request meets, and which phases they need from Envoy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from extproc.config import Config
+from extproc.contract import Export, Pair
+from extproc.plugins.loader import LoadedPlugin, load_plugin
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The plugins one request runs through, in config order, and the phases they need."""
+
+    plugins: tuple[LoadedPlugin, ...]
+    request_body: bool
+    generate_response: bool
+    response_headers: bool
+    response_body: bool
+
+    @classmethod
+    def of(cls, plugins: tuple[LoadedPlugin, ...]) -> Selection:
+        exports = frozenset().union(*(plugin.exports for plugin in plugins))
+        return cls(
+            plugins=plugins,
+            request_body=any(plugin.wants_request_body for plugin in plugins),
+            generate_response=Export.GENERATE_RESPONSE in exports,
+            response_headers=Export.RESPONSE_HEADERS in exports or Export.RESPONSE_BODY in exports,
+            response_body=Export.RESPONSE_BODY in exports,
+        )
+
+
+class PluginSet:
+    """An immutable snapshot of loaded plugins. A reload builds a new set; streams keep theirs."""
+
+    def __init__(self, config: Config, plugins: Sequence[LoadedPlugin]) -> None:
+        self.config = config
+        self.plugins = tuple(plugins)
+        self._unconditional = tuple(p for p in self.plugins if p.spec.match.is_empty)
+        self._all_unconditional = len(self._unconditional) == len(self.plugins)
+        self._needs_header_map = any(p.spec.match.headers for p in self.plugins)
+        # Requests that match the same plugins share one Selection.
+        self._selections: dict[tuple[int, ...], Selection] = {}
+        self._everything = Selection.of(self.plugins)
+
+    @classmethod
+    def load(cls, config: Config) -> PluginSet:
+        loaded: list[LoadedPlugin] = []
+        try:
+            for spec in config.plugins:
+                if spec.enabled:
+                    loaded.append(load_plugin(spec, config.server.grpc_threads))
+        except BaseException:
+            for plugin in loaded:
+                plugin.close()
+            raise
+        return cls(config, loaded)
+
+    def select(self, method: str, path: str, authority: str, headers: Sequence[Pair]) -> Selection:
+        if self._all_unconditional:
+            return self._everything
+        by_name: Mapping[str, str] = {}
+        if self._needs_header_map:
+            first_values: dict[str, str] = {}
+            for name, value in headers:
+                first_values.setdefault(name, value)
+            by_name = first_values
+        chosen = tuple(
+            index
+            for index, plugin in enumerate(self.plugins)
+            if plugin.spec.match.is_empty or plugin.spec.match.matches(method, path, authority, by_name)
+        )
+        selection = self._selections.get(chosen)
+        if selection is None:
+            selection = Selection.of(tuple(self.plugins[index] for index in chosen))
+            self._selections[chosen] = selection
+        return selection
+
+    def close(self) -> None:
+        for plugin in self.plugins:
+            plugin.close()

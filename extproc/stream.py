@@ -1,0 +1,214 @@
+"""The per-stream state machine: one gRPC stream carries one HTTP exchange.
+
+Envoy message -> phase -> plugin chain -> mutations -> Envoy message. Every message Envoy
+sends gets exactly one reply.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+
+from extproc import envoy
+from extproc.chain import Exchange
+from extproc.contract import Export, HeaderChanges, ImmediateReply
+from extproc.headers import HeaderList
+from extproc.plugins.registry import PluginSet
+
+log = logging.getLogger("extproc.stream")
+
+_EMPTY_HEADERS_REPLY = ep.HeadersResponse()
+_TOO_LARGE = ImmediateReply(
+    status=413,
+    headers=(("content-type", "text/plain"),),
+    body=b"Payload Too Large\n",
+    details="extproc_body_too_large",
+)
+
+
+class BodyBuffer:
+    """Collects one body for plugins that want it whole, whatever Envoy's body mode.
+
+    BUFFERED: one message with end_of_stream. STREAMED: chunks, each answered with an empty
+    body while we hold it, and the whole (possibly rewritten) body goes out with the last.
+    BUFFERED_PARTIAL: a chunk without end_of_stream means the body outgrew Envoy's buffer and
+    the rest never reaches us, so the chunk passes through and plugins do not see the body.
+    """
+
+    __slots__ = ("chunks", "held", "passthrough", "size")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.held = False
+        self.passthrough = False
+
+    def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+
+    def whole(self) -> bytes:
+        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+
+
+class ExchangeStream:
+    """State for one ext_proc stream."""
+
+    def __init__(self, plugins: PluginSet, max_body_bytes: int) -> None:
+        self._plugins = plugins
+        self._max_body_bytes = max_body_bytes
+        self._exchange: Exchange | None = None
+        self._is_grpc = False
+        self._partial_modes: set[str] = set()
+        self._bodies = {"request_body": BodyBuffer(), "response_body": BodyBuffer()}
+
+    def handle(self, request: ep.ProcessingRequest) -> ep.ProcessingResponse:
+        kind = request.WhichOneof("request")
+        if kind == "request_headers":
+            return self._request_headers(request)
+        if kind == "request_body":
+            return self._body(request.request_body, Export.REQUEST_BODY)
+        if kind == "response_headers":
+            return self._response_headers(request.response_headers)
+        if kind == "response_body":
+            return self._body(request.response_body, Export.RESPONSE_BODY)
+        if kind == "request_trailers":
+            return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
+        if kind == "response_trailers":
+            return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+        raise ValueError(f"ProcessingRequest without a known message (got {kind!r})")
+
+    # --- phases ----------------------------------------------------------------------------
+
+    def _request_headers(self, request: ep.ProcessingRequest) -> ep.ProcessingResponse:
+        message = request.request_headers
+        pairs = envoy.header_pairs(message.headers)
+        headers = HeaderList(pairs)
+        if request.HasField("protocol_config"):
+            self._partial_modes = envoy.partial_body_fields(request.protocol_config)
+        selection = self._plugins.select(
+            headers.first(":method") or "",
+            headers.first(":path") or "",
+            headers.first(":authority") or "",
+            pairs,
+        )
+        if not selection.plugins:
+            return ep.ProcessingResponse(
+                request_headers=_EMPTY_HEADERS_REPLY,
+                mode_override=envoy.mode_override(
+                    request_body=False, response_headers=False, response_body=False
+                ),
+            )
+        self._is_grpc = (headers.first("content-type") or "").startswith("application/grpc")
+        exchange = Exchange(selection, headers, envoy.attributes(request), envoy.metadata_context(request))
+        self._exchange = exchange
+        reply = exchange.run(Export.REQUEST_HEADERS)
+        wait_for_body = selection.request_body and not message.end_of_stream
+        if reply is None and selection.generate_response and not wait_for_body:
+            reply = exchange.run(Export.GENERATE_RESPONSE)
+        if reply is not None:
+            return self._immediate(reply)
+        response = ep.ProcessingResponse(
+            request_headers=ep.HeadersResponse(response=self._common(exchange.request, route=True)),
+            mode_override=envoy.mode_override(
+                request_body=wait_for_body,
+                response_headers=selection.response_headers,
+                response_body=selection.response_body,
+            ),
+        )
+        self._attach_metadata(response)
+        return response
+
+    def _response_headers(self, message: ep.HttpHeaders) -> ep.ProcessingResponse:
+        exchange = self._exchange
+        if exchange is None:
+            return ep.ProcessingResponse(response_headers=_EMPTY_HEADERS_REPLY)
+        exchange.response = HeaderList(envoy.header_pairs(message.headers))
+        reply = exchange.run(Export.RESPONSE_HEADERS)
+        if reply is not None:
+            return self._immediate(reply)
+        response = ep.ProcessingResponse(
+            response_headers=ep.HeadersResponse(response=self._common(exchange.response, route=False))
+        )
+        self._attach_metadata(response)
+        return response
+
+    def _body(self, message: ep.HttpBody, export: Export) -> ep.ProcessingResponse:
+        field = "request_body" if export is Export.REQUEST_BODY else "response_body"
+        exchange = self._exchange
+        buffer = self._bodies[field]
+        if exchange is None or buffer.passthrough:
+            # No plugin wants this exchange (Envoy ignored our mode override), or the body outgrew the buffer.
+            return ep.ProcessingResponse(**{field: ep.BodyResponse()})
+        buffer.add(message.body)
+        if not message.end_of_stream:
+            return self._hold_chunk(field, buffer)
+        if buffer.size > self._max_body_bytes:
+            return self._immediate(_TOO_LARGE)
+        body = buffer.whole()
+        headers = exchange.request if export is Export.REQUEST_BODY else exchange.response
+        if export is Export.REQUEST_BODY:
+            exchange.request_body = body
+            reply = exchange.run(export)
+            if reply is None and exchange.selection.generate_response:
+                reply = exchange.run(Export.GENERATE_RESPONSE)
+            changed, new_body = exchange.request_body_changed, exchange.request_body
+        else:
+            exchange.response_body = body
+            reply = exchange.run(export)
+            changed, new_body = exchange.response_body_changed, exchange.response_body
+        if reply is not None:
+            return self._immediate(reply)
+        common = ep.CommonResponse()
+        if changed or buffer.held:
+            # Held chunks went out empty, so the last reply carries the whole body.
+            common.body_mutation.body = new_body or b""
+        if headers is not None and not buffer.held:
+            # Headers can still change only while Envoy buffers the whole body.
+            if changed and headers.first("content-length") is not None:
+                headers.apply(_content_length(len(new_body or b"")))
+            common.MergeFrom(self._common(headers, route=export is Export.REQUEST_BODY))
+        response = ep.ProcessingResponse(**{field: ep.BodyResponse(response=common)})
+        self._attach_metadata(response)
+        return response
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _hold_chunk(self, field: str, buffer: BodyBuffer) -> ep.ProcessingResponse:
+        if field in self._partial_modes or buffer.size > self._max_body_bytes:
+            log.warning("%s larger than the buffer: passed through without plugins", field.replace("_", " "))
+            buffer.passthrough = True
+            # Chunks held so far went out empty; send them now, ahead of this one.
+            common = ep.CommonResponse()
+            if buffer.held:
+                common.body_mutation.body = buffer.whole()
+            buffer.chunks.clear()
+            return ep.ProcessingResponse(**{field: ep.BodyResponse(response=common)})
+        buffer.held = True
+        common = ep.CommonResponse(body_mutation=ep.BodyMutation(clear_body=True))
+        return ep.ProcessingResponse(**{field: ep.BodyResponse(response=common)})
+
+    def _common(self, headers: HeaderList, *, route: bool) -> ep.CommonResponse:
+        if not headers.changed:
+            return ep.CommonResponse()
+        diff = headers.diff()
+        headers.rebase()
+        return ep.CommonResponse(
+            header_mutation=envoy.header_mutation(diff), clear_route_cache=route and diff.touches_route
+        )
+
+    def _immediate(self, reply: ImmediateReply) -> ep.ProcessingResponse:
+        response = envoy.immediate_response(reply, self._is_grpc)
+        self._attach_metadata(response)
+        return response
+
+    def _attach_metadata(self, response: ep.ProcessingResponse) -> None:
+        exchange = self._exchange
+        if exchange is not None and exchange.emitted_metadata:
+            response.dynamic_metadata.CopyFrom(envoy.dynamic_metadata(exchange.emitted_metadata))
+            exchange.emitted_metadata = {}
+
+
+def _content_length(length: int) -> HeaderChanges:
+    return HeaderChanges(set=(("content-length", str(length)),))
