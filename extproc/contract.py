@@ -135,7 +135,7 @@ def build_input(
     if response is not None:
         status = _pseudo(response.headers, ":status")
         http_response: dict[str, Any] = {
-            "status": int(status) if status.isdigit() else 0,
+            "status": int(status) if status.isascii() and status.isdigit() else 0,
             "headers": _headers_json(response.headers),
         }
         if response.body is not None:
@@ -288,7 +288,7 @@ def _body(value: object, where: str) -> bytes:
 
 
 def _int(value: object, where: str, low: int, high: int) -> int:
-    if isinstance(value, str) and value.isdigit():  # proto3 JSON allows numbers as strings
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # proto3 JSON allows numbers as strings
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise OutputError(where, f"must be an integer, got {value!r}")

@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import base64
+import json
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from extproc._pb.extproc.plugin.v1 import plugin_pb2
+from extproc.contract import (
+    Export,
+    HeaderChanges,
+    ImmediateReply,
+    MessageView,
+    PluginOutput,
+    build_input,
+    check_for_export,
+    decode_json,
+    decode_protobuf,
+    encode_json,
+    encode_protobuf,
+)
+from extproc.errors import OutputError
+
+REQUEST = MessageView(
+    headers=[
+        (":method", "POST"),
+        (":path", "/a?b=1"),
+        (":scheme", "http"),
+        (":authority", "example.com"),
+        ("cookie", "a=1"),
+        ("cookie", "b=2"),
+    ],
+    body=b"hello",
+)
+
+
+def test_input_carries_request_with_repeated_headers() -> None:
+    data = build_input(Export.REQUEST_BODY, "p", REQUEST, None, {"source.address": "1.2.3.4:5"}, {})
+    assert data["phase"] == "REQUEST_BODY"
+    assert data["request"]["method"] == "POST"
+    assert data["request"]["path"] == "/a?b=1"
+    assert data["request"]["authority"] == "example.com"
+    assert [h for h in data["request"]["headers"] if h["name"] == "cookie"] == [
+        {"name": "cookie", "value": "a=1"},
+        {"name": "cookie", "value": "b=2"},
+    ]
+    assert data["request"]["body"] == {"text": "hello"}
+    assert data["attributes"] == {"source.address": "1.2.3.4:5"}
+    assert "response" not in data and "metadata" not in data
+
+
+def test_binary_body_is_base64() -> None:
+    view = MessageView(headers=[(":status", "200")], body=b"\xff\x00")
+    data = build_input(Export.RESPONSE_BODY, "p", REQUEST, view, {}, {})
+    assert data["response"] == {
+        "status": 200,
+        "headers": [{"name": ":status", "value": "200"}],
+        "body": {"data": base64.b64encode(b"\xff\x00").decode()},
+    }
+
+
+def test_json_and_protobuf_inputs_describe_the_same_message() -> None:
+    data = build_input(Export.REQUEST_HEADERS, "p", REQUEST, None, {"n": 1.0}, {"ns": {"k": "v"}})
+    from_json = plugin_pb2.PluginInput()
+    from google.protobuf import json_format
+
+    json_format.Parse(encode_json(data), from_json)
+    from_binary = plugin_pb2.PluginInput.FromString(encode_protobuf(data))
+    assert from_json == from_binary
+    assert from_binary.request.headers[4].name == "cookie"
+
+
+@pytest.mark.parametrize("raw", [b"", b"  ", b"{}", b"null"])
+def test_empty_output_means_no_change(raw: bytes) -> None:
+    assert decode_json(raw) is None
+
+
+def test_full_output_parses() -> None:
+    raw = json.dumps(
+        {
+            "headers": {"set": [{"name": "X-A", "value": "1"}], "append": [{"name": "b", "value": "2"}], "remove": ["c"]},
+            "body": {"data": base64.b64encode(b"\x00\x01").decode()},
+            "dynamic_metadata": {"decision": "allow"},
+        }
+    ).encode()
+    assert decode_json(raw) == PluginOutput(
+        headers=HeaderChanges(set=(("x-a", "1"),), append=(("b", "2"),), remove=("c",)),
+        body=b"\x00\x01",
+        metadata={"decision": "allow"},
+    )
+
+
+def test_immediate_response_parses() -> None:
+    raw = b'{"immediate_response": {"status": 403, "headers": [{"name": "x", "value": "y"}], "body": {"text": "no"}}}'
+    output = decode_json(raw)
+    assert output is not None
+    assert output.immediate == ImmediateReply(status=403, headers=(("x", "y"),), body=b"no")
+
+
+def test_protobuf_output_parses() -> None:
+    message = plugin_pb2.PluginOutput()
+    message.headers.set.add(name="x-a", value="1")
+    message.immediate_response.status = 201
+    message.immediate_response.grpc_status = 0
+    output = decode_protobuf(message.SerializeToString())
+    assert output is not None
+    assert output.headers == HeaderChanges(set=(("x-a", "1"),))
+    assert output.immediate == ImmediateReply(status=201, grpc_status=0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        (b"not json {", ""),
+        (b"[]", ""),
+        (b'{"bogus": 1}', ""),
+        (b'{"headers": {"set": [{"name": "bad name", "value": "v"}]}}', "headers.set[0].name"),
+        (b'{"headers": {"set": [{"name": "x", "value": "a\\r\\nb"}]}}', "headers.set[0].value"),
+        (b'{"headers": {"set": [{"name": "x", "value": 1}]}}', "headers.set[0].value"),
+        (b'{"headers": {"set": {"name": "x"}}}', "headers.set"),
+        (b'{"headers": {"remove": [""]}}', "headers.remove[0]"),
+        (b'{"body": {"text": "a", "data": "YQ=="}}', "body"),
+        (b'{"body": {"data": "***"}}', "body.data"),
+        (b'{"immediate_response": {"status": 99}}', "immediate_response.status"),
+        (b'{"immediate_response": {"status": 600}}', "immediate_response.status"),
+        (b'{"immediate_response": {"status": true}}', "immediate_response.status"),
+        (b'{"immediate_response": {}}', "immediate_response.status"),
+        (b'{"immediate_response": {"status": 200, "grpc_status": 17}}', "immediate_response.grpc_status"),
+        (
+            b'{"immediate_response": {"status": 200, "headers": [{"name": ":status", "value": "1"}]}}',
+            "immediate_response.headers[0].name",
+        ),
+        (b'{"dynamic_metadata": 3}', "dynamic_metadata"),
+    ],
+)
+def test_bad_output_names_the_field(raw: bytes, where: str) -> None:
+    with pytest.raises(OutputError) as caught:
+        decode_json(raw)
+    assert caught.value.where == where
+    assert caught.value.reason
+
+
+def test_garbage_protobuf_is_rejected() -> None:
+    with pytest.raises(OutputError):
+        decode_protobuf(b"\xff\xff\xff")
+
+
+@pytest.mark.parametrize(
+    ("output", "export"),
+    [
+        (PluginOutput(body=b"x"), Export.REQUEST_HEADERS),
+        (PluginOutput(headers=HeaderChanges(set=((":status", "200"),))), Export.REQUEST_HEADERS),
+        (PluginOutput(headers=HeaderChanges(set=((":path", "/x"),))), Export.RESPONSE_HEADERS),
+        (PluginOutput(headers=HeaderChanges(set=((":status", "700"),))), Export.RESPONSE_HEADERS),
+        (PluginOutput(headers=HeaderChanges(set=((":path", ""),))), Export.REQUEST_HEADERS),
+        (PluginOutput(headers=HeaderChanges(remove=(":path",))), Export.REQUEST_HEADERS),
+        (PluginOutput(headers=HeaderChanges(append=((":authority", "x"),))), Export.REQUEST_HEADERS),
+    ],
+)
+def test_phase_rules(output: PluginOutput, export: Export) -> None:
+    with pytest.raises(OutputError):
+        check_for_export(output, export)
+
+
+@pytest.mark.parametrize(
+    ("output", "export"),
+    [
+        (PluginOutput(body=b"x"), Export.RESPONSE_BODY),
+        (PluginOutput(headers=HeaderChanges(set=((":path", "/x"),))), Export.REQUEST_HEADERS),
+        (PluginOutput(headers=HeaderChanges(set=((":status", "418"),))), Export.RESPONSE_HEADERS),
+    ],
+)
+def test_phase_rules_allow(output: PluginOutput, export: Export) -> None:
+    check_for_export(output, export)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+output_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "headers": st.fixed_dictionaries(
+            {},
+            optional={
+                "set": st.lists(st.fixed_dictionaries({"name": st.text(), "value": json_values}), max_size=3),
+                "append": json_values,
+                "remove": st.lists(json_values, max_size=3),
+            },
+        ),
+        "body": st.dictionaries(st.sampled_from(["text", "data", "x"]), json_values, max_size=2),
+        "immediate_response": st.dictionaries(
+            st.sampled_from(["status", "headers", "body", "grpc_status", "details"]), json_values, max_size=5
+        ),
+        "dynamic_metadata": json_values,
+    },
+)
+
+
+@given(st.binary(max_size=200) | output_like.map(orjson.dumps) | json_values.map(orjson.dumps))
+def test_any_output_parses_or_fails_with_a_clear_error(raw: bytes) -> None:
+    try:
+        output = decode_json(raw)
+    except OutputError as exc:
+        assert str(exc)
+        return
+    if output is not None:
+        for export in Export:
+            try:
+                check_for_export(output, export)
+            except OutputError as exc:
+                assert str(exc)
+
+
+@given(st.binary(max_size=200))
+def test_any_protobuf_output_parses_or_fails_with_a_clear_error(raw: bytes) -> None:
+    try:
+        decode_protobuf(raw)
+    except OutputError as exc:
+        assert str(exc)
