@@ -1,0 +1,598 @@
+"""Load the server's YAML configuration and validate it into immutable dataclasses.
+
+Everything is checked up front so the request path never has to second-guess a setting, and every
+problem becomes a ConfigError naming the file, the key path and what is wrong with the value.
+An explicit ``null`` for an optional key means "use the default", so a section whose entries are all
+commented out still loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import ipaddress
+import json
+import math
+import re
+from collections.abc import Callable, Collection, Hashable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, TypeVar
+
+import yaml
+
+# Far above any real configuration; it only stops a wrong path (a log file, a device) from being slurped.
+MAX_CONFIG_BYTES: Final = 1024 * 1024
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+_T = TypeVar("_T")
+_D = TypeVar("_D")
+
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_DNS_NAME: Final = r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*"
+_LISTEN_HOST_RE: Final = re.compile(_DNS_NAME, re.IGNORECASE)
+_HOST_PATTERN_RE: Final = re.compile(rf"(?:\*\.)?{_DNS_NAME}|\[[0-9a-f:.]+\]")
+# RFC 9110 token: the syntax of both method names and header field names.
+_TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+_TOP_KEYS: Final = ("server", "plugins")
+_SERVER_KEYS: Final = ("listen", "grpc_threads", "log_level", "max_body_bytes")
+_PLUGIN_KEYS: Final = (
+    "name",
+    "path",
+    "config",
+    "enabled",
+    "execution_points",
+    "timeout_ms",
+    "memory_limit_mb",
+    "encoding",
+    "pool_size",
+    "match",
+)
+_MATCH_KEYS: Final = ("path_prefix", "path_regex", "hosts", "methods", "headers")
+_HEADER_RULE_KEYS: Final = ("name", "present", "equals")
+
+
+class ExecutionPoint(enum.StrEnum):
+    REQUEST_HEADERS = "request_headers"
+    REQUEST_BODY = "request_body"
+    RESPONSE_HEADERS = "response_headers"
+    RESPONSE_BODY = "response_body"
+    GENERATE_RESPONSE = "generate_response"
+
+
+class Encoding(enum.StrEnum):
+    JSON = "json"
+    PROTOBUF = "protobuf"
+
+
+_EXECUTION_POINTS: Final = tuple(p.value for p in ExecutionPoint)
+_ENCODINGS: Final = tuple(e.value for e in Encoding)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, located by file, key path (``plugins[2].timeout_ms``) and, for YAML
+    syntax errors, 1-based line and column."""
+
+    def __init__(
+        self, file: Path, key: str, reason: str, *, line: int | None = None, column: int | None = None
+    ) -> None:
+        self.file = file
+        self.key = key
+        self.reason = reason
+        self.line = line
+        self.column = column
+        where = str(file) if line is None else f"{file}:{line}:{column}"
+        super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
+
+
+class _Invalid(Exception):
+    """Raised by the validators, which know the key path but not the file; parse_config adds the file."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(key, reason)
+        self.key = key
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class ListenAddress:
+    host: str  # IPv6 literals are kept without brackets
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, *, source: Path, key: str = "server.listen") -> ListenAddress:
+        try:
+            return _listen_address(text, key)
+        except _Invalid as e:
+            raise ConfigError(source, e.key, e.reason) from None
+
+    def __str__(self) -> str:
+        # The form gRPC's add_insecure_port expects, which needs IPv6 literals bracketed.
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 50051
+    grpc_threads: int = 16
+    log_level: str = "info"
+    max_body_bytes: int = 8 * 1024 * 1024
+
+    @property
+    def listen_address(self) -> str:
+        return str(ListenAddress(self.listen_host, self.listen_port))
+
+
+@dataclasses.dataclass(frozen=True)
+class HeaderRule:
+    name: str  # lower case
+    present: bool | None = None
+    equals: str | None = None
+
+    def matches(self, headers: Mapping[str, str]) -> bool:
+        if self.present is not None:
+            return (self.name in headers) == self.present
+        return headers.get(self.name) == self.equals
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchRules:
+    """Conditions on a request that must all hold for a plugin to run; no conditions match everything."""
+
+    path_prefix: str | None = None
+    path_regex: re.Pattern[str] | None = None
+    hosts: tuple[str, ...] = ()  # lower case, exact or "*.suffix"
+    methods: frozenset[str] = frozenset()  # upper case
+    headers: tuple[HeaderRule, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return (
+            self.path_prefix is None
+            and self.path_regex is None
+            and not self.hosts
+            and not self.methods
+            and not self.headers
+        )
+
+    def matches(self, method: str, path: str, authority: str, headers: Mapping[str, str]) -> bool:
+        """``headers`` maps lower-case names to their first value."""
+        path = path.partition("?")[0]
+        if self.path_prefix is not None and not path.startswith(self.path_prefix):
+            return False
+        if self.path_regex is not None and self.path_regex.search(path) is None:
+            return False
+        if self.hosts:
+            host = _strip_port(authority).lower()
+            if not any(_host_matches(pattern, host) for pattern in self.hosts):
+                return False
+        # Methods are compared case-insensitively so a lower-case client is not silently let through.
+        if self.methods and method.upper() not in self.methods:
+            return False
+        return all(rule.matches(headers) for rule in self.headers)
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginConfig:
+    name: str
+    path: Path  # absolute and resolved
+    # Read-only all the way down (mappings are MappingProxyType, lists are tuples). Left out of the hash
+    # because mapping proxies are unhashable; equal configs still hash equal.
+    config: Mapping[str, object] = dataclasses.field(default_factory=lambda: MappingProxyType({}), hash=False)
+    enabled: bool = True
+    execution_points: frozenset[ExecutionPoint] | None = None  # None: every export the plugin has
+    timeout_ms: int = 100
+    memory_limit_mb: int = 16
+    encoding: Encoding = Encoding.JSON
+    pool_size: int | None = None  # None: server.grpc_threads
+    match: MatchRules = MatchRules()
+
+    def config_json(self) -> str:
+        return json.dumps(self.config, default=_thaw, ensure_ascii=False, allow_nan=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    server: ServerConfig
+    plugins: tuple[PluginConfig, ...]
+    source: Path  # absolute but not resolved, see parse_config
+
+
+def load_config(path: Path) -> Config:
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(path, "", "config file not found") from None
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read config file: {e.strerror or e}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, "", f"config file is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        data = yaml.load(raw, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        reason = f"invalid YAML: {e.problem or e.context}"
+        if mark is None:
+            raise ConfigError(path, "", reason) from None
+        raise ConfigError(path, "", reason, line=mark.line + 1, column=mark.column + 1) from None
+    except yaml.YAMLError as e:  # e.g. bytes that are not UTF-8, which carry no line
+        raise ConfigError(path, "", f"invalid YAML: {e}") from None
+    return parse_config(data, path)
+
+
+def parse_config(data: object, source: Path) -> Config:
+    # Not resolve(): a Kubernetes ConfigMap is a symlink into a directory that is swapped on update, so
+    # a reload must go through the path as given to see the new version.
+    absolute = source.absolute()
+    try:
+        top = _mapping(data, "", _TOP_KEYS, required=("plugins",))
+        return Config(
+            server=_optional(top, "", "server", _server, ServerConfig()),
+            plugins=_plugins(top["plugins"], absolute.parent),
+            source=absolute,
+        )
+    except _Invalid as e:
+        raise ConfigError(source, e.key, e.reason) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys, which plain YAML loading silently resolves to the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<" is a merge instruction, not a key
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable key; the base class reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"duplicate key {key!r}", problem_mark=key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# --- validators: each raises _Invalid naming the key path ---------------------------------------------
+
+
+def _child(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (boolean)"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 60 else f"{value[:60]!r}..."
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{value} ({type(value).__name__})"
+
+
+def _did_you_mean(value: str, choices: Collection[str]) -> str:
+    close = difflib.get_close_matches(value, choices, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _optional(
+    m: Mapping[str, object], key: str, name: str, parse: Callable[[object, str], _T], default: _D
+) -> _T | _D:
+    value = m.get(name)
+    return default if value is None else parse(value, _child(key, name))
+
+
+def _mapping(
+    value: object, key: str, allowed: Collection[str], required: Collection[str] = ()
+) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise _Invalid(key, f"must be a mapping, got {_describe(value)}")
+    for name in value:
+        if not isinstance(name, str):
+            raise _Invalid(key, f"keys must be strings, got {_describe(name)}")
+        if name not in allowed:
+            hint = _did_you_mean(name, allowed) or "."
+            raise _Invalid(
+                _child(key, name), f"unknown key {name!r}{hint} Allowed keys: {', '.join(allowed)}"
+            )
+    for name in required:
+        if name not in value:
+            raise _Invalid(_child(key, name), "required key is missing")
+    return value
+
+
+def _list(value: object, key: str) -> list[object]:
+    if not isinstance(value, list):
+        raise _Invalid(key, f"must be a list, got {_describe(value)}")
+    return value
+
+
+def _string(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        hint = "; quote it" if isinstance(value, int | float) and not isinstance(value, bool) else ""
+        raise _Invalid(key, f"must be a string, got {_describe(value)}{hint}")
+    return value
+
+
+def _non_empty_string(value: object, key: str) -> str:
+    text = _string(value, key)
+    if not text:
+        raise _Invalid(key, "must not be empty")
+    return text
+
+
+def _bool(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(key, f"must be true or false, got {_describe(value)}")
+    return value
+
+
+def _positive_int(value: object, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise _Invalid(key, f"must be a positive integer, got {_describe(value)}")
+    return value
+
+
+def _one_of(value: object, key: str, choices: Collection[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
+        raise _Invalid(key, f"must be one of {', '.join(choices)}, got {_describe(value)}{hint}")
+    return value
+
+
+def _string_list(
+    value: object, key: str, item: Callable[[object, str], str], *, empty_hint: str
+) -> tuple[str, ...]:
+    """A list of strings normalised by ``item``. Empty lists are refused because "none allowed" and "no
+    condition" would both be plausible readings."""
+    items = _list(value, key)
+    if not items:
+        raise _Invalid(key, f"must not be empty; {empty_hint}")
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(items):
+        text = item(raw, f"{key}[{i}]")
+        if text in seen:
+            raise _Invalid(f"{key}[{i}]", f"duplicate value {text!r} (same as {key}[{seen[text]}])")
+        seen[text] = i
+    return tuple(seen)
+
+
+def _listen_address(value: object, key: str) -> ListenAddress:
+    text = _string(value, key)
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise _Invalid(key, f"must be 'host:port' (IPv6 as '[::1]:50051'), got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _Invalid(key, f"{host!r} is not an IPv6 address") from None
+    elif ":" in host:
+        raise _Invalid(key, f"IPv6 addresses must be bracketed, as in '[::1]:50051', got {text!r}")
+    elif not _LISTEN_HOST_RE.fullmatch(host):
+        raise _Invalid(key, f"invalid host {host!r} in {text!r}")
+    # Port 0 is allowed: it asks the OS for a free port, which tests need.
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise _Invalid(key, f"port must be a number from 0 to 65535, got {port!r}")
+    return ListenAddress(host, int(port))
+
+
+def _server(value: object, key: str) -> ServerConfig:
+    m = _mapping(value, key, _SERVER_KEYS)
+    defaults = ServerConfig()
+    address = _optional(
+        m, key, "listen", _listen_address, ListenAddress(defaults.listen_host, defaults.listen_port)
+    )
+    return ServerConfig(
+        listen_host=address.host,
+        listen_port=address.port,
+        grpc_threads=_optional(m, key, "grpc_threads", _positive_int, defaults.grpc_threads),
+        log_level=_optional(m, key, "log_level", lambda v, k: _one_of(v, k, LOG_LEVELS), defaults.log_level),
+        max_body_bytes=_optional(m, key, "max_body_bytes", _positive_int, defaults.max_body_bytes),
+    )
+
+
+def _plugins(value: object, base_dir: Path) -> tuple[PluginConfig, ...]:
+    plugins: list[PluginConfig] = []
+    first_use: dict[str, int] = {}
+    for i, item in enumerate(_list(value, "plugins")):
+        plugin = _plugin(item, f"plugins[{i}]", base_dir)
+        if plugin.name in first_use:
+            raise _Invalid(
+                f"plugins[{i}].name",
+                f"duplicate plugin name {plugin.name!r} (already used by plugins[{first_use[plugin.name]}])",
+            )
+        first_use[plugin.name] = i
+        plugins.append(plugin)
+    return tuple(plugins)
+
+
+def _plugin(value: object, key: str, base_dir: Path) -> PluginConfig:
+    m = _mapping(value, key, _PLUGIN_KEYS, required=("name", "path"))
+    name = _plugin_name(m["name"], f"{key}.name")
+    defaults = PluginConfig(name=name, path=_wasm_path(m["path"], f"{key}.path", base_dir))
+    return PluginConfig(
+        name=name,
+        path=defaults.path,
+        config=_optional(m, key, "config", _plugin_config, defaults.config),
+        enabled=_optional(m, key, "enabled", _bool, defaults.enabled),
+        execution_points=_optional(m, key, "execution_points", _execution_points, defaults.execution_points),
+        timeout_ms=_optional(m, key, "timeout_ms", _positive_int, defaults.timeout_ms),
+        memory_limit_mb=_optional(m, key, "memory_limit_mb", _positive_int, defaults.memory_limit_mb),
+        encoding=_optional(
+            m, key, "encoding", lambda v, k: Encoding(_one_of(v, k, _ENCODINGS)), defaults.encoding
+        ),
+        pool_size=_optional(m, key, "pool_size", _positive_int, defaults.pool_size),
+        match=_optional(m, key, "match", _match, defaults.match),
+    )
+
+
+def _plugin_name(value: object, key: str) -> str:
+    name = _string(value, key)
+    if not _NAME_RE.fullmatch(name):
+        raise _Invalid(
+            key,
+            f"must start with a letter or digit and contain only letters, digits, '_', '.' and '-', "
+            f"got {name!r}",
+        )
+    return name
+
+
+def _wasm_path(value: object, key: str, base_dir: Path) -> Path:
+    text = _non_empty_string(value, key)
+    try:
+        path = (base_dir / text).resolve()  # an absolute text replaces base_dir
+    except (OSError, RuntimeError) as e:  # RuntimeError: symlink loop
+        raise _Invalid(key, f"cannot resolve {text!r}: {e}") from None
+    if not path.is_file():
+        raise _Invalid(key, f"not a file: {path}" if path.exists() else f"file not found: {path}")
+    return path
+
+
+def _execution_points(value: object, key: str) -> frozenset[ExecutionPoint]:
+    points = _string_list(
+        value,
+        key,
+        lambda v, k: _one_of(v, k, _EXECUTION_POINTS),
+        empty_hint="omit it to run at every execution point the plugin exports",
+    )
+    return frozenset(ExecutionPoint(p) for p in points)
+
+
+def _plugin_config(value: object, key: str) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise _Invalid(key, f"must be a mapping, got {_describe(value)}")
+    try:
+        return _freeze_mapping(value, key)
+    except RecursionError:
+        raise _Invalid(key, "is nested too deeply (or refers to itself through a YAML alias)") from None
+
+
+def _freeze_mapping(value: Mapping[object, object], key: str) -> Mapping[str, object]:
+    frozen: dict[str, object] = {}
+    for name, item in value.items():
+        if not isinstance(name, str):
+            raise _Invalid(key, f"keys must be strings, got {_describe(name)}")
+        frozen[name] = _freeze(item, _child(key, name))
+    return MappingProxyType(frozen)
+
+
+def _freeze(value: object, key: str) -> object:
+    """A read-only copy of the value, which must be JSON data so config_json() cannot fail later."""
+    if isinstance(value, Mapping):
+        return _freeze_mapping(value, key)
+    if isinstance(value, list):
+        return tuple(_freeze(item, f"{key}[{i}]") for i, item in enumerate(value))
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Invalid(key, f"must be a finite number, got {value}")
+    if value is None or isinstance(value, str | int | float):  # bool is an int
+        return value
+    raise _Invalid(
+        key,
+        f"must be a string, number, boolean, null, list or mapping, got {_describe(value)}; "
+        "quote it to pass a string",
+    )
+
+
+def _thaw(value: object) -> object:
+    # json.dumps only knows dict, not MappingProxyType.
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _match(value: object, key: str) -> MatchRules:
+    m = _mapping(value, key, _MATCH_KEYS)
+    return MatchRules(
+        path_prefix=_optional(m, key, "path_prefix", _path_prefix, None),
+        path_regex=_optional(m, key, "path_regex", _regex, None),
+        hosts=_optional(m, key, "hosts", _hosts, ()),
+        methods=_optional(m, key, "methods", _methods, frozenset()),
+        headers=_optional(m, key, "headers", _header_rules, ()),
+    )
+
+
+def _path_prefix(value: object, key: str) -> str:
+    prefix = _string(value, key)
+    if not prefix.startswith("/"):
+        raise _Invalid(key, f"must start with '/', got {prefix!r}")
+    return prefix
+
+
+def _regex(value: object, key: str) -> re.Pattern[str]:
+    text = _string(value, key)
+    try:
+        return re.compile(text)
+    except re.error as e:
+        raise _Invalid(key, f"invalid regular expression {text!r}: {e}") from None
+
+
+def _hosts(value: object, key: str) -> tuple[str, ...]:
+    return _string_list(value, key, _host_pattern, empty_hint="omit it to match any host")
+
+
+def _host_pattern(value: object, key: str) -> str:
+    host = _string(value, key).lower()
+    if not _HOST_PATTERN_RE.fullmatch(host):
+        raise _Invalid(
+            key, f"must be a host name without a port, optionally starting with '*.', got {host!r}"
+        )
+    return host
+
+
+def _methods(value: object, key: str) -> frozenset[str]:
+    return frozenset(_string_list(value, key, _method, empty_hint="omit it to match any method"))
+
+
+def _method(value: object, key: str) -> str:
+    method = _string(value, key)
+    if not _TOKEN_RE.fullmatch(method):
+        raise _Invalid(key, f"must be an HTTP method name, got {method!r}")
+    return method.upper()
+
+
+def _header_rules(value: object, key: str) -> tuple[HeaderRule, ...]:
+    return tuple(_header_rule(item, f"{key}[{i}]") for i, item in enumerate(_list(value, key)))
+
+
+def _header_rule(value: object, key: str) -> HeaderRule:
+    m = _mapping(value, key, _HEADER_RULE_KEYS, required=("name",))
+    name = _string(m["name"], f"{key}.name")
+    if not _TOKEN_RE.fullmatch(name):
+        raise _Invalid(f"{key}.name", f"must be an HTTP header name, got {name!r}")
+    present = _optional(m, key, "present", _bool, None)
+    equals = _optional(m, key, "equals", _string, None)
+    if (present is None) == (equals is None):
+        raise _Invalid(key, "needs exactly one of 'present' and 'equals'")
+    return HeaderRule(name=name.lower(), present=present, equals=equals)
+
+
+# --- matching ---------------------------------------------------------------------------------------------
+
+
+def _strip_port(authority: str) -> str:
+    if authority.startswith("["):  # [v6]:port
+        return authority.partition("]")[0] + "]"
+    return authority.partition(":")[0]
+
+
+def _host_matches(pattern: str, host: str) -> bool:
+    if pattern.startswith("*."):
+        # Like Envoy's virtual hosts: "*.example.org" needs at least one label before the suffix.
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern

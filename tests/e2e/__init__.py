@@ -1,0 +1,1 @@
+"""End-to-end tests: real Envoy -> ext_proc server -> echo upstream."""

@@ -1,0 +1,249 @@
+"""Renders the Envoy bootstrap used by the end-to-end tests.
+
+The bootstrap is built as a plain dict (dumped to YAML by the harness) so tests can
+tweak the few knobs that matter for ext_proc without keeping YAML templates in sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+EXT_PROC_FILTER_NAME = "envoy.filters.http.ext_proc"
+# Stats of the ext_proc filter live under http.<HCM stat_prefix>.ext_proc.<filter stat_prefix>.
+HCM_STAT_PREFIX = "ingress_http"
+EXT_PROC_STAT_PREFIX = "e2e"
+EXT_PROC_STATS = f"http.{HCM_STAT_PREFIX}.ext_proc.{EXT_PROC_STAT_PREFIX}"
+# The only dynamic-metadata namespace the ext_proc server may write into.
+METADATA_NAMESPACE = "extproc"
+
+# 8 MiB: buffered body modes hold the whole body in Envoy's filter buffer, whose
+# limit is the connection buffer limit (1 MiB by default); tests send 1 MiB bodies.
+BUFFER_LIMIT_BYTES = 8 * 1024 * 1024
+
+HEADER_MODES = frozenset({"DEFAULT", "SEND", "SKIP"})
+BODY_MODES = frozenset({"NONE", "STREAMED", "BUFFERED", "BUFFERED_PARTIAL", "FULL_DUPLEX_STREAMED"})
+TRAILER_MODES = HEADER_MODES
+
+_TYPE = "type.googleapis.com/"
+_DOWNSTREAM_CONNECTIONS_CONFIG = (
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+)
+
+# Envoy's default access-log line plus the metadata the server wrote, which is the
+# quickest way to see what a plugin did when reading a failed test's Envoy log.
+_ACCESS_LOG_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% %BYTES_SENT% "
+    '%DURATION% "%REQ(X-REQUEST-ID)%" "%UPSTREAM_HOST%" '
+    f"extproc_md=%DYNAMIC_METADATA({METADATA_NAMESPACE})%\n"
+)
+
+
+def _socket_address(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def _duration(ms: int) -> str:
+    # The proto JSON mapping of google.protobuf.Duration is seconds with an "s" suffix.
+    return f"{ms // 1000}.{ms % 1000:03d}s"
+
+
+def _static_cluster(name: str, port: int, protocol_options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "per_connection_buffer_limit_bytes": BUFFER_LIMIT_BYTES,
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": protocol_options,
+            }
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(port)}}]}],
+        },
+    }
+
+
+def _check_mode(kind: str, value: str, allowed: frozenset[str]) -> str:
+    # Fail in Python with the valid choices rather than with Envoy's terser proto error.
+    if value not in allowed:
+        raise ValueError(f"{kind} must be one of {sorted(allowed)}, got {value!r}")
+    return value
+
+
+def _trailer_mode(direction: str, body_mode: str, trailer_mode: str | None) -> str:
+    # Envoy's config validation rejects FULL_DUPLEX_STREAMED unless that direction's
+    # trailer mode is SEND, so derive it instead of making every caller repeat it.
+    duplex = body_mode == "FULL_DUPLEX_STREAMED"
+    if trailer_mode is None:
+        return "SEND" if duplex else "SKIP"
+    _check_mode(f"{direction}_trailer_mode", trailer_mode, TRAILER_MODES)
+    if duplex and trailer_mode != "SEND":
+        raise ValueError(f"{direction}_body_mode FULL_DUPLEX_STREAMED requires {direction}_trailer_mode SEND")
+    return trailer_mode
+
+
+def render_ext_proc_filter(
+    *,
+    request_header_mode: str = "SEND",
+    response_header_mode: str = "SEND",
+    request_body_mode: str = "NONE",
+    response_body_mode: str = "NONE",
+    request_trailer_mode: str | None = None,
+    response_trailer_mode: str | None = None,
+    allow_mode_override: bool = True,
+    failure_mode_allow: bool = False,
+    message_timeout_ms: int = 5000,
+) -> dict[str, Any]:
+    """The ``envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor`` typed config.
+
+    A trailer mode of None means SEND for FULL_DUPLEX_STREAMED bodies and SKIP otherwise.
+    """
+    return {
+        "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        "grpc_service": {"envoy_grpc": {"cluster_name": "extproc"}},
+        "stat_prefix": EXT_PROC_STAT_PREFIX,
+        "failure_mode_allow": failure_mode_allow,
+        "allow_mode_override": allow_mode_override,
+        "message_timeout": _duration(message_timeout_ms),
+        "processing_mode": {
+            "request_header_mode": _check_mode("request_header_mode", request_header_mode, HEADER_MODES),
+            "response_header_mode": _check_mode("response_header_mode", response_header_mode, HEADER_MODES),
+            "request_body_mode": _check_mode("request_body_mode", request_body_mode, BODY_MODES),
+            "response_body_mode": _check_mode("response_body_mode", response_body_mode, BODY_MODES),
+            "request_trailer_mode": _trailer_mode("request", request_body_mode, request_trailer_mode),
+            "response_trailer_mode": _trailer_mode("response", response_body_mode, response_trailer_mode),
+        },
+        # Without this Envoy silently ignores mutations of :path, :authority and host.
+        "mutation_rules": {"allow_all_routing": True},
+        "request_attributes": ["source.address", "request.id"],
+        # Unset receiving_namespaces means Envoy drops all dynamic metadata the server returns.
+        "metadata_options": {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
+    }
+
+
+def render_bootstrap(
+    *,
+    listen_port: int,
+    admin_port: int,
+    upstream_port: int,
+    extproc_port: int,
+    request_header_mode: str = "SEND",
+    response_header_mode: str = "SEND",
+    request_body_mode: str = "NONE",
+    response_body_mode: str = "NONE",
+    request_trailer_mode: str | None = None,
+    response_trailer_mode: str | None = None,
+    allow_mode_override: bool = True,
+    failure_mode_allow: bool = False,
+    message_timeout_ms: int = 5000,
+    per_route_disabled_prefixes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """An Envoy v3 bootstrap: listener -> ext_proc -> router -> the echo upstream.
+
+    Trailer modes default as in :func:`render_ext_proc_filter`.
+    """
+    if isinstance(per_route_disabled_prefixes, str):
+        # A bare string would otherwise be iterated character by character.
+        raise TypeError("per_route_disabled_prefixes must be a sequence of prefixes, not a string")
+
+    disabled_routes = [
+        {
+            "match": {"prefix": prefix},
+            "route": {"cluster": "upstream"},
+            "typed_per_filter_config": {
+                EXT_PROC_FILTER_NAME: {
+                    "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+                    "disabled": True,
+                }
+            },
+        }
+        for prefix in per_route_disabled_prefixes
+    ]
+    # Disabled prefixes come first: Envoy picks the first matching route and "/" matches everything.
+    routes = [*disabled_routes, {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+
+    connection_manager = {
+        "@type": _TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": HCM_STAT_PREFIX,
+        "codec_type": "AUTO",
+        "generate_request_id": True,
+        "access_log": [
+            {
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": {
+                    "@type": _TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                    "log_format": {"text_format_source": {"inline_string": _ACCESS_LOG_FORMAT}},
+                },
+            }
+        ],
+        "route_config": {
+            "name": "e2e",
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
+        },
+        "http_filters": [
+            {
+                "name": EXT_PROC_FILTER_NAME,
+                "typed_config": render_ext_proc_filter(
+                    request_header_mode=request_header_mode,
+                    response_header_mode=response_header_mode,
+                    request_body_mode=request_body_mode,
+                    response_body_mode=response_body_mode,
+                    request_trailer_mode=request_trailer_mode,
+                    response_trailer_mode=response_trailer_mode,
+                    allow_mode_override=allow_mode_override,
+                    failure_mode_allow=failure_mode_allow,
+                    message_timeout_ms=message_timeout_ms,
+                ),
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+    }
+
+    return {
+        "admin": {"address": _socket_address(admin_port)},
+        # Envoy warns on every start when no downstream connection limit is set; a
+        # generous limit keeps that line out of the logs printed for failed tests.
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _TYPE + _DOWNSTREAM_CONNECTIONS_CONFIG,
+                        "max_active_downstream_connections": 10000,
+                    },
+                }
+            ]
+        },
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "main",
+                    "address": _socket_address(listen_port),
+                    "per_connection_buffer_limit_bytes": BUFFER_LIMIT_BYTES,
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": connection_manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                _static_cluster("upstream", upstream_port, {"http_protocol_options": {}}),
+                # gRPC needs HTTP/2 to the ext_proc server.
+                _static_cluster("extproc", extproc_port, {"http2_protocol_options": {}}),
+            ],
+        },
+    }

@@ -1,0 +1,506 @@
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from extproc.config import (
+    MAX_CONFIG_BYTES,
+    Config,
+    ConfigError,
+    Encoding,
+    ExecutionPoint,
+    HeaderRule,
+    ListenAddress,
+    MatchRules,
+    PluginConfig,
+    ServerConfig,
+    load_config,
+    parse_config,
+)
+
+FULL = """\
+server:
+  listen: "[::1]:6000"
+  grpc_threads: 4
+  log_level: debug
+  max_body_bytes: 1024
+plugins:
+  - name: add-header
+    path: plugins/add_header.wasm
+    config: {header: x-a, nested: {list: [1, 2.5, true, null]}}
+    enabled: false
+    execution_points: [request_headers, response_headers]
+    timeout_ms: 250
+    memory_limit_mb: 32
+    encoding: protobuf
+    pool_size: 2
+    match:
+      path_prefix: /api
+      path_regex: "^/v[0-9]+/"
+      hosts: [Example.com, "*.example.org"]
+      methods: [get, POST]
+      headers:
+        - {name: X-Debug, present: true}
+        - {name: x-env, equals: prod}
+  - name: minimal
+    path: plugins/minimal.wasm
+"""
+
+
+def write(folder: Path, text: str, name: str = "extproc.yaml") -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def wasm_dir(tmp_path: Path) -> Path:
+    """Dummy modules: only their existence is checked while loading the config."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    for name in ("add_header.wasm", "minimal.wasm", "a.wasm", "b.wasm"):
+        (plugins / name).write_bytes(b"\0asm\1\0\0\0")
+    return plugins
+
+
+def test_full_config(tmp_path: Path, wasm_dir: Path) -> None:
+    config = load_config(write(tmp_path, FULL))
+
+    assert config == Config(
+        server=ServerConfig(
+            listen_host="::1", listen_port=6000, grpc_threads=4, log_level="debug", max_body_bytes=1024
+        ),
+        plugins=(
+            PluginConfig(
+                name="add-header",
+                path=wasm_dir / "add_header.wasm",
+                config={"header": "x-a", "nested": {"list": (1, 2.5, True, None)}},
+                enabled=False,
+                execution_points=frozenset({ExecutionPoint.REQUEST_HEADERS, ExecutionPoint.RESPONSE_HEADERS}),
+                timeout_ms=250,
+                memory_limit_mb=32,
+                encoding=Encoding.PROTOBUF,
+                pool_size=2,
+                match=MatchRules(
+                    path_prefix="/api",
+                    path_regex=re.compile("^/v[0-9]+/"),
+                    hosts=("example.com", "*.example.org"),
+                    methods=frozenset({"GET", "POST"}),
+                    headers=(
+                        HeaderRule(name="x-debug", present=True),
+                        HeaderRule(name="x-env", equals="prod"),
+                    ),
+                ),
+            ),
+            PluginConfig(name="minimal", path=wasm_dir / "minimal.wasm"),
+        ),
+        source=tmp_path / "extproc.yaml",
+    )
+    assert config.server.listen_address == "[::1]:6000"
+
+
+def test_defaults(tmp_path: Path, wasm_dir: Path) -> None:
+    config = load_config(write(tmp_path, "plugins:\n  - {name: a, path: plugins/a.wasm}\n"))
+
+    assert config.server == ServerConfig("127.0.0.1", 50051, 16, "info", 8 * 1024 * 1024)
+    assert config.server.listen_address == "127.0.0.1:50051"
+    [plugin] = config.plugins
+    assert plugin.config == {}
+    assert plugin.enabled is True
+    assert plugin.execution_points is None
+    assert (plugin.timeout_ms, plugin.memory_limit_mb, plugin.pool_size) == (100, 16, None)
+    assert plugin.encoding is Encoding.JSON
+    assert plugin.match.is_empty
+
+
+def test_null_means_default(tmp_path: Path, wasm_dir: Path) -> None:
+    text = "server:\nplugins:\n  - {name: a, path: plugins/a.wasm, config: null, timeout_ms: ~, match:}\n"
+    config = load_config(write(tmp_path, text))
+
+    assert config.server == ServerConfig()
+    assert config.plugins == (PluginConfig(name="a", path=wasm_dir / "a.wasm"),)
+
+
+def test_empty_plugin_list(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "plugins: []\n")).plugins == ()
+
+
+def test_relative_paths_resolve_against_the_config_folder(
+    tmp_path: Path, wasm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_file = write(tmp_path / "etc", "plugins:\n  - {name: a, path: ../plugins/./a.wasm}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    config = load_config(config_file)
+
+    assert config.plugins[0].path == wasm_dir / "a.wasm"
+    assert config.plugins[0].path.is_absolute()
+
+
+def test_relative_config_path_is_made_absolute(
+    tmp_path: Path, wasm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, "plugins:\n  - {name: a, path: plugins/a.wasm}\n")
+    monkeypatch.chdir(tmp_path)
+
+    config = load_config(Path("extproc.yaml"))
+
+    assert config.source == tmp_path / "extproc.yaml"
+    assert config.plugins[0].path == wasm_dir / "a.wasm"
+
+
+def test_absolute_plugin_path(tmp_path: Path, wasm_dir: Path) -> None:
+    config_file = write(tmp_path / "etc", f"plugins:\n  - {{name: a, path: '{wasm_dir / 'a.wasm'}'}}\n")
+
+    assert load_config(config_file).plugins[0].path == wasm_dir / "a.wasm"
+
+
+def test_plugin_config_is_read_only_and_json_serialisable(tmp_path: Path, wasm_dir: Path) -> None:
+    plugin = load_config(write(tmp_path, FULL)).plugins[0]
+
+    with pytest.raises(TypeError):
+        plugin.config["header"] = "changed"  # type: ignore[index]
+    assert json.loads(plugin.config_json()) == {"header": "x-a", "nested": {"list": [1, 2.5, True, None]}}
+    assert PluginConfig(name="m", path=wasm_dir / "minimal.wasm").config_json() == "{}"
+    assert len({plugin, plugin}) == 1  # hashable despite the mapping
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.text(), JSON, max_size=5))
+def test_any_json_plugin_config_round_trips(data: dict[str, object]) -> None:
+    # parse_config checks the wasm file, so point at a file that always exists.
+    plugin_data = {"name": "p", "path": __file__, "config": data}
+    plugin = parse_config({"plugins": [plugin_data]}, Path("/config.yaml")).plugins[0]
+
+    assert json.loads(plugin.config_json()) == data
+
+
+def test_error_str_and_attributes(tmp_path: Path) -> None:
+    path = write(tmp_path, "plugins: []\nserver: {grpc_threads: -5}\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert (info.value.file, info.value.key) == (path, "server.grpc_threads")
+    assert info.value.reason == "must be a positive integer, got -5"
+    assert str(info.value) == f"{path}: server.grpc_threads: must be a positive integer, got -5"
+    assert isinstance(info.value, ValueError)
+
+
+def test_yaml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, "plugins:\n  - name: a\n    path: a.wasm\n      timeout_ms: 5\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert (info.value.line, info.value.column) == (4, 17)
+    assert str(info.value) == f"{path}:4:17: invalid YAML: mapping values are not allowed here"
+
+
+def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "plugins: []\nserver: {grpc_threads: 1}\nserver: {grpc_threads: 2}\n")
+
+    with pytest.raises(ConfigError, match=r":3:1: invalid YAML: duplicate key 'server'"):
+        load_config(path)
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path: Path, wasm_dir: Path) -> None:
+    text = "plugins:\n  - &a {name: a, path: plugins/a.wasm, timeout_ms: 5}\n  - {<<: *a, name: b}\n"
+
+    plugins = load_config(write(tmp_path, text)).plugins
+
+    assert [(p.name, p.timeout_ms) for p in plugins] == [("a", 5), ("b", 5)]
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found") as info:
+        load_config(tmp_path / "nope.yaml")
+    assert info.value.key == ""
+
+
+def test_config_file_is_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path)
+
+
+def test_oversized_config_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "plugins: []\n" + "#" * MAX_CONFIG_BYTES)
+
+    with pytest.raises(ConfigError, match="larger than"):
+        load_config(path)
+
+
+def plugin(extra: str = "", name: str = "a") -> str:
+    return f"plugins:\n  - name: {name}\n    path: plugins/a.wasm\n" + textwrap.indent(extra, "    ")
+
+
+BAD = [
+    ("top level is a list", "- plugins\n", "", "must be a mapping, got a list"),
+    ("empty file", "", "", "must be a mapping, got null"),
+    ("plugins missing", "server: {}\n", "plugins", "required key is missing"),
+    ("plugins not a list", "plugins: {}\n", "plugins", "must be a list, got a mapping"),
+    ("unknown top-level key", "plugins: []\nserverr: {}\n", "serverr", "did you mean 'server'?"),
+    ("unknown key, no suggestion", "plugins: []\nzzz: 1\n", "zzz", "unknown key 'zzz'. Allowed keys: server"),
+    (
+        "unknown plugin key",
+        plugin("timeout: 5\n"),
+        "plugins[0].timeout",
+        "unknown key 'timeout'; did you mean 'timeout_ms'? Allowed keys: name, path, config,",
+    ),
+    ("plugin not a mapping", "plugins: [a.wasm]\n", "plugins[0]", "must be a mapping, got 'a.wasm'"),
+    ("string timeout", plugin("timeout_ms: '100'\n"), "plugins[0].timeout_ms", "positive integer, got '100'"),
+    ("bool timeout", plugin("timeout_ms: true\n"), "plugins[0].timeout_ms", "got true (boolean)"),
+    ("float timeout", plugin("timeout_ms: 1.5\n"), "plugins[0].timeout_ms", "positive integer, got 1.5"),
+    ("negative timeout", plugin("timeout_ms: -5\n"), "plugins[0].timeout_ms", "positive integer, got -5"),
+    ("zero timeout", plugin("timeout_ms: 0\n"), "plugins[0].timeout_ms", "positive integer, got 0"),
+    ("negative memory", plugin("memory_limit_mb: -1\n"), "plugins[0].memory_limit_mb", "got -1"),
+    ("zero memory", plugin("memory_limit_mb: 0\n"), "plugins[0].memory_limit_mb", "got 0"),
+    ("zero pool", plugin("pool_size: 0\n"), "plugins[0].pool_size", "got 0"),
+    ("zero threads", "server: {grpc_threads: 0}\nplugins: []\n", "server.grpc_threads", "got 0"),
+    ("bool body limit", "server: {max_body_bytes: no}\nplugins: []\n", "server.max_body_bytes", "false"),
+    ("string enabled", plugin("enabled: 'yes'\n"), "plugins[0].enabled", "must be true or false, got 'yes'"),
+    ("list for config", plugin("config: [1]\n"), "plugins[0].config", "must be a mapping, got a list"),
+    ("non-string config key", plugin("config: {1: a}\n"), "plugins[0].config", "keys must be strings, got 1"),
+    ("date in config", plugin("config: {a: [2024-01-01]}\n"), "plugins[0].config.a[0]", "quote it"),
+    ("nan in config", plugin("config: {a: .nan}\n"), "plugins[0].config.a", "must be a finite number"),
+    ("missing name", "plugins:\n  - path: plugins/a.wasm\n", "plugins[0].name", "required key is missing"),
+    ("missing path", "plugins:\n  - name: a\n", "plugins[0].path", "required key is missing"),
+    (
+        "number name",
+        "plugins:\n  - {name: 7, path: a}\n",
+        "plugins[0].name",
+        "must be a string, got 7; quote it",
+    ),
+    ("empty path", "plugins:\n  - {name: a, path: ''}\n", "plugins[0].path", "must not be empty"),
+    (
+        "missing wasm",
+        "plugins:\n  - {name: a, path: nope.wasm}\n",
+        "plugins[0].path",
+        "file not found: {tmp}/nope.wasm",
+    ),
+    (
+        "wasm is a folder",
+        "plugins:\n  - {name: a, path: plugins}\n",
+        "plugins[0].path",
+        "not a file: {tmp}/plugins",
+    ),
+    (
+        "duplicate name",
+        "plugins:\n" + "".join(f"  - {{name: {n}, path: plugins/a.wasm}}\n" for n in "aba"),
+        "plugins[2].name",
+        "duplicate plugin name 'a' (already used by plugins[0])",
+    ),
+    ("name with space", plugin(name="'a b'"), "plugins[0].name", "got 'a b'"),
+    ("name starting with dash", plugin(name="'-a'"), "plugins[0].name", "must start with a letter or digit"),
+    (
+        "unknown execution point",
+        plugin("execution_points: [request_headers, request_header]\n"),
+        "plugins[0].execution_points[1]",
+        "got 'request_header'; did you mean 'request_headers'?",
+    ),
+    (
+        "duplicate execution point",
+        plugin("execution_points: [request_headers, request_headers]\n"),
+        "plugins[0].execution_points[1]",
+        "duplicate value 'request_headers' (same as plugins[0].execution_points[0])",
+    ),
+    (
+        "no execution points",
+        plugin("execution_points: []\n"),
+        "plugins[0].execution_points",
+        "must not be empty",
+    ),
+    (
+        "bad encoding",
+        plugin("encoding: xml\n"),
+        "plugins[0].encoding",
+        "must be one of json, protobuf, got 'xml'",
+    ),
+    (
+        "unknown match key",
+        plugin("match: {method: [GET]}\n"),
+        "plugins[0].match.method",
+        "did you mean 'methods'?",
+    ),
+    (
+        "relative prefix",
+        plugin("match: {path_prefix: api}\n"),
+        "plugins[0].match.path_prefix",
+        "start with '/'",
+    ),
+    (
+        "bad regex",
+        plugin("match: {path_regex: '(['}\n"),
+        "plugins[0].match.path_regex",
+        "invalid regular expression '([': unterminated character set at position 1",
+    ),
+    (
+        "host with port",
+        plugin("match: {hosts: ['a.com:80']}\n"),
+        "plugins[0].match.hosts[0]",
+        "without a port",
+    ),
+    ("inner wildcard", plugin("match: {hosts: ['a.*.com']}\n"), "plugins[0].match.hosts[0]", "got 'a.*.com'"),
+    ("empty hosts", plugin("match: {hosts: []}\n"), "plugins[0].match.hosts", "omit it to match any host"),
+    ("bad method", plugin("match: {methods: ['GE T']}\n"), "plugins[0].match.methods[0]", "HTTP method"),
+    ("duplicate method", plugin("match: {methods: [get, GET]}\n"), "plugins[0].match.methods[1]", "'GET'"),
+    (
+        "header rule with present and equals",
+        plugin("match: {headers: [{name: x, present: true, equals: v}]}\n"),
+        "plugins[0].match.headers[0]",
+        "needs exactly one of 'present' and 'equals'",
+    ),
+    (
+        "header rule with neither",
+        plugin("match: {headers: [{name: x}]}\n"),
+        "plugins[0].match.headers[0]",
+        "needs exactly one of",
+    ),
+    (
+        "header rule with number",
+        plugin("match: {headers: [{name: x, equals: 1}]}\n"),
+        "plugins[0].match.headers[0].equals",
+        "must be a string, got 1; quote it",
+    ),
+    (
+        "bad header name",
+        plugin("match: {headers: [{name: 'x y', present: true}]}\n"),
+        "plugins[0].match.headers[0].name",
+        "header name",
+    ),
+    (
+        "listen without port",
+        "server: {listen: localhost}\nplugins: []\n",
+        "server.listen",
+        "must be 'host:port'",
+    ),
+    (
+        "listen as number",
+        "server: {listen: 50051}\nplugins: []\n",
+        "server.listen",
+        "must be a string, got 50051",
+    ),
+    (
+        "listen bare IPv6",
+        "server: {listen: '::1:50051'}\nplugins: []\n",
+        "server.listen",
+        "must be bracketed",
+    ),
+    (
+        "listen bad IPv6",
+        "server: {listen: '[zz]:1'}\nplugins: []\n",
+        "server.listen",
+        "'zz' is not an IPv6 address",
+    ),
+    ("listen port too big", "server: {listen: 'h:65536'}\nplugins: []\n", "server.listen", "got '65536'"),
+    ("listen empty port", "server: {listen: 'h:'}\nplugins: []\n", "server.listen", "0 to 65535, got ''"),
+    ("listen bad host", "server: {listen: 'a b:1'}\nplugins: []\n", "server.listen", "invalid host 'a b'"),
+    (
+        "bad log level",
+        "server: {log_level: verbose}\nplugins: []\n",
+        "server.log_level",
+        "must be one of debug, info, warning, error, got 'verbose'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"), [case[1:] for case in BAD], ids=[case[0] for case in BAD]
+)
+def test_bad_config(tmp_path: Path, wasm_dir: Path, text: str, key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+
+    assert info.value.key == key
+    assert fragment.format(tmp=tmp_path) in info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:50051", ListenAddress("127.0.0.1", 50051)),
+        ("localhost:0", ListenAddress("localhost", 0)),
+        ("[::]:8080", ListenAddress("::", 8080)),
+        ("[fe80::1%eth0]:1", ListenAddress("fe80::1%eth0", 1)),
+    ],
+)
+def test_listen_address_parse(text: str, expected: ListenAddress) -> None:
+    address = ListenAddress.parse(text, source=Path("cli"))
+
+    assert address == expected
+    assert str(address) == text
+
+
+def test_listen_address_parse_error_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"^--listen: --listen: port must be"):
+        ListenAddress.parse("host:port", source=Path("--listen"), key="--listen")
+
+
+RULES = MatchRules(
+    path_prefix="/api",
+    path_regex=re.compile(r"/v[0-9]+/"),
+    hosts=("example.com", "*.example.org"),
+    methods=frozenset({"GET", "POST"}),
+    headers=(
+        HeaderRule("x-debug", present=True),
+        HeaderRule("x-test", present=False),
+        HeaderRule("x-env", equals="prod"),
+    ),
+)
+GOOD = {
+    "method": "GET",
+    "path": "/api/v1/items",
+    "authority": "example.com",
+    "headers": {"x-debug": "", "x-env": "prod"},
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({}, True),
+        ({"path": "/api/v1/items?q=/x"}, True),
+        ({"path": "/other/v1/?x=/api/v1/"}, False),
+        ({"path": "/api/items?v=/v1/"}, False),
+        ({"authority": "EXAMPLE.com:8443"}, True),
+        ({"authority": "example.com.evil"}, False),
+        ({"authority": "a.example.org:80"}, True),
+        ({"authority": "a.b.example.org"}, True),
+        ({"authority": "example.org"}, False),
+        ({"authority": "badexample.org"}, False),
+        ({"method": "post"}, True),
+        ({"method": "DELETE"}, False),
+        ({"headers": {"x-env": "prod"}}, False),
+        ({"headers": {"x-debug": "1", "x-env": "prod", "x-test": "1"}}, False),
+        ({"headers": {"x-debug": "1", "x-env": "Prod"}}, False),
+    ],
+)
+def test_match_rules(change: dict[str, object], expected: bool) -> None:
+    request = {**GOOD, **change}
+    assert RULES.matches(**request) is expected  # type: ignore[arg-type]
+
+
+def test_ipv6_host_match() -> None:
+    rules = MatchRules(hosts=("[::1]",))
+
+    assert rules.matches("GET", "/", "[::1]:8080", {})
+    assert not rules.matches("GET", "/", "[::2]:8080", {})
+
+
+def test_empty_match_rules_match_everything() -> None:
+    assert MatchRules().is_empty
+    assert MatchRules().matches("BREW", "", "", {})
+    assert not RULES.is_empty
