@@ -45,9 +45,7 @@ class Exchange:
         for plugin in self.selection.plugins:
             if export not in plugin.exports:
                 continue
-            request_body = (
-                self.request_body if _sees_request_body(export, plugin.wants_request_body) else None
-            )
+            request_body = self.request_body if _sees_request_body(export, plugin.wants_request_body) else None
             response = None
             if export.is_response and self.response is not None:
                 body = self.response_body if export is Export.RESPONSE_BODY else None
@@ -63,9 +61,7 @@ class Exchange:
             try:
                 output = plugin.call(export, payload)
             except PluginCallError as exc:
-                log.error(
-                    "%s", exc, extra={"plugin": exc.plugin, "phase": export.value, "kind": exc.kind.value}
-                )
+                log.error("%s", exc, extra={"plugin": exc.plugin, "phase": export.value, "kind": exc.kind.value})
                 return PLUGIN_FAILURE_REPLY
             if output is None:
                 continue

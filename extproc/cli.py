@@ -15,18 +15,14 @@ from extproc.plugins.registry import PluginSet
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="extproc", description="Envoy ext_proc server running Extism plugins"
-    )
+    parser = argparse.ArgumentParser(prog="extproc", description="Envoy ext_proc server running Extism plugins")
     parser.add_argument("--version", action="version", version=f"extproc {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve Envoy's ext_proc streams")
     serve.add_argument("--config", required=True, type=Path, help="YAML config file")
     serve.add_argument("--listen", help="HOST:PORT to listen on (overrides server.listen)")
-    serve.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="overrides server.log_level"
-    )
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="overrides server.log_level")
 
     check = commands.add_parser("check", help="validate the config and load every plugin, then exit")
     check.add_argument("--config", required=True, type=Path, help="YAML config file")

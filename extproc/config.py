@@ -289,16 +289,12 @@ def _did_you_mean(value: str, choices: Collection[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _optional(
-    m: Mapping[str, object], key: str, name: str, parse: Callable[[object, str], _T], default: _D
-) -> _T | _D:
+def _optional(m: Mapping[str, object], key: str, name: str, parse: Callable[[object, str], _T], default: _D) -> _T | _D:
     value = m.get(name)
     return default if value is None else parse(value, _child(key, name))
 
 
-def _mapping(
-    value: object, key: str, allowed: Collection[str], required: Collection[str] = ()
-) -> Mapping[str, object]:
+def _mapping(value: object, key: str, allowed: Collection[str], required: Collection[str] = ()) -> Mapping[str, object]:
     if not isinstance(value, Mapping):
         raise _Invalid(key, f"must be a mapping, got {_describe(value)}")
     for name in value:
@@ -306,9 +302,7 @@ def _mapping(
             raise _Invalid(key, f"keys must be strings, got {_describe(name)}")
         if name not in allowed:
             hint = _did_you_mean(name, allowed) or "."
-            raise _Invalid(
-                _child(key, name), f"unknown key {name!r}{hint} Allowed keys: {', '.join(allowed)}"
-            )
+            raise _Invalid(_child(key, name), f"unknown key {name!r}{hint} Allowed keys: {', '.join(allowed)}")
     for name in required:
         if name not in value:
             raise _Invalid(_child(key, name), "required key is missing")
@@ -354,9 +348,7 @@ def _one_of(value: object, key: str, choices: Collection[str]) -> str:
     return value
 
 
-def _string_list(
-    value: object, key: str, item: Callable[[object, str], str], *, empty_hint: str
-) -> tuple[str, ...]:
+def _string_list(value: object, key: str, item: Callable[[object, str], str], *, empty_hint: str) -> tuple[str, ...]:
     """A list of strings normalised by ``item``. Empty lists are refused because "none allowed" and "no
     condition" would both be plausible readings."""
     items = _list(value, key)
@@ -395,9 +387,7 @@ def _listen_address(value: object, key: str) -> ListenAddress:
 def _server(value: object, key: str) -> ServerConfig:
     m = _mapping(value, key, _SERVER_KEYS)
     defaults = ServerConfig()
-    address = _optional(
-        m, key, "listen", _listen_address, ListenAddress(defaults.listen_host, defaults.listen_port)
-    )
+    address = _optional(m, key, "listen", _listen_address, ListenAddress(defaults.listen_host, defaults.listen_port))
     return ServerConfig(
         listen_host=address.host,
         listen_port=address.port,
@@ -434,9 +424,7 @@ def _plugin(value: object, key: str, base_dir: Path) -> PluginConfig:
         execution_points=_optional(m, key, "execution_points", _execution_points, defaults.execution_points),
         timeout_ms=_optional(m, key, "timeout_ms", _positive_int, defaults.timeout_ms),
         memory_limit_mb=_optional(m, key, "memory_limit_mb", _positive_int, defaults.memory_limit_mb),
-        encoding=_optional(
-            m, key, "encoding", lambda v, k: Encoding(_one_of(v, k, _ENCODINGS)), defaults.encoding
-        ),
+        encoding=_optional(m, key, "encoding", lambda v, k: Encoding(_one_of(v, k, _ENCODINGS)), defaults.encoding),
         pool_size=_optional(m, key, "pool_size", _positive_int, defaults.pool_size),
         match=_optional(m, key, "match", _match, defaults.match),
     )
@@ -447,8 +435,7 @@ def _plugin_name(value: object, key: str) -> str:
     if not _NAME_RE.fullmatch(name):
         raise _Invalid(
             key,
-            f"must start with a letter or digit and contain only letters, digits, '_', '.' and '-', "
-            f"got {name!r}",
+            f"must start with a letter or digit and contain only letters, digits, '_', '.' and '-', got {name!r}",
         )
     return name
 
@@ -504,8 +491,7 @@ def _freeze(value: object, key: str) -> object:
         return value
     raise _Invalid(
         key,
-        f"must be a string, number, boolean, null, list or mapping, got {_describe(value)}; "
-        "quote it to pass a string",
+        f"must be a string, number, boolean, null, list or mapping, got {_describe(value)}; quote it to pass a string",
     )
 
 
@@ -549,9 +535,7 @@ def _hosts(value: object, key: str) -> tuple[str, ...]:
 def _host_pattern(value: object, key: str) -> str:
     host = _string(value, key).lower()
     if not _HOST_PATTERN_RE.fullmatch(host):
-        raise _Invalid(
-            key, f"must be a host name without a port, optionally starting with '*.', got {host!r}"
-        )
+        raise _Invalid(key, f"must be a host name without a port, optionally starting with '*.', got {host!r}")
     return host
 
 

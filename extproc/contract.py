@@ -335,9 +335,7 @@ def check_for_export(output: PluginOutput, export: Export) -> None:
     for index, (name, value) in enumerate(changes.set):
         if name.startswith(":"):
             if name not in settable:
-                raise OutputError(
-                    f"headers.set[{index}].name", f"pseudo-header {name!r} may not be changed here"
-                )
+                raise OutputError(f"headers.set[{index}].name", f"pseudo-header {name!r} may not be changed here")
             if name == ":status":
                 _int(value, f"headers.set[{index}].value", 200, 599)
             elif not value:

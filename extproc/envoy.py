@@ -47,8 +47,15 @@ def header_mutation(diff: HeaderDiff) -> ep.HeaderMutation:
             option = set_headers.add()
             option.header.key = name
             option.header.raw_value = value.encode()
-            option.append_action = OVERWRITE if index == 0 else APPEND
+            _set_append(option, index > 0)
     return mutation
+
+
+def _set_append(option: Any, append: bool) -> None:
+    # Envoy's ext_proc reads the legacy `append` flag and treats it as false when unset,
+    # whatever append_action says, so both are set.
+    option.append.value = append
+    option.append_action = APPEND if append else OVERWRITE
 
 
 def _pairs_mutation(pairs: Iterable[Pair]) -> ep.HeaderMutation:
@@ -57,7 +64,7 @@ def _pairs_mutation(pairs: Iterable[Pair]) -> ep.HeaderMutation:
         option = mutation.set_headers.add()
         option.header.key = name
         option.header.raw_value = value.encode()
-        option.append_action = APPEND
+        _set_append(option, True)
     return mutation
 
 

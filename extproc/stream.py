@@ -96,9 +96,7 @@ class ExchangeStream:
         if not selection.plugins:
             return ep.ProcessingResponse(
                 request_headers=_EMPTY_HEADERS_REPLY,
-                mode_override=envoy.mode_override(
-                    request_body=False, response_headers=False, response_body=False
-                ),
+                mode_override=envoy.mode_override(request_body=False, response_headers=False, response_body=False),
             )
         self._is_grpc = (headers.first("content-type") or "").startswith("application/grpc")
         exchange = Exchange(selection, headers, envoy.attributes(request), envoy.metadata_context(request))

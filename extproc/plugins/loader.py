@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import extism
+from extism.extism import CompiledPlugin
 
 from extproc import contract
 from extproc.config import Encoding, ExecutionPoint, PluginConfig
@@ -109,7 +110,7 @@ def load_plugin(spec: PluginConfig, default_pool_size: int) -> LoadedPlugin:
     }
     config = extism_config(spec)
     try:
-        compiled = extism.CompiledPlugin(manifest, wasi=False, functions=[])
+        compiled = CompiledPlugin(manifest, wasi=False, functions=[])
         first = extism.Plugin(compiled, config=config, functions=[])
     except extism.Error as exc:
         raise PluginLoadError(spec.name, spec.path, f"cannot instantiate: {exc}") from None
@@ -148,9 +149,7 @@ def _active_exports(spec: PluginConfig, module_exports: frozenset[Export]) -> tu
         return module_exports, Export.REQUEST_BODY in module_exports
     for point in points:
         export = next(e for e, p in POINT_OF_EXPORT.items() if p == point)
-        serves_body_to_generate = (
-            point is ExecutionPoint.REQUEST_BODY and Export.GENERATE_RESPONSE in module_exports
-        )
+        serves_body_to_generate = point is ExecutionPoint.REQUEST_BODY and Export.GENERATE_RESPONSE in module_exports
         if export not in module_exports and not serves_body_to_generate:
             raise PluginLoadError(
                 spec.name,
