@@ -144,9 +144,7 @@ def test_relative_paths_resolve_against_the_config_folder(
     assert config.plugins[0].path.is_absolute()
 
 
-def test_relative_config_path_is_made_absolute(
-    tmp_path: Path, wasm_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_relative_config_path_is_made_absolute(tmp_path: Path, wasm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write(tmp_path, "plugins:\n  - {name: a, path: plugins/a.wasm}\n")
     monkeypatch.chdir(tmp_path)
 
@@ -417,9 +415,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("text", "key", "fragment"), [case[1:] for case in BAD], ids=[case[0] for case in BAD]
-)
+@pytest.mark.parametrize(("text", "key", "fragment"), [case[1:] for case in BAD], ids=[case[0] for case in BAD])
 def test_bad_config(tmp_path: Path, wasm_dir: Path, text: str, key: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text))

@@ -81,7 +81,11 @@ def test_empty_output_means_no_change(raw: bytes) -> None:
 def test_full_output_parses() -> None:
     raw = json.dumps(
         {
-            "headers": {"set": [{"name": "X-A", "value": "1"}], "append": [{"name": "b", "value": "2"}], "remove": ["c"]},
+            "headers": {
+                "set": [{"name": "X-A", "value": "1"}],
+                "append": [{"name": "b", "value": "2"}],
+                "remove": ["c"],
+            },
             "body": {"data": base64.b64encode(b"\x00\x01").decode()},
             "dynamic_metadata": {"decision": "allow"},
         }

@@ -185,9 +185,7 @@ def wait_for_port(host: str, port: int, timeout: float, *, process: ManagedProce
                 return
         except OSError as err:
             if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"{host}:{port} not accepting connections after {timeout}s: {err}"
-                ) from err
+                raise TimeoutError(f"{host}:{port} not accepting connections after {timeout}s: {err}") from err
         time.sleep(_POLL_INTERVAL_S)
 
 

@@ -39,9 +39,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def _render(**kwargs: Any) -> dict[str, Any]:
     # --mode validate never binds, so the ports only need to be well-formed.
-    return render_bootstrap(
-        listen_port=10000, admin_port=10001, upstream_port=10002, extproc_port=10003, **kwargs
-    )
+    return render_bootstrap(listen_port=10000, admin_port=10001, upstream_port=10002, extproc_port=10003, **kwargs)
 
 
 def _envoy_validate(tmp_path: Path, bootstrap: dict[str, Any]) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,5 @@
+// Traps on every call.
+export function process_request_headers(): i32 {
+  unreachable();
+  return 0;
+}
