@@ -1,0 +1,176 @@
+"""The ext_proc stream state machine over a real gRPC channel (no Envoy)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+
+from extproc.config import parse_config
+from extproc.server import Server
+
+Stub = Any
+
+
+@pytest.fixture
+def connect(tmp_path: Path) -> Iterator[Any]:
+    servers: list[Server] = []
+    channels: list[grpc.Channel] = []
+
+    def start(*plugins: dict[str, Any], **server: Any) -> Stub:
+        config = parse_config({"server": server, "plugins": list(plugins)}, tmp_path / "extproc.yaml")
+        running = Server(config, "127.0.0.1", 0)
+        running.start()
+        servers.append(running)
+        channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+        channels.append(channel)
+        return ep_grpc.ExternalProcessorStub(channel)
+
+    yield start
+    for channel in channels:
+        channel.close()
+    for running in servers:
+        running.stop(0)
+
+
+def headers(*pairs: tuple[str, str], end_of_stream: bool = False, **kwargs: Any) -> ep.ProcessingRequest:
+    header_map = base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs],
+    )
+    return ep.ProcessingRequest(
+        request_headers=ep.HttpHeaders(headers=header_map, end_of_stream=end_of_stream), **kwargs
+    )
+
+
+def body(data: bytes, end_of_stream: bool) -> ep.ProcessingRequest:
+    return ep.ProcessingRequest(request_body=ep.HttpBody(body=data, end_of_stream=end_of_stream))
+
+
+REQUEST = ((":method", "POST"), (":path", "/p"), (":authority", "example.com"), (":scheme", "http"))
+
+
+def exchange(stub: Stub, *requests: ep.ProcessingRequest) -> list[ep.ProcessingResponse]:
+    return list(stub.Process(iter(requests), timeout=10))
+
+
+def scripted(plugin_dir: Path, **outputs: Any) -> dict[str, Any]:
+    return {
+        "name": "s",
+        "path": str(plugin_dir / "scripted.wasm"),
+        "execution_points": sorted(export.removeprefix("process_") for export in outputs),
+        "config": {export: json.dumps(output) for export, output in outputs.items()},
+    }
+
+
+def test_unmatched_request_skips_every_later_phase(connect: Any, plugin_dir: Path) -> None:
+    plugin = scripted(plugin_dir, process_request_headers={}, process_response_body={})
+    plugin["match"] = {"path_prefix": "/only"}
+    [reply] = exchange(connect(plugin), headers(*REQUEST))
+    assert reply.HasField("request_headers")
+    assert not reply.request_headers.response.HasField("header_mutation")
+    mode = reply.mode_override
+    assert mode.request_body_mode == ProcessingMode.NONE
+    assert mode.response_header_mode == ProcessingMode.SKIP
+    assert mode.response_body_mode == ProcessingMode.NONE
+
+
+def test_header_mutation_and_route_cache(connect: Any, plugin_dir: Path) -> None:
+    output = {"headers": {"set": [{"name": ":path", "value": "/new"}], "append": [{"name": "x-a", "value": "1"}]}}
+    [reply] = exchange(connect(scripted(plugin_dir, process_request_headers=output)), headers(*REQUEST))
+    common = reply.request_headers.response
+    assert common.clear_route_cache
+    options = {(o.header.key, o.header.raw_value, o.append.value) for o in common.header_mutation.set_headers}
+    assert options == {(":path", b"/new", False), ("x-a", b"1", False)}
+    assert reply.mode_override.response_header_mode == ProcessingMode.SKIP
+
+
+def test_buffered_body_rewrite_fixes_content_length(connect: Any, plugin_dir: Path) -> None:
+    plugin = {"name": "t", "path": str(plugin_dir / "transform.wasm"), "config": {"suffix": "!!"}}
+    plugin["execution_points"] = ["request_body"]
+    first, second = exchange(
+        connect(plugin), headers(*REQUEST, ("content-length", "5")), body(b"hello", end_of_stream=True)
+    )
+    assert first.mode_override.request_body_mode == ProcessingMode.BUFFERED
+    common = second.request_body.response
+    assert common.body_mutation.body == b"hello!!"
+    assert [(o.header.key, o.header.raw_value) for o in common.header_mutation.set_headers] == [
+        ("content-length", b"7")
+    ]
+
+
+def test_streamed_body_is_held_then_sent_whole(connect: Any, plugin_dir: Path) -> None:
+    plugin = {"name": "t", "path": str(plugin_dir / "transform.wasm"), "config": {"suffix": "!"}}
+    plugin["execution_points"] = ["request_body"]
+    replies = exchange(
+        connect(plugin),
+        headers(*REQUEST),
+        body(b"ab", end_of_stream=False),
+        body(b"cd", end_of_stream=False),
+        body(b"ef", end_of_stream=True),
+    )
+    assert [r.request_body.response.body_mutation.clear_body for r in replies[1:3]] == [True, True]
+    assert replies[3].request_body.response.body_mutation.body == b"abcdef!"
+    # Headers already left Envoy in streamed mode, so no header mutation rides on the body.
+    assert not replies[3].request_body.response.HasField("header_mutation")
+
+
+def test_buffered_partial_overflow_passes_through(connect: Any, plugin_dir: Path) -> None:
+    plugin = {"name": "t", "path": str(plugin_dir / "transform.wasm"), "config": {"suffix": "!"}}
+    partial = ep.ProtocolConfiguration(request_body_mode=ProcessingMode.BUFFERED_PARTIAL)
+    replies = exchange(connect(plugin), headers(*REQUEST, protocol_config=partial), body(b"abc", end_of_stream=False))
+    assert not replies[1].request_body.response.HasField("body_mutation")
+
+
+def test_body_over_limit_is_413(connect: Any, plugin_dir: Path) -> None:
+    plugin = {"name": "t", "path": str(plugin_dir / "transform.wasm"), "execution_points": ["request_body"]}
+    replies = exchange(connect(plugin, max_body_bytes=4), headers(*REQUEST), body(b"too long", end_of_stream=True))
+    assert replies[1].immediate_response.status.code == 413
+
+
+@pytest.mark.parametrize(("status", "grpc_status"), [(403, 7), (429, 14), (200, 0), (418, 2)])
+def test_grpc_request_gets_grpc_status(connect: Any, plugin_dir: Path, status: int, grpc_status: int) -> None:
+    output = {"immediate_response": {"status": status}}
+    stub = connect(scripted(plugin_dir, process_request_headers=output))
+    [reply] = exchange(stub, headers(*REQUEST, ("content-type", "application/grpc")))
+    assert reply.immediate_response.status.code == status
+    assert reply.immediate_response.grpc_status.status == grpc_status
+
+
+@pytest.mark.parametrize("plugin_name", ["trap", "garbage"])
+def test_failing_plugin_answers_503(connect: Any, plugin_dir: Path, plugin_name: str) -> None:
+    stub = connect({"name": plugin_name, "path": str(plugin_dir / f"{plugin_name}.wasm")})
+    [reply] = exchange(stub, headers(*REQUEST))
+    assert reply.immediate_response.status.code == 503
+    assert b"plugin" not in reply.immediate_response.body.lower()
+
+
+def test_response_phases_and_trailers(connect: Any, plugin_dir: Path) -> None:
+    output = {"headers": {"set": [{"name": ":status", "value": "201"}]}}
+    stub = connect(scripted(plugin_dir, process_response_headers=output))
+    response_headers = ep.ProcessingRequest(
+        response_headers=ep.HttpHeaders(
+            headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=":status", raw_value=b"200")])
+        )
+    )
+    trailers = ep.ProcessingRequest(response_trailers=ep.HttpTrailers())
+    first, second, third = exchange(stub, headers(*REQUEST, end_of_stream=True), response_headers, trailers)
+    assert first.mode_override.response_header_mode == ProcessingMode.SEND
+    [option] = second.response_headers.response.header_mutation.set_headers
+    assert (option.header.key, option.header.raw_value) == (":status", b"201")
+    assert third.HasField("response_trailers")
+
+
+def test_dynamic_metadata_is_namespaced_by_plugin(connect: Any, plugin_dir: Path) -> None:
+    output = {"dynamic_metadata": {"decision": "allow"}}
+    [reply] = exchange(connect(scripted(plugin_dir, process_request_headers=output)), headers(*REQUEST))
+    assert reply.dynamic_metadata.fields["extproc"].struct_value.fields["s"].struct_value.fields[
+        "decision"
+    ].string_value == ("allow")
