@@ -9,20 +9,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from extproc.config import FailurePolicy
 from extproc.contract import Export, ImmediateReply, MessageView, build_input
-from extproc.errors import PluginCallError
+from extproc.errors import FailureKind, PluginCallError
 from extproc.headers import HeaderList
 from extproc.plugins.registry import Selection
 
 log = logging.getLogger("extproc.chain")
-
-# What the client sees when a plugin fails: it names no internals.
-PLUGIN_FAILURE_REPLY = ImmediateReply(
-    status=503,
-    headers=(("content-type", "text/plain"),),
-    body=b"Service Unavailable\n",
-    details="extproc_plugin_failure",
-)
 
 
 @dataclass(slots=True)
@@ -61,8 +54,11 @@ class Exchange:
             try:
                 output = plugin.call(export, payload)
             except PluginCallError as exc:
-                log.error("%s", exc, extra={"plugin": exc.plugin, "phase": export.value, "kind": exc.kind.value})
-                return PLUGIN_FAILURE_REPLY
+                fail_open = plugin.spec.on_error is FailurePolicy.FAIL_OPEN
+                _log_failure(exc, export, fail_open)
+                if fail_open:
+                    continue
+                return plugin.failure_reply
             if output is None:
                 continue
             if output.metadata:
@@ -82,3 +78,11 @@ class Exchange:
 
 def _sees_request_body(export: Export, wants_request_body: bool) -> bool:
     return export is Export.REQUEST_BODY or (export is Export.GENERATE_RESPONSE and wants_request_body)
+
+
+def _log_failure(exc: PluginCallError, export: Export, fail_open: bool) -> None:
+    extra = {"plugin": exc.plugin, "phase": export.value, "kind": exc.kind.value}
+    action = "skipped its changes (fail_open)" if fail_open else "failed the request (fail_closed)"
+    # An open breaker refuses every call; the state change itself was logged once already.
+    level = logging.DEBUG if exc.kind is FailureKind.CIRCUIT_OPEN else logging.WARNING
+    log.log(level, "%s; %s", exc, action, extra=extra)

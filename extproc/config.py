@@ -38,7 +38,21 @@ _HOST_PATTERN_RE: Final = re.compile(rf"(?:\*\.)?{_DNS_NAME}|\[[0-9a-f:.]+\]")
 _TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 _TOP_KEYS: Final = ("server", "plugins")
-_SERVER_KEYS: Final = ("listen", "grpc_threads", "log_level", "max_body_bytes")
+_SERVER_KEYS: Final = (
+    "listen",
+    "grpc_threads",
+    "log_level",
+    "max_body_bytes",
+    "shutdown_grace_ms",
+    "reload_poll_ms",
+    "drain_ms",
+    "admin_listen",
+    "log_format",
+    "tls",
+    "allow_plaintext_off_loopback",
+)
+_TLS_KEYS: Final = ("cert_file", "key_file", "client_ca_file")
+LOG_FORMATS: Final = ("text", "json")
 _PLUGIN_KEYS: Final = (
     "name",
     "path",
@@ -50,7 +64,14 @@ _PLUGIN_KEYS: Final = (
     "encoding",
     "pool_size",
     "match",
+    "on_error",
+    "error_status",
+    "retries",
+    "circuit_breaker",
+    "allowed_hosts",
 )
+_BREAKER_KEYS: Final = ("failures", "cooldown_ms")
+MAX_RETRIES: Final = 5
 _MATCH_KEYS: Final = ("path_prefix", "path_regex", "hosts", "methods", "headers")
 _HEADER_RULE_KEYS: Final = ("name", "present", "equals")
 
@@ -70,6 +91,16 @@ class Encoding(enum.StrEnum):
 
 _EXECUTION_POINTS: Final = tuple(p.value for p in ExecutionPoint)
 _ENCODINGS: Final = tuple(e.value for e in Encoding)
+
+
+class FailurePolicy(enum.StrEnum):
+    """What a plugin failure does to the request."""
+
+    FAIL_OPEN = "fail_open"  # skip this plugin's changes for this request and carry on
+    FAIL_CLOSED = "fail_closed"  # answer the client with `error_status` at once
+
+
+_FAILURE_POLICIES: Final = tuple(p.value for p in FailurePolicy)
 
 
 class ConfigError(ValueError):
@@ -115,12 +146,33 @@ class ListenAddress:
 
 
 @dataclasses.dataclass(frozen=True)
+class TlsConfig:
+    """Server certificate and key (PEM); with client_ca_file, clients must present a certificate it signed."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerConfig:
     listen_host: str = "127.0.0.1"
     listen_port: int = 50051
     grpc_threads: int = 16
     log_level: str = "info"
     max_body_bytes: int = 8 * 1024 * 1024
+    # How long SIGTERM waits for in-flight streams before cancelling them.
+    shutdown_grace_ms: int = 10_000
+    # How often the config file and plugin files are checked for changes; 0 turns watching off.
+    reload_poll_ms: int = 1_000
+    # After SIGTERM the gRPC health service says NOT_SERVING this long before the listener closes, so
+    # that health checkers (Envoy, Kubernetes) stop sending new streams first.
+    drain_ms: int = 0
+    admin_listen: ListenAddress | None = None  # None: no admin HTTP endpoint
+    log_format: str = "text"
+    tls: TlsConfig | None = None
+    # Plaintext gRPC and the admin endpoint listen on loopback only, unless this says otherwise.
+    allow_plaintext_off_loopback: bool = False
 
     @property
     def listen_address(self) -> str:
@@ -177,6 +229,14 @@ class MatchRules:
 
 
 @dataclasses.dataclass(frozen=True)
+class BreakerConfig:
+    """After `failures` consecutive failures the plugin is skipped for `cooldown_ms`; 0 failures = never."""
+
+    failures: int = 5
+    cooldown_ms: int = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
 class PluginConfig:
     name: str
     path: Path  # absolute and resolved
@@ -190,6 +250,13 @@ class PluginConfig:
     encoding: Encoding = Encoding.JSON
     pool_size: int | None = None  # None: server.grpc_threads
     match: MatchRules = MatchRules()
+    # Closed by default: a failed redaction or auth plugin must not let the request through unchanged.
+    on_error: FailurePolicy = FailurePolicy.FAIL_CLOSED
+    error_status: int = 503
+    retries: int = 0
+    circuit_breaker: BreakerConfig = BreakerConfig()
+    # Hosts the plugin may reach with Extism's HTTP client (exact or "*.suffix"); empty: no network.
+    allowed_hosts: tuple[str, ...] = ()
 
     def config_json(self) -> str:
         return json.dumps(self.config, default=_thaw, ensure_ascii=False, allow_nan=False)
@@ -232,7 +299,7 @@ def parse_config(data: object, source: Path) -> Config:
     try:
         top = _mapping(data, "", _TOP_KEYS, required=("plugins",))
         return Config(
-            server=_optional(top, "", "server", _server, ServerConfig()),
+            server=_optional(top, "", "server", lambda v, k: _server(v, k, absolute.parent), ServerConfig()),
             plugins=_plugins(top["plugins"], absolute.parent),
             source=absolute,
         )
@@ -341,6 +408,12 @@ def _positive_int(value: object, key: str) -> int:
     return value
 
 
+def _non_negative_int(value: object, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _Invalid(key, f"must be a non-negative integer, got {_describe(value)}")
+    return value
+
+
 def _one_of(value: object, key: str, choices: Collection[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
@@ -384,16 +457,72 @@ def _listen_address(value: object, key: str) -> ListenAddress:
     return ListenAddress(host, int(port))
 
 
-def _server(value: object, key: str) -> ServerConfig:
+def _server(value: object, key: str, base_dir: Path) -> ServerConfig:
     m = _mapping(value, key, _SERVER_KEYS)
     defaults = ServerConfig()
     address = _optional(m, key, "listen", _listen_address, ListenAddress(defaults.listen_host, defaults.listen_port))
-    return ServerConfig(
+    server = ServerConfig(
         listen_host=address.host,
         listen_port=address.port,
         grpc_threads=_optional(m, key, "grpc_threads", _positive_int, defaults.grpc_threads),
         log_level=_optional(m, key, "log_level", lambda v, k: _one_of(v, k, LOG_LEVELS), defaults.log_level),
         max_body_bytes=_optional(m, key, "max_body_bytes", _positive_int, defaults.max_body_bytes),
+        shutdown_grace_ms=_optional(m, key, "shutdown_grace_ms", _non_negative_int, defaults.shutdown_grace_ms),
+        reload_poll_ms=_optional(m, key, "reload_poll_ms", _non_negative_int, defaults.reload_poll_ms),
+        drain_ms=_optional(m, key, "drain_ms", _non_negative_int, defaults.drain_ms),
+        admin_listen=_optional(m, key, "admin_listen", _listen_address, defaults.admin_listen),
+        log_format=_optional(m, key, "log_format", lambda v, k: _one_of(v, k, LOG_FORMATS), defaults.log_format),
+        tls=_optional(m, key, "tls", lambda v, k: _tls(v, k, base_dir), defaults.tls),
+        allow_plaintext_off_loopback=_optional(
+            m, key, "allow_plaintext_off_loopback", _bool, defaults.allow_plaintext_off_loopback
+        ),
+    )
+    try:
+        check_plaintext(server, ListenAddress(server.listen_host, server.listen_port), tls_applies=True)
+        if server.admin_listen is not None:
+            check_plaintext(server, server.admin_listen, tls_applies=False)
+    except PlaintextRefused as e:
+        raise _Invalid(_child(key, "admin_listen" if e.admin else "listen"), str(e)) from None
+    return server
+
+
+class PlaintextRefused(ValueError):
+    """A plaintext listener would be reachable from other machines without the config allowing it."""
+
+    def __init__(self, address: ListenAddress, *, admin: bool) -> None:
+        what = "the admin endpoint (plain HTTP)" if admin else "plaintext gRPC (no server.tls)"
+        super().__init__(
+            f"{what} would listen on {address}, which is not loopback; "
+            "set server.allow_plaintext_off_loopback: true to allow it"
+        )
+        self.admin = admin
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def check_plaintext(server: ServerConfig, address: ListenAddress, *, tls_applies: bool) -> None:
+    """Raise PlaintextRefused if `address` would serve plaintext off loopback without permission.
+
+    `tls_applies` is false for the admin endpoint, which is always plain HTTP.
+    """
+    plaintext = not tls_applies or server.tls is None
+    if plaintext and not server.allow_plaintext_off_loopback and not is_loopback(address.host):
+        raise PlaintextRefused(address, admin=not tls_applies)
+
+
+def _tls(value: object, key: str, base_dir: Path) -> TlsConfig:
+    m = _mapping(value, key, _TLS_KEYS, required=("cert_file", "key_file"))
+    return TlsConfig(
+        cert_file=_existing_file(m["cert_file"], _child(key, "cert_file"), base_dir),
+        key_file=_existing_file(m["key_file"], _child(key, "key_file"), base_dir),
+        client_ca_file=_optional(m, key, "client_ca_file", lambda v, k: _existing_file(v, k, base_dir), None),
     )
 
 
@@ -415,7 +544,7 @@ def _plugins(value: object, base_dir: Path) -> tuple[PluginConfig, ...]:
 def _plugin(value: object, key: str, base_dir: Path) -> PluginConfig:
     m = _mapping(value, key, _PLUGIN_KEYS, required=("name", "path"))
     name = _plugin_name(m["name"], f"{key}.name")
-    defaults = PluginConfig(name=name, path=_wasm_path(m["path"], f"{key}.path", base_dir))
+    defaults = PluginConfig(name=name, path=_existing_file(m["path"], f"{key}.path", base_dir))
     return PluginConfig(
         name=name,
         path=defaults.path,
@@ -427,6 +556,35 @@ def _plugin(value: object, key: str, base_dir: Path) -> PluginConfig:
         encoding=_optional(m, key, "encoding", lambda v, k: Encoding(_one_of(v, k, _ENCODINGS)), defaults.encoding),
         pool_size=_optional(m, key, "pool_size", _positive_int, defaults.pool_size),
         match=_optional(m, key, "match", _match, defaults.match),
+        on_error=_optional(
+            m, key, "on_error", lambda v, k: FailurePolicy(_one_of(v, k, _FAILURE_POLICIES)), defaults.on_error
+        ),
+        error_status=_optional(m, key, "error_status", _http_status, defaults.error_status),
+        retries=_optional(m, key, "retries", _retries, defaults.retries),
+        circuit_breaker=_optional(m, key, "circuit_breaker", _breaker, defaults.circuit_breaker),
+        allowed_hosts=_optional(m, key, "allowed_hosts", _allowed_hosts, defaults.allowed_hosts),
+    )
+
+
+def _http_status(value: object, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:
+        raise _Invalid(key, f"must be an HTTP status from 200 to 599, got {_describe(value)}")
+    return value
+
+
+def _retries(value: object, key: str) -> int:
+    retries = _non_negative_int(value, key)
+    if retries > MAX_RETRIES:
+        raise _Invalid(key, f"must be at most {MAX_RETRIES}, got {retries}")
+    return retries
+
+
+def _breaker(value: object, key: str) -> BreakerConfig:
+    m = _mapping(value, key, _BREAKER_KEYS)
+    defaults = BreakerConfig()
+    return BreakerConfig(
+        failures=_optional(m, key, "failures", _non_negative_int, defaults.failures),
+        cooldown_ms=_optional(m, key, "cooldown_ms", _positive_int, defaults.cooldown_ms),
     )
 
 
@@ -440,7 +598,7 @@ def _plugin_name(value: object, key: str) -> str:
     return name
 
 
-def _wasm_path(value: object, key: str, base_dir: Path) -> Path:
+def _existing_file(value: object, key: str, base_dir: Path) -> Path:
     text = _non_empty_string(value, key)
     try:
         path = (base_dir / text).resolve()  # an absolute text replaces base_dir
@@ -530,6 +688,10 @@ def _regex(value: object, key: str) -> re.Pattern[str]:
 
 def _hosts(value: object, key: str) -> tuple[str, ...]:
     return _string_list(value, key, _host_pattern, empty_hint="omit it to match any host")
+
+
+def _allowed_hosts(value: object, key: str) -> tuple[str, ...]:
+    return _string_list(value, key, _host_pattern, empty_hint="omit it to keep the plugin off the network")
 
 
 def _host_pattern(value: object, key: str) -> str:

@@ -319,6 +319,14 @@ def _immediate(value: object) -> ImmediateReply:
     )
 
 
+def check_body_sizes(output: PluginOutput, limit: int) -> None:
+    """Plugin-made bodies obey the same cap as bodies the server accepts from Envoy."""
+    if output.body is not None and len(output.body) > limit:
+        raise OutputError("body", f"{len(output.body)} bytes is over the {limit}-byte limit")
+    if output.immediate is not None and len(output.immediate.body) > limit:
+        raise OutputError("immediate_response.body", f"{len(output.immediate.body)} bytes is over the {limit}-byte limit")
+
+
 # Pseudo-headers a plugin may replace, per side; removing or appending them is never allowed.
 SETTABLE_REQUEST_PSEUDO = frozenset({":path", ":authority", ":method", ":scheme"})
 SETTABLE_RESPONSE_PSEUDO = frozenset({":status"})

@@ -28,6 +28,7 @@ class FailureKind(StrEnum):
     TRAP = "trap"
     BAD_OUTPUT = "bad_output"
     POOL_EXHAUSTED = "pool_exhausted"
+    CIRCUIT_OPEN = "circuit_open"
 
 
 class PluginCallError(ExtprocError):

@@ -16,8 +16,12 @@ from extproc.config import (
     HeaderRule,
     ListenAddress,
     MatchRules,
+    PlaintextRefused,
     PluginConfig,
     ServerConfig,
+    TlsConfig,
+    check_plaintext,
+    is_loopback,
     load_config,
     parse_config,
 )
@@ -265,6 +269,18 @@ BAD = [
     ("negative timeout", plugin("timeout_ms: -5\n"), "plugins[0].timeout_ms", "positive integer, got -5"),
     ("zero timeout", plugin("timeout_ms: 0\n"), "plugins[0].timeout_ms", "positive integer, got 0"),
     ("negative memory", plugin("memory_limit_mb: -1\n"), "plugins[0].memory_limit_mb", "got -1"),
+    ("bad on_error", plugin("on_error: ignore\n"), "plugins[0].on_error", "must be one of fail_open, fail_closed"),
+    ("status too high", plugin("error_status: 700\n"), "plugins[0].error_status", "from 200 to 599, got 700"),
+    ("too many retries", plugin("retries: 9\n"), "plugins[0].retries", "at most 5, got 9"),
+    ("negative retries", plugin("retries: -1\n"), "plugins[0].retries", "non-negative integer"),
+    (
+        "unknown breaker key",
+        plugin("circuit_breaker: {failure: 3}\n"),
+        "plugins[0].circuit_breaker.failure",
+        "did you mean 'failures'",
+    ),
+    ("zero cooldown", plugin("circuit_breaker: {cooldown_ms: 0}\n"), "plugins[0].circuit_breaker.cooldown_ms", "positive"),
+    ("negative grace", "server: {shutdown_grace_ms: -1}\nplugins: []\n", "server.shutdown_grace_ms", "non-negative"),
     ("zero memory", plugin("memory_limit_mb: 0\n"), "plugins[0].memory_limit_mb", "got 0"),
     ("zero pool", plugin("pool_size: 0\n"), "plugins[0].pool_size", "got 0"),
     ("zero threads", "server: {grpc_threads: 0}\nplugins: []\n", "server.grpc_threads", "got 0"),
@@ -412,6 +428,40 @@ BAD = [
         "server.log_level",
         "must be one of debug, info, warning, error, got 'verbose'",
     ),
+    ("bad log format", "server: {log_format: yaml}\nplugins: []\n", "server.log_format", "one of text, json"),
+    ("negative drain", "server: {drain_ms: -1}\nplugins: []\n", "server.drain_ms", "non-negative integer"),
+    (
+        "plaintext off loopback",
+        "server: {listen: '0.0.0.0:50051'}\nplugins: []\n",
+        "server.listen",
+        "plaintext gRPC (no server.tls) would listen on 0.0.0.0:50051, which is not loopback",
+    ),
+    (
+        "admin off loopback",
+        "server: {admin_listen: '[::]:9000'}\nplugins: []\n",
+        "server.admin_listen",
+        "the admin endpoint (plain HTTP) would listen on [::]:9000",
+    ),
+    ("bad admin address", "server: {admin_listen: 9000}\nplugins: []\n", "server.admin_listen", "must be a string"),
+    (
+        "plaintext permission not boolean",
+        "server: {allow_plaintext_off_loopback: 'yes'}\nplugins: []\n",
+        "server.allow_plaintext_off_loopback",
+        "must be true or false",
+    ),
+    ("tls without key", "server: {tls: {cert_file: plugins/a.wasm}}\nplugins: []\n", "server.tls.key_file", "missing"),
+    (
+        "tls cert not found",
+        "server: {tls: {cert_file: cert.pem, key_file: plugins/a.wasm}}\nplugins: []\n",
+        "server.tls.cert_file",
+        "file not found: {tmp}/cert.pem",
+    ),
+    (
+        "tls unknown key",
+        "server: {tls: {cert: a, key_file: b}}\nplugins: []\n",
+        "server.tls.cert",
+        "did you mean 'cert_file'",
+    ),
 ]
 
 
@@ -500,3 +550,33 @@ def test_empty_match_rules_match_everything() -> None:
     assert MatchRules().is_empty
     assert MatchRules().matches("BREW", "", "", {})
     assert not RULES.is_empty
+
+
+def test_tls_and_off_loopback_permission(tmp_path: Path, wasm_dir: Path) -> None:
+    text = """\
+server:
+  listen: "0.0.0.0:50051"
+  admin_listen: "127.0.0.1:9000"
+  log_format: json
+  drain_ms: 500
+  tls: {cert_file: plugins/a.wasm, key_file: plugins/b.wasm, client_ca_file: plugins/minimal.wasm}
+plugins: []
+"""
+    server = load_config(write(tmp_path, text)).server
+
+    assert server.tls == TlsConfig(wasm_dir / "a.wasm", wasm_dir / "b.wasm", wasm_dir / "minimal.wasm")
+    assert (server.admin_listen, server.log_format, server.drain_ms) == (ListenAddress("127.0.0.1", 9000), "json", 500)
+    # TLS covers gRPC, not the admin endpoint, which stays plain HTTP.
+    with pytest.raises(PlaintextRefused):
+        check_plaintext(server, ListenAddress("10.0.0.1", 9000), tls_applies=False)
+    allowed = "server: {listen: '10.1.2.3:1', admin_listen: '[::]:2', allow_plaintext_off_loopback: true}\nplugins: []"
+    assert load_config(write(tmp_path, allowed)).server.admin_listen == ListenAddress("::", 2)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.9.9.9", True), ("::1", True), ("localhost", True), ("0.0.0.0", False), ("::", False),
+     ("example.com", False)],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import extism
@@ -12,9 +14,13 @@ from extism.extism import CompiledPlugin
 
 from extproc import contract
 from extproc.config import Encoding, ExecutionPoint, PluginConfig
-from extproc.contract import Export, PluginOutput
+from extproc.contract import Export, ImmediateReply, PluginOutput
 from extproc.errors import FailureKind, OutputError, PluginCallError, PluginLoadError
+from extproc.plugins.breaker import CircuitBreaker
+from extproc.plugins.host import HOST_FUNCTIONS, KeyValueStore, PluginHost, default_store
 from extproc.plugins.pool import InstancePool, PoolExhausted
+
+log = logging.getLogger("extproc.plugins")
 
 WASM_MAGIC = b"\x00asm"
 WASM_PAGE_BYTES = 64 * 1024
@@ -63,20 +69,45 @@ class LoadedPlugin:
     pool: InstancePool[extism.Plugin] = field(repr=False)
     encode: Encoder = field(repr=False)
     decode: Decoder = field(repr=False)
+    host: PluginHost = field(repr=False)
+    breaker: CircuitBreaker = field(repr=False)
+    # What fail_closed answers; built once so a failing plugin costs no allocation per request.
+    failure_reply: ImmediateReply = field(repr=False)
+    max_body_bytes: int = field(repr=False)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     def call(self, export: Export, payload: Mapping[str, Any]) -> PluginOutput | None:
-        """Run one export on a pooled instance; every failure becomes a PluginCallError."""
+        """Run one export within the plugin's limits, retries and circuit breaker.
+
+        Every failure, including a call refused by an open breaker, becomes a PluginCallError.
+        """
+        if not self.breaker.allow():
+            raise PluginCallError(self.name, export.value, FailureKind.CIRCUIT_OPEN, "circuit breaker is open")
         data = self.encode(payload)
+        attempts = self.spec.retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                output = self._call_once(export, data)
+            except PluginCallError as exc:
+                if attempt < attempts and exc.kind is not FailureKind.POOL_EXHAUSTED:
+                    log.warning("%s; retry %d of %d", exc, attempt, self.spec.retries, extra={"plugin": self.name})
+                    continue
+                self.breaker.record_failure()
+                raise
+            self.breaker.record_success()
+            return output
+        raise AssertionError("the last attempt returns or raises")
+
+    def _call_once(self, export: Export, data: bytes) -> PluginOutput | None:
         try:
             instance = self.pool.acquire(self.spec.timeout_ms / 1000)
         except PoolExhausted as exc:
             raise PluginCallError(self.name, export.value, FailureKind.POOL_EXHAUSTED, str(exc)) from None
         try:
-            raw = instance.call(export.value, data)
+            raw = instance.call(export.value, data, host_context=self.host)
         except extism.Error as exc:
             # A trapped or interrupted instance may hold half-updated state: never reuse it.
             self.pool.discard(instance)
@@ -86,6 +117,7 @@ class LoadedPlugin:
             output = self.decode(raw)
             if output is not None:
                 contract.check_for_export(output, export)
+                contract.check_body_sizes(output, self.max_body_bytes)
         except OutputError as exc:
             raise PluginCallError(self.name, export.value, FailureKind.BAD_OUTPUT, str(exc)) from None
         return output
@@ -94,7 +126,13 @@ class LoadedPlugin:
         self.pool.clear()
 
 
-def load_plugin(spec: PluginConfig, default_pool_size: int) -> LoadedPlugin:
+def load_plugin(
+    spec: PluginConfig,
+    default_pool_size: int,
+    store: KeyValueStore | None = None,
+    *,
+    max_body_bytes: int = 8 * 1024 * 1024,
+) -> LoadedPlugin:
     """Compile the module once, check it against the contract, and seed its instance pool."""
     try:
         wasm = spec.path.read_bytes()
@@ -106,11 +144,14 @@ def load_plugin(spec: PluginConfig, default_pool_size: int) -> LoadedPlugin:
         "wasm": [{"data": wasm}],
         "timeout_ms": spec.timeout_ms,
         "memory": {"max_pages": spec.memory_limit_mb * 1024 * 1024 // WASM_PAGE_BYTES},
-        # No allowed_hosts and no allowed_paths: the sandbox has no network and no filesystem.
+        # No allowed_paths: the sandbox never has a filesystem.
     }
+    if spec.allowed_hosts:
+        # Extism's HTTP client refuses every host unless the manifest lists it.
+        manifest["allowed_hosts"] = list(spec.allowed_hosts)
     config = extism_config(spec)
     try:
-        compiled = CompiledPlugin(manifest, wasi=False, functions=[])
+        compiled = CompiledPlugin(manifest, wasi=False, functions=list(HOST_FUNCTIONS))
         first = extism.Plugin(compiled, config=config, functions=[])
     except extism.Error as exc:
         raise PluginLoadError(spec.name, spec.path, f"cannot instantiate: {exc}") from None
@@ -135,6 +176,24 @@ def load_plugin(spec: PluginConfig, default_pool_size: int) -> LoadedPlugin:
         pool=pool,
         encode=encode,
         decode=decode,
+        host=PluginHost(spec.name, default_store() if store is None else store),
+        breaker=CircuitBreaker(spec.name, spec.circuit_breaker),
+        failure_reply=failure_reply(spec.error_status),
+        max_body_bytes=max_body_bytes,
+    )
+
+
+def failure_reply(status: int) -> ImmediateReply:
+    """A short answer that names no internals: the status line's phrase."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:  # a valid but unnamed status such as 299
+        phrase = "Error"
+    return ImmediateReply(
+        status=status,
+        headers=(("content-type", "text/plain"),),
+        body=f"{phrase}\n".encode(),
+        details="extproc_plugin_failure",
     )
 
 

@@ -51,7 +51,9 @@ class PluginSet:
         try:
             for spec in config.plugins:
                 if spec.enabled:
-                    loaded.append(load_plugin(spec, config.server.grpc_threads))
+                    loaded.append(
+                        load_plugin(spec, config.server.grpc_threads, max_body_bytes=config.server.max_body_bytes)
+                    )
         except BaseException:
             for plugin in loaded:
                 plugin.close()

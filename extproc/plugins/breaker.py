@@ -1,0 +1,100 @@
+"""A per-plugin circuit breaker: stop calling a plugin that keeps failing, probe it after a cooldown."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from enum import StrEnum
+
+from extproc.config import BreakerConfig
+
+log = logging.getLogger("extproc.breaker")
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"  # calls go through
+    OPEN = "open"  # calls fail at once until the cooldown ends
+    HALF_OPEN = "half_open"  # one probe call is in flight; its outcome decides
+
+
+StateListener = Callable[[str, BreakerState], None]
+
+
+class CircuitBreaker:
+    """Thread-safe; the closed, failure-free path takes no lock."""
+
+    def __init__(
+        self,
+        plugin: str,
+        config: BreakerConfig,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: StateListener | None = None,
+    ) -> None:
+        self._plugin = plugin
+        self._threshold = config.failures
+        self._cooldown = config.cooldown_ms / 1000
+        self._clock = clock
+        self._on_change = on_change
+        self._lock = threading.Lock()
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+
+    @property
+    def state(self) -> BreakerState:
+        return self._state
+
+    def allow(self) -> bool:
+        """May a call go through now? In OPEN past the cooldown, the first caller becomes the probe."""
+        if self._state is BreakerState.CLOSED:
+            return True
+        with self._lock:
+            return self._admit_locked()
+
+    def _admit_locked(self) -> bool:
+        # Another thread may have changed the state between the unlocked check and the lock.
+        if self._state is BreakerState.CLOSED:
+            return True
+        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self._cooldown:
+            self._set(BreakerState.HALF_OPEN)
+            return True
+        return False
+
+    def record_success(self) -> None:
+        if self._failures == 0 and self._state is BreakerState.CLOSED:
+            return
+        with self._lock:
+            self._failures = 0
+            if self._state is not BreakerState.CLOSED:
+                self._set(BreakerState.CLOSED)
+
+    def record_failure(self) -> None:
+        if self._threshold == 0:
+            return
+        with self._lock:
+            self._failures += 1
+            if self._state is BreakerState.HALF_OPEN or (
+                self._state is BreakerState.CLOSED and self._failures >= self._threshold
+            ):
+                self._opened_at = self._clock()
+                self._set(BreakerState.OPEN)
+
+    def _set(self, state: BreakerState) -> None:
+        previous, self._state = self._state, state
+        if state is BreakerState.OPEN:
+            log.warning(
+                "plugin %r circuit %s -> open after %d consecutive failures; next probe in %.1fs",
+                self._plugin,
+                previous.value,
+                self._failures,
+                self._cooldown,
+                extra={"plugin": self._plugin},
+            )
+        else:
+            log.warning(
+                "plugin %r circuit %s -> %s", self._plugin, previous.value, state.value, extra={"plugin": self._plugin}
+            )
+        if self._on_change is not None:
+            self._on_change(self._plugin, state)

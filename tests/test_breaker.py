@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+
+from extproc.config import BreakerConfig
+from extproc.plugins.breaker import BreakerState, CircuitBreaker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def make(clock: Clock, failures: int = 3, cooldown_ms: int = 1000) -> tuple[CircuitBreaker, list[BreakerState]]:
+    changes: list[BreakerState] = []
+    breaker = CircuitBreaker(
+        "p", BreakerConfig(failures=failures, cooldown_ms=cooldown_ms), clock, lambda _, s: changes.append(s)
+    )
+    return breaker, changes
+
+
+def test_opens_after_consecutive_failures(clock: Clock) -> None:
+    breaker, changes = make(clock)
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.record_failure()
+    assert breaker.state is BreakerState.CLOSED
+    breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+    assert not breaker.allow()
+    assert changes == [BreakerState.OPEN]
+
+
+def test_success_resets_the_count(clock: Clock) -> None:
+    breaker, _ = make(clock)
+    breaker.record_failure()
+    breaker.record_failure()
+    breaker.record_success()
+    breaker.record_failure()
+    breaker.record_failure()
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_one_probe_after_cooldown_closes_on_success(clock: Clock) -> None:
+    breaker, changes = make(clock)
+    for _ in range(3):
+        breaker.record_failure()
+    clock.now += 0.999
+    assert not breaker.allow()
+    clock.now += 0.001
+    assert breaker.allow()  # the probe
+    assert not breaker.allow()  # everyone else waits for the probe's outcome
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.allow()
+    assert changes == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+
+
+def test_failed_probe_reopens_for_a_full_cooldown(clock: Clock) -> None:
+    breaker, _ = make(clock)
+    for _ in range(3):
+        breaker.record_failure()
+    clock.now += 1
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+    clock.now += 0.5
+    assert not breaker.allow()
+
+
+def test_zero_failures_never_opens(clock: Clock) -> None:
+    breaker, changes = make(clock, failures=0)
+    for _ in range(100):
+        breaker.record_failure()
+    assert breaker.allow()
+    assert changes == []
