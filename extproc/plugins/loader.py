@@ -6,6 +6,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from http import HTTPStatus
 from typing import Any
 
@@ -16,6 +17,7 @@ from extproc import contract
 from extproc.config import Encoding, ExecutionPoint, PluginConfig
 from extproc.contract import Export, ImmediateReply, PluginOutput
 from extproc.errors import FailureKind, OutputError, PluginCallError, PluginLoadError
+from extproc.metrics import PluginMetrics, plugin_metrics
 from extproc.plugins.breaker import CircuitBreaker
 from extproc.plugins.host import HOST_FUNCTIONS, KeyValueStore, PluginHost, default_store
 from extproc.plugins.pool import InstancePool, PoolExhausted
@@ -79,6 +81,11 @@ class LoadedPlugin:
     def name(self) -> str:
         return self.spec.name
 
+    @cached_property
+    def metrics(self) -> PluginMetrics:
+        # Shared by every load of a plugin of this name, so counters carry on across reloads.
+        return plugin_metrics(self.name)
+
     def call(self, export: Export, payload: Mapping[str, Any]) -> PluginOutput | None:
         """Run one export within the plugin's limits, retries and circuit breaker.
 
@@ -106,6 +113,9 @@ class LoadedPlugin:
             instance = self.pool.acquire(self.spec.timeout_ms / 1000)
         except PoolExhausted as exc:
             raise PluginCallError(self.name, export.value, FailureKind.POOL_EXHAUSTED, str(exc)) from None
+        except extism.Error as exc:
+            # A new instance runs the module's start code under the same limits, and can fail too.
+            raise PluginCallError(self.name, export.value, classify(exc), f"new instance: {exc}") from None
         try:
             raw = instance.call(export.value, data, host_context=self.host)
         except extism.Error as exc:

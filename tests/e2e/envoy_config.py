@@ -6,7 +6,7 @@ tweak the few knobs that matter for ext_proc without keeping YAML templates in s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 EXT_PROC_FILTER_NAME = "envoy.filters.http.ext_proc"
@@ -53,7 +53,7 @@ def _static_cluster(name: str, port: int, protocol_options: dict[str, Any]) -> d
     return {
         "name": name,
         "type": "STATIC",
-        "connect_timeout": "1s",
+        "connect_timeout": "5s",
         "per_connection_buffer_limit_bytes": BUFFER_LIMIT_BYTES,
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -142,10 +142,12 @@ def render_bootstrap(
     failure_mode_allow: bool = False,
     message_timeout_ms: int = 5000,
     per_route_disabled_prefixes: Sequence[str] = (),
+    extproc_cluster: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap: listener -> ext_proc -> router -> the echo upstream.
 
-    Trailer modes default as in :func:`render_ext_proc_filter`.
+    Trailer modes default as in :func:`render_ext_proc_filter`. ``extproc_cluster`` keys replace or add
+    to those of the ext_proc cluster (health checks, TLS, several endpoints).
     """
     if isinstance(per_route_disabled_prefixes, str):
         # A bare string would otherwise be iterated character by character.
@@ -243,7 +245,10 @@ def render_bootstrap(
             "clusters": [
                 _static_cluster("upstream", upstream_port, {"http_protocol_options": {}}),
                 # gRPC needs HTTP/2 to the ext_proc server.
-                _static_cluster("extproc", extproc_port, {"http2_protocol_options": {}}),
+                {
+                    **_static_cluster("extproc", extproc_port, {"http2_protocol_options": {}}),
+                    **(extproc_cluster or {}),
+                },
             ],
         },
     }

@@ -152,6 +152,12 @@ class ManagedProcess:
     def returncode(self) -> int | None:
         return self._proc.poll() if self._proc is not None else None
 
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit on its own; its exit code."""
+        if self._proc is None:
+            raise RuntimeError(f"{self.name} was never started")
+        return self._proc.wait(timeout=timeout)
+
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -372,11 +378,25 @@ class Stack:
                 raise TimeoutError(f"{text!r} not in Envoy's log after {timeout}s")
             time.sleep(_POLL_INTERVAL_S)
 
+    def wait_for_server_log(self, text: str, timeout: float = 10.0) -> str:
+        """Poll the server's log until it contains ``text``; return the log."""
+        wait_until(lambda: text in self.server_log(), timeout, f"{text!r} in the server log")
+        return self.server_log()
+
     def dump_logs(self) -> str:
         return (
             f"--- ext_proc server log ({self.server.log_path}) ---\n{self.server_log()}\n"
             f"--- Envoy log ({self.envoy.log_path}) ---\n{self.envoy_log()}\n"
         )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; for states that have no port or event to wait on."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"gave up waiting for {what} after {timeout}s")
+        time.sleep(_POLL_INTERVAL_S)
 
 
 def _server_env() -> dict[str, str]:
@@ -396,18 +416,20 @@ def start_stack(
     server_cmd: ServerCommand = default_server_cmd,
     envoy_log_level: str = "warn",
     startup_timeout: float = 30.0,
+    extproc_port: int | None = None,
     **envoy_kwargs: Any,
 ) -> Iterator[Stack]:
     """Start the ext_proc server with ``config_yaml`` and Envoy in front of it.
 
     ``envoy_kwargs`` go to :func:`render_bootstrap` and must include ``upstream_port``;
-    the ports of Envoy and the server are chosen here. Both processes are stopped on
+    the ports of Envoy and (unless ``extproc_port`` is given) the server are chosen here. Both processes are stopped on
     exit; if the block raises, their logs are printed first (pytest shows them).
     """
     if "upstream_port" not in envoy_kwargs:
         raise TypeError("start_stack() needs upstream_port=... (e.g. upstream.port)")
     tmp_path.mkdir(parents=True, exist_ok=True)
-    extproc_port, listen_port, admin_port = free_port(), free_port(), free_port()
+    extproc_port = extproc_port or free_port()
+    listen_port, admin_port = free_port(), free_port()
 
     config_path = tmp_path / "extproc.yaml"
     config_path.write_text(config_yaml)
@@ -480,3 +502,28 @@ def start_stack(
         # exit, so the log is complete; pytest shows this output for failed tests.
         if failure is not None:
             print(f"{failure}; process logs follow\n{stack.dump_logs()}")
+
+
+# --- the server's admin endpoint ------------------------------------------------------
+
+
+MetricKey = tuple[str, frozenset[tuple[str, str]]]
+
+
+def scrape_metrics(admin_url: str) -> dict[MetricKey, float]:
+    """Every sample of the server's /metrics as {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    resp = request("GET", f"{admin_url}/metrics")
+    if resp.status != 200:
+        raise RuntimeError(f"{admin_url}/metrics answered {resp.status}: {resp.text}")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(resp.text)
+        for sample in family.samples
+    }
+
+
+def metric(samples: dict[MetricKey, float], name: str, **labels: str) -> float:
+    """One sample's value; 0 when absent (counters that never moved are not exported)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)

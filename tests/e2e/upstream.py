@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
 
+    # The default listen backlog of 5 drops connections when load tests open many at once.
+    ThreadingHTTPServer.request_queue_size = 256
     server = ThreadingHTTPServer((args.host, args.port), EchoHandler)
     server.daemon_threads = True
     # Printed only after bind() succeeded, so a reader of stdout knows the port is live.
