@@ -324,7 +324,9 @@ def check_body_sizes(output: PluginOutput, limit: int) -> None:
     if output.body is not None and len(output.body) > limit:
         raise OutputError("body", f"{len(output.body)} bytes is over the {limit}-byte limit")
     if output.immediate is not None and len(output.immediate.body) > limit:
-        raise OutputError("immediate_response.body", f"{len(output.immediate.body)} bytes is over the {limit}-byte limit")
+        raise OutputError(
+            "immediate_response.body", f"{len(output.immediate.body)} bytes is over the {limit}-byte limit"
+        )
 
 
 # Pseudo-headers a plugin may replace, per side; removing or appending them is never allowed.

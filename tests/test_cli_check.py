@@ -89,7 +89,7 @@ plugins:
     ],
 )
 def test_bad_config_is_rejected(workdir: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str) -> None:
-    code, out, err = run_check(workdir, text, capsys)
+    code, _, err = run_check(workdir, text, capsys)
     assert code != 0
     assert expected in err
     assert "extproc.yaml" in err or "wasm" in err  # names the file at fault

@@ -279,7 +279,12 @@ BAD = [
         "plugins[0].circuit_breaker.failure",
         "did you mean 'failures'",
     ),
-    ("zero cooldown", plugin("circuit_breaker: {cooldown_ms: 0}\n"), "plugins[0].circuit_breaker.cooldown_ms", "positive"),
+    (
+        "zero cooldown",
+        plugin("circuit_breaker: {cooldown_ms: 0}\n"),
+        "plugins[0].circuit_breaker.cooldown_ms",
+        "positive",
+    ),
     ("negative grace", "server: {shutdown_grace_ms: -1}\nplugins: []\n", "server.shutdown_grace_ms", "non-negative"),
     ("zero memory", plugin("memory_limit_mb: 0\n"), "plugins[0].memory_limit_mb", "got 0"),
     ("zero pool", plugin("pool_size: 0\n"), "plugins[0].pool_size", "got 0"),
@@ -575,8 +580,15 @@ plugins: []
 
 @pytest.mark.parametrize(
     ("host", "loopback"),
-    [("127.0.0.1", True), ("127.9.9.9", True), ("::1", True), ("localhost", True), ("0.0.0.0", False), ("::", False),
-     ("example.com", False)],
+    [
+        ("127.0.0.1", True),
+        ("127.9.9.9", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("example.com", False),
+    ],
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
