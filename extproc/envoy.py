@@ -5,6 +5,7 @@ Only this module and stream.py know Envoy's protobuf types; plugins never see th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -24,19 +25,23 @@ METADATA_NAMESPACE = "extproc"
 
 def header_pairs(header_map: Any) -> list[Pair]:
     """Envoy's header map as (name, value) pairs, in order, repeats kept."""
-    pairs = []
-    for header in header_map.headers:
-        raw = header.raw_value
-        if raw:
-            try:
-                value = raw.decode()
-            except UnicodeDecodeError:
-                # Header bytes outside UTF-8 are legal on the wire; latin-1 keeps every byte.
-                value = raw.decode("latin-1")
-        else:
-            value = header.value
-        pairs.append((header.key, value))
-    return pairs
+    headers = header_map.headers
+    try:
+        # Envoy 1.27+ sends raw_value (older ones `value`); valid UTF-8 is the common case.
+        return [(header.key, header.raw_value.decode() or header.value) for header in headers]
+    except UnicodeDecodeError:
+        return [(header.key, _decode_value(header)) for header in headers]
+
+
+def _decode_value(header: Any) -> str:
+    raw = header.raw_value
+    if not raw:
+        return str(header.value)
+    try:
+        return str(raw.decode())
+    except UnicodeDecodeError:
+        # Header bytes outside UTF-8 are legal on the wire; latin-1 keeps every byte.
+        return str(raw.decode("latin-1"))
 
 
 def header_mutation(diff: HeaderDiff) -> ep.HeaderMutation:
@@ -121,8 +126,12 @@ def dynamic_metadata(per_plugin: Mapping[str, Mapping[str, Any]]) -> struct_pb2.
     return struct
 
 
+@functools.cache
 def mode_override(*, request_body: bool, response_headers: bool, response_body: bool) -> ProcessingMode:
-    """Ask Envoy for exactly the phases this request's plugins need."""
+    """Ask Envoy for exactly the phases this request's plugins need.
+
+    Cached: there are eight combinations. Callers pass it to a message constructor, which copies it.
+    """
     return ProcessingMode(
         request_header_mode=ProcessingMode.SEND,
         response_header_mode=ProcessingMode.SEND if response_headers else ProcessingMode.SKIP,

@@ -27,11 +27,13 @@ class HeaderDiff:
 class HeaderList:
     """Headers in wire order with repeats kept. Names are lower case, as Envoy sends them."""
 
-    __slots__ = ("_original", "pairs")
+    __slots__ = ("_original", "_touched", "pairs")
 
     def __init__(self, pairs: list[Pair]) -> None:
         self.pairs = pairs
         self._original: list[Pair] | None = None
+        # Only names a change mentioned can differ from the original; the diff looks at no others.
+        self._touched: set[str] = set()
 
     def first(self, name: str) -> str | None:
         for key, value in self.pairs:
@@ -46,11 +48,14 @@ class HeaderList:
     def apply(self, changes: HeaderChanges) -> None:
         if self._original is None:
             self._original = list(self.pairs)
+        touched = self._touched
         pairs = self.pairs
         if changes.remove:
             gone = frozenset(changes.remove)
+            touched.update(gone)
             pairs = [pair for pair in pairs if pair[0] not in gone]
         for name, value in changes.set:
+            touched.add(name)
             index = next((i for i, (key, _) in enumerate(pairs) if key == name), None)
             if index is None:
                 pairs.append((name, value))
@@ -58,26 +63,31 @@ class HeaderList:
                 # Keep the first occurrence's position so the header order stays stable.
                 pairs[index] = (name, value)
                 pairs = [pair for i, pair in enumerate(pairs) if i <= index or pair[0] != name]
-        pairs.extend(changes.append)
+        for name, value in changes.append:
+            touched.add(name)
+            pairs.append((name, value))
         self.pairs = pairs
 
     def rebase(self) -> None:
         """Envoy now has these headers: later diffs start from here."""
         self._original = None
+        self._touched = set()
 
     def diff(self) -> HeaderDiff:
         """The smallest set of per-name replacements and removals turning the original into now."""
         if self._original is None:
             return HeaderDiff((), ())
-        before = _group(self._original)
-        after = _group(self.pairs)
+        before = _values(self._original, self._touched)
+        after = _values(self.pairs, self._touched)
         replaced = tuple((name, values) for name, values in after.items() if before.get(name) != values)
         removed = tuple(name for name in before if name not in after)
         return HeaderDiff(replaced, removed)
 
 
-def _group(pairs: list[Pair]) -> dict[str, tuple[str, ...]]:
+def _values(pairs: list[Pair], names: set[str]) -> dict[str, tuple[str, ...]]:
+    """Every value of each of `names` present in `pairs`, in order."""
     grouped: dict[str, list[str]] = {}
     for name, value in pairs:
-        grouped.setdefault(name, []).append(value)
+        if name in names:
+            grouped.setdefault(name, []).append(value)
     return {name: tuple(values) for name, values in grouped.items()}
