@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint plugins proto clean
+.PHONY: setup test lint plugins examples proto clean demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,23 @@ tests/plugins/node_modules: tests/plugins/package-lock.json
 	cd tests/plugins && npm ci --no-audit --no-fund
 	touch $@
 
-setup: $(VENV)/.installed tests/plugins/node_modules
+# One npm workspace for all example plugins; it links the SDK from sdk/assemblyscript.
+examples/node_modules: examples/package-lock.json
+	cd examples && npm ci --no-audit --no-fund
+	touch $@
+
+setup: $(VENV)/.installed tests/plugins/node_modules examples/node_modules
 
 plugins: setup
 	cd tests/plugins && npm run build
+
+# Rebuild the committed example .wasm files (tests/test_examples.py fails when they are stale).
+examples: setup
+	cd examples && npm run build
+
+# Envoy, the server with the demo plugins and a demo upstream on loopback; prints curl commands to try.
+demo: plugins
+	$(BIN)/python -m extproc demo
 
 proto: setup
 	$(BIN)/python scripts/gen_proto.py
@@ -34,4 +47,4 @@ test: setup
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) tests/plugins/node_modules tests/plugins/build
+	rm -rf $(VENV) tests/plugins/node_modules tests/plugins/build examples/node_modules

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any
 
 from extproc.config import FailurePolicy
@@ -51,14 +52,17 @@ class Exchange:
                 self.attributes,
                 self.metadata,
             )
+            started = perf_counter()
             try:
                 output = plugin.call(export, payload)
             except PluginCallError as exc:
+                plugin.metrics.record(export, perf_counter() - started, exc.kind)
                 fail_open = plugin.spec.on_error is FailurePolicy.FAIL_OPEN
                 _log_failure(exc, export, fail_open)
                 if fail_open:
                     continue
                 return plugin.failure_reply
+            plugin.metrics.record(export, perf_counter() - started)
             if output is None:
                 continue
             if output.metadata:

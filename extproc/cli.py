@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from extproc import __version__
-from extproc.config import Config, ConfigError, ListenAddress, load_config
+from extproc import __version__, plugin_tools
+from extproc.config import LOG_LEVELS, Config, ConfigError, ListenAddress, check_plaintext, load_config
+from extproc.deploy import commands as deploy_commands
 from extproc.errors import ExtprocError
 from extproc.plugins.registry import PluginSet
 
@@ -22,20 +22,35 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve Envoy's ext_proc streams")
     serve.add_argument("--config", required=True, type=Path, help="YAML config file")
     serve.add_argument("--listen", help="HOST:PORT to listen on (overrides server.listen)")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="overrides server.log_level")
+    serve.add_argument("--log-level", choices=LOG_LEVELS, help="overrides server.log_level")
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="worker processes (one core each); worker i listens on the listen port + i",
+    )
+    serve.add_argument("--admin-listen", help="HOST:PORT of the admin HTTP endpoint (overrides server.admin_listen)")
 
     check = commands.add_parser("check", help="validate the config and load every plugin, then exit")
     check.add_argument("--config", required=True, type=Path, help="YAML config file")
+
+    deploy_commands.add_commands(commands)
+    plugin_tools.add_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "plugin":
+        # No server config: a plugin is tested or measured on its own.
+        return plugin_tools.main(args)
     try:
         config = load_config(args.config)
         if args.command == "check":
             return _check(config)
-        return _serve(config, args.listen, args.log_level)
+        if args.command in deploy_commands.COMMANDS:
+            return deploy_commands.run(args, config, sys.argv[1:] if argv is None else argv)
+        return _serve(config, args)
     except (ConfigError, ExtprocError, OSError) as exc:
         print(f"extproc: error: {exc}", file=sys.stderr)
         return 1
@@ -59,17 +74,40 @@ def _check(config: Config) -> int:
     return 0
 
 
-def _serve(config: Config, listen: str | None, log_level: str | None) -> int:
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    from extproc import logs
     from extproc.server import serve
+    from extproc.workers import Supervisor
 
-    logging.basicConfig(
-        level=(log_level or config.server.log_level).upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    address = (
-        ListenAddress.parse(listen, source=config.source, key="--listen")
-        if listen
-        else ListenAddress(config.server.listen_host, config.server.listen_port)
-    )
-    serve(config, address.host, address.port)
+    server = config.server
+    log_level = args.log_level or server.log_level
+    logs.configure(log_level, server.log_format)
+    listen = _address(config, args.listen, "--listen") or ListenAddress(server.listen_host, server.listen_port)
+    admin = _address(config, args.admin_listen, "--admin-listen") or server.admin_listen
+    if args.workers > 1:
+        Supervisor(config, listen, args.workers, log_level, admin).run()
+    else:
+        serve(config, listen.host, listen.port, admin)
     return 0
+
+
+def _address(config: Config, flag: str | None, key: str) -> ListenAddress | None:
+    """The address a flag gives, held to the same plaintext-off-loopback rule as the config."""
+    if flag is None:
+        return None
+    address = ListenAddress.parse(flag, source=config.source, key=key)
+    try:
+        check_plaintext(config.server, address, tls_applies=key == "--listen")
+    except ValueError as exc:
+        raise ConfigError(config.source, key, str(exc)) from None
+    return address
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value

@@ -10,7 +10,7 @@ import logging
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from extproc import envoy
+from extproc import envoy, metrics
 from extproc.chain import Exchange
 from extproc.contract import Export, HeaderChanges, ImmediateReply
 from extproc.headers import HeaderList
@@ -197,6 +197,7 @@ class ExchangeStream:
         )
 
     def _immediate(self, reply: ImmediateReply) -> ep.ProcessingResponse:
+        metrics.STREAMS.immediate_response(reply.status)
         response = envoy.immediate_response(reply, self._is_grpc)
         self._attach_metadata(response)
         return response

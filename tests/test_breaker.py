@@ -36,7 +36,7 @@ def test_opens_after_consecutive_failures(clock: Clock) -> None:
     breaker.record_failure()
     assert breaker.state is BreakerState.OPEN
     assert not breaker.allow()
-    assert changes == [BreakerState.OPEN]
+    assert changes == [BreakerState.CLOSED, BreakerState.OPEN]
 
 
 def test_success_resets_the_count(clock: Clock) -> None:
@@ -61,7 +61,7 @@ def test_one_probe_after_cooldown_closes_on_success(clock: Clock) -> None:
     breaker.record_success()
     assert breaker.state is BreakerState.CLOSED
     assert breaker.allow()
-    assert changes == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+    assert changes == [BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
 
 
 def test_failed_probe_reopens_for_a_full_cooldown(clock: Clock) -> None:
@@ -81,4 +81,4 @@ def test_zero_failures_never_opens(clock: Clock) -> None:
     for _ in range(100):
         breaker.record_failure()
     assert breaker.allow()
-    assert changes == []
+    assert changes == [BreakerState.CLOSED]

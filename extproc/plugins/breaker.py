@@ -41,6 +41,9 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._opened_at = 0.0
+        if on_change is not None:
+            # A reloaded plugin starts afresh; listeners must not keep showing its predecessor's state.
+            on_change(plugin, BreakerState.CLOSED)
 
     @property
     def state(self) -> BreakerState:

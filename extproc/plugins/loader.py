@@ -13,7 +13,7 @@ from typing import Any
 import extism
 from extism.extism import CompiledPlugin
 
-from extproc import contract
+from extproc import contract, metrics
 from extproc.config import Encoding, ExecutionPoint, PluginConfig
 from extproc.contract import Export, ImmediateReply, PluginOutput
 from extproc.errors import FailureKind, OutputError, PluginCallError, PluginLoadError
@@ -187,7 +187,7 @@ def load_plugin(
         encode=encode,
         decode=decode,
         host=PluginHost(spec.name, default_store() if store is None else store),
-        breaker=CircuitBreaker(spec.name, spec.circuit_breaker),
+        breaker=CircuitBreaker(spec.name, spec.circuit_breaker, on_change=metrics.breaker_state),
         failure_reply=failure_reply(spec.error_status),
         max_body_bytes=max_body_bytes,
     )

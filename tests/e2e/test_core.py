@@ -126,7 +126,7 @@ def test_match_rules_limit_a_plugin(plugin_dir: Path, make_stack: StackFactory) 
 
 def test_one_mebibyte_body(plugin_dir: Path, make_stack: StackFactory) -> None:
     # AssemblyScript holds the body several times over (JSON text, UTF-16 strings): give it room.
-    transform = plugin("t", plugin_dir / "transform.wasm", config={"suffix": "!"}, memory_limit_mb=64)
+    transform = plugin("t", plugin_dir / "transform.wasm", config={"suffix": "!"}, memory_limit_mb=64, timeout_ms=5000)
     body = b"x" * (1024 * 1024)
     with make_stack(config_yaml(transform)) as stack:
         response = request("POST", f"{stack.url}/big", body=body)

@@ -1,0 +1,1 @@
+"""Deployment: Envoy configuration for a plugin set, and the one-command local demo."""

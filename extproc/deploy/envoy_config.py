@@ -1,0 +1,448 @@
+"""Envoy configuration for a plugin set: the ext_proc filter, the routes and the cluster of this server.
+
+The generated config asks Envoy for no more than the plugins can use:
+
+* the filter's static processing mode is the union of what the enabled plugins export, so it is right even
+  when mode overrides are off; with ``allow_mode_override`` the server narrows it per request;
+* routes that no plugin can match carry ``ExtProcPerRoute {disabled: true}``, so that traffic never opens a
+  gRPC stream. A route may only be disabled when *no* plugin could match any request on it (see
+  :func:`plan_routes`).
+
+Everything is built as plain dicts in the proto3 JSON shape, which dumps to YAML or JSON unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from extproc.config import Config, ConfigError, ListenAddress, PluginConfig
+from extproc.envoy import METADATA_NAMESPACE
+from extproc.plugins.registry import PluginSet, Selection
+
+EXT_PROC_FILTER: Final = "envoy.filters.http.ext_proc"
+EXTPROC_CLUSTER: Final = "extproc"
+UPSTREAM_CLUSTER: Final = "upstream"
+HCM_STAT_PREFIX: Final = "ingress_http"
+EXT_PROC_STAT_PREFIX: Final = "extproc"
+# Envoy's ext_proc counters (streams_started, ...) live under this prefix.
+EXT_PROC_STATS: Final = f"http.{HCM_STAT_PREFIX}.ext_proc.{EXT_PROC_STAT_PREFIX}"
+FORMATS: Final = ("yaml", "json")
+
+_TYPE: Final = "type.googleapis.com/"
+_PER_ROUTE_TYPE: Final = _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+# Time for one gRPC round trip and scheduling, on top of what the plugins may take.
+_MESSAGE_OVERHEAD_MS: Final = 250
+# A message can run two exports per plugin (request headers, then generate_response), and each call
+# may wait up to timeout_ms for a pooled instance before running up to timeout_ms.
+_WORST_CASE_TIMEOUTS_PER_PLUGIN: Final = 4
+_ACCESS_LOG_FORMAT: Final = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% %BYTES_SENT% "
+    '%DURATION% "%REQ(X-REQUEST-ID)%" "%UPSTREAM_HOST%" route=%ROUTE_NAME% '
+    f"extproc_md=%DYNAMIC_METADATA({METADATA_NAMESPACE})%\n"
+)
+# Python regex syntax that RE2 (Envoy's safe_regex) rejects. A plugin using any of it keeps every path
+# routed through ext_proc rather than risk a route Envoy refuses or that matches less than Python does.
+_RE2_UNSUPPORTED_GROUPS: Final = {
+    "(?=": "a lookahead",
+    "(?!": "a negative lookahead",
+    "(?<=": "a lookbehind",
+    "(?<!": "a negative lookbehind",
+    "(?P=": "a named backreference",
+    "(?>": "an atomic group",
+    "(?(": "a conditional group",
+    "(?#": "a comment group",
+}
+_RE2_FLAGS: Final = frozenset("ims-")
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """A host (DNS name or IP literal, IPv6 without brackets) and port."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, option: str) -> Endpoint:
+        address = ListenAddress.parse(text, source=Path("command line"), key=option)
+        return cls(address.host, address.port)
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+    def dialable(self) -> Endpoint:
+        """The address a client connects to when a server listens here (wildcards mean loopback)."""
+        wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+        return Endpoint(wildcard.get(self.host, self.host), self.port)
+
+    def socket_address(self) -> dict[str, Any]:
+        return {"socket_address": {"address": self.host, "port_value": self.port}}
+
+    def __str__(self) -> str:
+        return str(ListenAddress(self.host, self.port))
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutePlan:
+    """Which request paths must go through ext_proc.
+
+    ``everything`` means some plugin may match any path, so no route can bypass the server; ``reason``
+    then names that plugin. Otherwise only ``prefixes`` (Envoy prefix matches) and ``regexes`` (RE2,
+    matched against the whole path without the query) go through, and every other path bypasses it.
+    """
+
+    everything: bool
+    prefixes: tuple[str, ...] = ()
+    regexes: tuple[str, ...] = ()
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Knobs of the generated config that do not come from the server's YAML."""
+
+    servers: tuple[Endpoint, ...]  # where Envoy reaches the ext_proc server(s)
+    failure_mode_allow: bool = False
+    allow_mode_override: bool = True
+    message_timeout_ms: int | None = None  # None: derived from the plugins' timeouts
+    health_check: bool = True
+    route_cluster: str = UPSTREAM_CLUSTER
+
+    def __post_init__(self) -> None:
+        if not self.servers:
+            raise ValueError("Options.servers needs at least one ext_proc server address")
+        if self.message_timeout_ms is not None and self.message_timeout_ms <= 0:
+            raise ValueError(f"message_timeout_ms must be positive, got {self.message_timeout_ms}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Proxy:
+    """Envoy's own addresses and the upstream it forwards to, for a complete bootstrap."""
+
+    listen: Endpoint
+    admin: Endpoint
+    upstream: Endpoint
+
+    def __post_init__(self) -> None:
+        for option, endpoint in (("--listen", self.listen), ("--admin", self.admin)):
+            if not endpoint.is_ip:
+                raise ConfigError(Path("command line"), option, f"Envoy binds IP addresses only, got {endpoint.host!r}")
+
+
+# --- what the plugins need ------------------------------------------------------------------------
+
+
+def phase_needs(config: Config) -> Selection:
+    """The phases the enabled plugins export, all together. Loads (compiles) every enabled plugin,
+    because which exports a module has is only known from the module."""
+    plugins = PluginSet.load(config)
+    try:
+        return Selection.of(plugins.plugins)
+    finally:
+        plugins.close()
+
+
+def plan_routes(specs: Iterable[PluginConfig]) -> RoutePlan:
+    """Route plan for the enabled plugins among ``specs``.
+
+    A plugin without ``path_prefix`` and ``path_regex`` matches every path (hosts, methods and headers
+    say nothing about the path), so then everything goes through. A plugin with both is routed by its
+    prefix, which admits a superset of what it matches.
+    """
+    prefixes: set[str] = set()
+    regexes: list[str] = []
+    for spec in specs:
+        if not spec.enabled:
+            continue
+        match = spec.match
+        if match.path_prefix is not None:
+            prefixes.add(match.path_prefix)
+            continue
+        if match.path_regex is None:
+            return RoutePlan(everything=True, reason=f"plugin {spec.name!r} has no path_prefix or path_regex")
+        problem = re2_incompatibility(match.path_regex.pattern)
+        if problem is not None:
+            return RoutePlan(
+                everything=True,
+                reason=f"plugin {spec.name!r}: path_regex uses {problem}, which Envoy's RE2 cannot express",
+            )
+        regex = re2_full_match(match.path_regex.pattern)
+        if regex not in regexes:
+            regexes.append(regex)
+    return RoutePlan(everything=False, prefixes=_minimal_prefixes(prefixes), regexes=tuple(regexes))
+
+
+def _minimal_prefixes(prefixes: Iterable[str]) -> tuple[str, ...]:
+    # "/api" already sends "/api/v1" through, so the longer one would be a dead route.
+    kept: list[str] = []
+    for prefix in sorted(prefixes):
+        if not any(prefix.startswith(shorter) for shorter in kept):
+            kept.append(prefix)
+    return tuple(kept)
+
+
+def re2_full_match(pattern: str) -> str:
+    """RE2 for Envoy's route ``safe_regex``, which must match the whole path, from a Python pattern
+    the server applies with ``re.search`` (anywhere in the path)."""
+    return f".*(?:{pattern}).*"
+
+
+def re2_incompatibility(pattern: str) -> str | None:
+    """What in ``pattern`` RE2 does not support, or None. Errs on the side of reporting: a false alarm
+    only costs a route that could have bypassed the server."""
+    i = 0
+    in_class = False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            escaped = pattern[i + 1 : i + 2]
+            if escaped.isdigit() and escaped != "0":  # in a class Python reads it as octal, RE2 not at all
+                return "a backreference"
+            if escaped == "Z":
+                return r"'\Z'"
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+            i += 1
+            continue
+        if char == "[":
+            # A ']' right after '[' or '[^' is a literal member, not the end of the class.
+            i += 2 if pattern.startswith("[^", i) else 1
+            if pattern.startswith("]", i):
+                i += 1
+            in_class = True
+            continue
+        for opener, name in _RE2_UNSUPPORTED_GROUPS.items():
+            if pattern.startswith(opener, i):
+                return name
+        if pattern.startswith("(?", i) and not pattern.startswith(("(?:", "(?P<"), i):
+            flags = ""
+            for flag in pattern[i + 2 :]:
+                if flag in ":)":
+                    break
+                flags += flag
+            if not set(flags) <= _RE2_FLAGS:
+                return f"the inline flags '(?{flags})'"
+        if char in "*+?}" and pattern.startswith("+", i + 1):
+            return "a possessive quantifier"
+        i += 1
+    return None
+
+
+def derived_message_timeout_ms(specs: Iterable[PluginConfig]) -> int:
+    """An Envoy message timeout above the worst case of the server's own plugin timeouts, so that a slow
+    plugin ends in the server's 503 (logged, attributed to the plugin) rather than in Envoy's timeout."""
+    return _MESSAGE_OVERHEAD_MS + sum(
+        _WORST_CASE_TIMEOUTS_PER_PLUGIN * spec.timeout_ms for spec in specs if spec.enabled
+    )
+
+
+# --- the pieces -----------------------------------------------------------------------------------
+
+
+def _duration(ms: int) -> str:
+    # The proto3 JSON form of google.protobuf.Duration.
+    return f"{ms // 1000}.{ms % 1000:03d}s"
+
+
+def ext_proc_filter(config: Config, needs: Selection, options: Options) -> dict[str, Any]:
+    """The ``envoy.filters.http.ext_proc`` HTTP filter entry."""
+    timeout_ms = options.message_timeout_ms or derived_message_timeout_ms(config.plugins)
+    return {
+        "name": EXT_PROC_FILTER,
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
+            "stat_prefix": EXT_PROC_STAT_PREFIX,
+            "failure_mode_allow": options.failure_mode_allow,
+            "allow_mode_override": options.allow_mode_override,
+            "message_timeout": _duration(timeout_ms),
+            "processing_mode": {
+                # The server needs request headers to pick the plugins, whatever they export.
+                "request_header_mode": "SEND",
+                "response_header_mode": "SEND" if needs.response_headers else "SKIP",
+                "request_body_mode": "BUFFERED" if needs.request_body else "NONE",
+                "response_body_mode": "BUFFERED" if needs.response_body else "NONE",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+            # Without this Envoy silently drops plugin changes to :path, :authority and host.
+            "mutation_rules": {"allow_all_routing": True},
+            # The attributes the plugin contract promises (docs/plugin-abi.md).
+            "request_attributes": ["source.address", "request.id"],
+            # Unset, Envoy drops all dynamic metadata the server returns.
+            "metadata_options": {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
+        },
+    }
+
+
+def routes(plan: RoutePlan, cluster: str) -> list[dict[str, Any]]:
+    """Virtual-host routes: the plugins' paths through ext_proc, then a catch-all that bypasses it
+    (Envoy takes the first route that matches)."""
+
+    def route(name: str, match: dict[str, Any]) -> dict[str, Any]:
+        # A fresh action per route: a shared dict would come out as a YAML anchor and alias.
+        return {"name": name, "match": match, "route": {"cluster": cluster}}
+
+    if plan.everything:
+        return [route("extproc", {"prefix": "/"})]
+    through = [route(f"extproc:{prefix}", {"prefix": prefix}) for prefix in plan.prefixes]
+    through += [route(f"extproc:regex{i}", {"safe_regex": {"regex": regex}}) for i, regex in enumerate(plan.regexes)]
+    bypass = {
+        **route("bypass", {"prefix": "/"}),
+        "typed_per_filter_config": {EXT_PROC_FILTER: {"@type": _PER_ROUTE_TYPE, "disabled": True}},
+    }
+    return [*through, bypass]
+
+
+def _cluster(
+    name: str, endpoints: Sequence[Endpoint], protocol: Mapping[str, Any], buffer_limit: int
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        # STRICT_DNS for service names (compose, Kubernetes); it also validates without resolving.
+        "type": "STATIC" if all(e.is_ip for e in endpoints) else "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "1s",
+        "per_connection_buffer_limit_bytes": buffer_limit,
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": dict(protocol),
+            }
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": e.socket_address()}} for e in endpoints]}],
+        },
+    }
+
+
+def extproc_cluster(config: Config, options: Options) -> dict[str, Any]:
+    """The gRPC cluster of the ext_proc server(s): HTTP/2, health checked, least-request balanced."""
+    # Each stream holds a server thread for the whole exchange, so new streams go to the least busy server.
+    cluster = {
+        **_cluster(EXTPROC_CLUSTER, options.servers, {"http2_protocol_options": {}}, _buffer_limit(config)),
+        "lb_policy": "LEAST_REQUEST",
+    }
+    if options.health_check:
+        # grpc.health.v1 with the empty service name: the server's overall health.
+        cluster["health_checks"] = [
+            {
+                "timeout": "1s",
+                "interval": "5s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {},
+            }
+        ]
+    return cluster
+
+
+def _buffer_limit(config: Config) -> int:
+    # Buffered bodies live in Envoy's per-connection buffer; it must hold what the server accepts.
+    return config.server.max_body_bytes
+
+
+def fragment(config: Config, needs: Selection, options: Options) -> dict[str, Any]:
+    """The pieces to add to an existing Envoy config."""
+    return {
+        "http_filters": [ext_proc_filter(config, needs, options)],
+        "routes": routes(plan_routes(config.plugins), options.route_cluster),
+        "clusters": [extproc_cluster(config, options)],
+    }
+
+
+def bootstrap(config: Config, needs: Selection, options: Options, proxy: Proxy) -> dict[str, Any]:
+    """A complete Envoy bootstrap: listener -> ext_proc -> router -> ``proxy.upstream``."""
+    pieces = fragment(config, needs, dataclasses.replace(options, route_cluster=UPSTREAM_CLUSTER))
+    buffer_limit = _buffer_limit(config)
+    connection_manager = {
+        "@type": _TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": HCM_STAT_PREFIX,
+        "codec_type": "AUTO",
+        "generate_request_id": True,
+        "access_log": [
+            {
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": {
+                    "@type": _TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                    "log_format": {"text_format_source": {"inline_string": _ACCESS_LOG_FORMAT}},
+                },
+            }
+        ],
+        "route_config": {
+            "name": "local",
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": pieces["routes"]}],
+        },
+        "http_filters": [
+            *pieces["http_filters"],
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+    }
+    return {
+        "admin": {"address": proxy.admin.socket_address()},
+        # Envoy warns on every start without a downstream connection limit.
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _TYPE
+                        + "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 10000,
+                    },
+                }
+            ]
+        },
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "main",
+                    "address": proxy.listen.socket_address(),
+                    "per_connection_buffer_limit_bytes": buffer_limit,
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": connection_manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                _cluster(UPSTREAM_CLUSTER, [proxy.upstream], {"http_protocol_options": {}}, buffer_limit),
+                *pieces["clusters"],
+            ],
+        },
+    }
+
+
+def render(document: Mapping[str, Any], fmt: str, header: Sequence[str] = ()) -> str:
+    """``document`` as YAML (``header`` lines become leading comments) or JSON (which has no comments)."""
+    if fmt == "json":
+        return json.dumps(document, indent=2) + "\n"
+    if fmt != "yaml":
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    comments = "".join(f"# {line}\n" if line else "#\n" for line in header)
+    return comments + yaml.safe_dump(dict(document), sort_keys=False, width=120)

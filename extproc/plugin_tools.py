@@ -1,0 +1,246 @@
+"""`extproc plugin test` and `extproc plugin bench`: a plugin author's tools, on the server's own code path."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extproc.config import ConfigError
+from extproc.contract import Export, MessageView, build_input
+from extproc.errors import ExtprocError
+from extproc.plugins.host import MemoryStore
+from extproc.plugins.loader import LoadedPlugin, load_plugin
+from extproc.testing import CasesError, plugin_config, run_cases
+
+PHASES: dict[str, Export] = {
+    "request_headers": Export.REQUEST_HEADERS,
+    "request_body": Export.REQUEST_BODY,
+    "generate_response": Export.GENERATE_RESPONSE,
+    "response_headers": Export.RESPONSE_HEADERS,
+    "response_body": Export.RESPONSE_BODY,
+}
+# Instances created to estimate the memory of one: enough to average out allocator noise.
+MEMORY_SAMPLE_INSTANCES = 8
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def add_commands(commands: Any) -> None:
+    """Register `plugin test` and `plugin bench` on the top-level subparsers."""
+    plugin = commands.add_parser("plugin", help="test and measure a plugin without Envoy")
+    tools = plugin.add_subparsers(dest="plugin_command", required=True)
+
+    test = tools.add_parser("test", help="run a plugin against the cases of a CASES.yaml file")
+    test.add_argument("wasm", type=Path, metavar="PLUGIN.wasm")
+    test.add_argument("cases", type=Path, metavar="CASES.yaml")
+
+    bench = tools.add_parser("bench", help="calls per second, latency and memory of one plugin export")
+    bench.add_argument("wasm", type=Path, metavar="PLUGIN.wasm")
+    bench.add_argument("--phase", choices=sorted(PHASES), help="default: the plugin's first export")
+    bench.add_argument("--body-size", type=int, default=0, metavar="N", help="body bytes in body phases")
+    bench.add_argument("--config", type=Path, metavar="YAML", help="plugin config: a YAML mapping, as under config:")
+    bench.add_argument("--seconds", type=float, default=2.0, help="how long to measure (default 2)")
+    bench.add_argument("--timeout-ms", type=int, default=1000, help="per-call limit (default 1000)")
+    bench.add_argument("--memory-limit-mb", type=int, default=64, help="per-instance memory limit (default 64)")
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        if args.plugin_command == "test":
+            return _test(args.wasm, args.cases)
+        return _bench(args)
+    except (CasesError, ConfigError, ExtprocError, OSError) as exc:
+        print(f"extproc: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _test(wasm: Path, cases: Path) -> int:
+    report = run_cases(wasm, cases)
+    for case in report.passed:
+        print(f"ok   {case.name}")
+    print(report)
+    return 0 if report.ok else 1
+
+
+# --- bench ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    plugin: str
+    export: str
+    body_bytes: int
+    calls: int
+    seconds: float
+    p50_us: float
+    p99_us: float
+    max_us: float
+    instance_memory_bytes: int
+    memory_limit_bytes: int
+
+    @property
+    def calls_per_second(self) -> float:
+        return self.calls / self.seconds
+
+    def __str__(self) -> str:
+        mib = 1024 * 1024
+        return (
+            f"plugin   {self.plugin}\n"
+            f"export   {self.export}, body {self.body_bytes} bytes\n"
+            f"calls    {self.calls} in {self.seconds:.2f} s = {self.calls_per_second:,.0f} calls/s\n"
+            f"latency  p50 {self.p50_us:,.1f} us, p99 {self.p99_us:,.1f} us, max {self.max_us:,.1f} us per call\n"
+            f"memory   {self.instance_memory_bytes / mib:.2f} MiB per warm instance "
+            f"(limit {self.memory_limit_bytes / mib:.0f} MiB)"
+        )
+
+
+def bench_payload(export: Export, body_size: int, plugin_name: str) -> dict[str, Any]:
+    """A typical input for `export`; body phases get a JSON body of about `body_size` bytes."""
+    body = _json_body(body_size) if export.is_body else None
+    request_headers = [
+        (":authority", "shop.example.com"),
+        (":path", "/api/items?page=2"),
+        (":method", "POST" if body is not None else "GET"),
+        (":scheme", "http"),
+        ("accept", "application/json"),
+        ("user-agent", "extproc-bench/1"),
+        ("content-type", "application/json"),
+        ("x-request-id", "5b1f7c1e-8f0a-4c55-a1b7-0d7f7c3a2b11"),
+        ("cookie", "a=1"),
+        ("cookie", "b=2"),
+    ]
+    request_body = body if export is Export.REQUEST_BODY else None
+    response = None
+    if export.is_response:
+        response_headers = [(":status", "200"), ("content-type", "application/json"), ("etag", '"abc"')]
+        response = MessageView(response_headers, body if export is Export.RESPONSE_BODY else None)
+    attributes = {"source.address": "10.0.0.7:53122", "request.id": "5b1f7c1e"}
+    return build_input(export, plugin_name, MessageView(request_headers, request_body), response, attributes, {})
+
+
+def _json_body(size: int) -> bytes:
+    head = b'{"name":"Ada","ssn":"123-45-6789","data":"'
+    tail = b'"}'
+    return head + b"x" * max(0, size - len(head) - len(tail)) + tail
+
+
+def bench(
+    wasm: Path,
+    *,
+    phase: str | None = None,
+    body_size: int = 0,
+    config: Mapping[str, Any] | None = None,
+    seconds: float = 2.0,
+    timeout_ms: int = 1000,
+    memory_limit_mb: int = 64,
+) -> BenchResult:
+    """Measure one export through `LoadedPlugin.call` (encode, pooled instance, decode, validation)."""
+    server_config = plugin_config(
+        wasm,
+        name="bench",
+        config=config,
+        timeout_ms=timeout_ms,
+        memory_limit_mb=memory_limit_mb,
+        pool_size=MEMORY_SAMPLE_INSTANCES + 1,
+    )
+    spec = server_config.plugins[0]
+    plugin = load_plugin(spec, 1, MemoryStore(), max_body_bytes=max(body_size * 2, 1024 * 1024))
+    try:
+        export = _choose_export(plugin, phase)
+        payload = bench_payload(export, body_size, plugin.name)
+        for _ in range(10):  # warm-up: first calls grow memory and fill caches
+            plugin.call(export, payload)
+        timings: list[int] = []
+        deadline = time.perf_counter() + seconds
+        started = time.perf_counter()
+        while time.perf_counter() < deadline:
+            before = time.perf_counter_ns()
+            plugin.call(export, payload)
+            timings.append(time.perf_counter_ns() - before)
+        elapsed = time.perf_counter() - started
+        memory = _instance_memory(plugin, export, payload)
+    finally:
+        plugin.close()
+    timings.sort()
+    quantiles = statistics.quantiles(timings, n=100, method="inclusive") if len(timings) > 1 else timings * 99
+    return BenchResult(
+        plugin=str(wasm),
+        export=export.value,
+        body_bytes=body_size if export.is_body else 0,
+        calls=len(timings),
+        seconds=elapsed,
+        p50_us=quantiles[49] / 1000,
+        p99_us=quantiles[98] / 1000,
+        max_us=timings[-1] / 1000,
+        instance_memory_bytes=memory,
+        memory_limit_bytes=memory_limit_mb * 1024 * 1024,
+    )
+
+
+class BenchError(ExtprocError):
+    """The benchmark cannot run as asked."""
+
+
+def _choose_export(plugin: LoadedPlugin, phase: str | None) -> Export:
+    if phase is None:
+        return min(plugin.exports, key=list(Export).index)
+    export = PHASES[phase]
+    if export not in plugin.exports:
+        have = ", ".join(sorted(e.value for e in plugin.exports))
+        raise BenchError(f"plugin {plugin.spec.path} does not export {export.value} (it has: {have})")
+    return export
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * _PAGE_BYTES
+
+
+def _instance_memory(plugin: LoadedPlugin, export: Export, payload: Mapping[str, Any]) -> int:
+    """Resident memory one warm instance adds: RSS growth over several pool instances, each called once."""
+    data = plugin.encode(payload)
+    gc.collect()
+    before = _rss_bytes()
+    instances = [plugin.pool.acquire(1.0) for _ in range(MEMORY_SAMPLE_INSTANCES)]
+    try:
+        for instance in instances:
+            instance.call(export.value, data, host_context=plugin.host)
+        return max(0, (_rss_bytes() - before) // MEMORY_SAMPLE_INSTANCES)
+    finally:
+        for instance in instances:
+            plugin.pool.release(instance)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    config: Mapping[str, Any] | None = None
+    if args.config is not None:
+        loaded = yaml.safe_load(args.config.read_text())
+        if not isinstance(loaded, dict):
+            print(f"extproc: error: {args.config}: must hold a YAML mapping (the plugin's config:)", file=sys.stderr)
+            return 1
+        config = loaded
+    result = bench(
+        args.wasm,
+        phase=args.phase,
+        body_size=args.body_size,
+        config=config,
+        seconds=args.seconds,
+        timeout_ms=args.timeout_ms,
+        memory_limit_mb=args.memory_limit_mb,
+    )
+    if args.json:
+        print(json.dumps({**result.__dict__, "calls_per_second": result.calls_per_second}))
+    else:
+        print(result)
+    return 0

@@ -1,0 +1,563 @@
+"""Test a plugin without Envoy: the server's own stream code runs it, a small Envoy stand-in applies the result.
+
+Every exchange goes through `ExchangeStream.handle` with real ext_proc protobuf messages, so the
+loader, the plugin chain, contract validation, content-length fixing and failure handling are the
+server's, not a copy. The stand-in only does what Envoy does with the replies: apply header and
+body mutations, honour mode overrides, stop at an immediate response.
+
+    from extproc.testing import PluginHarness, request, response
+
+    with PluginHarness("examples/header-rewrite/header-rewrite.wasm", config={...}) as plugin:
+        result = plugin.run(request("GET", "/api", headers={"x-debug": "1"}))
+        assert result.upstream is not None and result.upstream.header("x-debug") is None
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeAlias
+
+import yaml
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from google.protobuf import struct_pb2
+
+from extproc import envoy
+from extproc.config import Config, parse_config
+from extproc.contract import Pair
+from extproc.plugins.host import KeyValueStore, MemoryStore
+from extproc.plugins.loader import LoadedPlugin, load_plugin
+from extproc.plugins.registry import PluginSet
+from extproc.stream import ExchangeStream
+
+HeadersLike: TypeAlias = Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]]
+BodyLike: TypeAlias = str | bytes | None
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+_ATTRIBUTES_FILTER = "envoy.filters.http.ext_proc"
+
+
+@dataclass(frozen=True)
+class Message:
+    """Headers in wire order (names lower case, pseudo-headers included) and a body."""
+
+    headers: tuple[Pair, ...]
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        """The first value of `name`, or None."""
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key == wanted), None)
+
+    def header_values(self, name: str) -> list[str]:
+        wanted = name.lower()
+        return [value for key, value in self.headers if key == wanted]
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class HttpRequest(Message):
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return self.header(":method") or ""
+
+    @property
+    def path(self) -> str:
+        return self.header(":path") or ""
+
+
+@dataclass(frozen=True)
+class HttpResponse(Message):
+    @property
+    def status(self) -> int:
+        return int(self.header(":status") or 0)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What happened to one exchange.
+
+    `upstream` is the request as it reached the upstream (None when an immediate response came from a
+    request phase); `response` is what the client got: the upstream response after the response
+    phases, or the immediate response. `response` is None when the test gave no upstream response
+    and no plugin answered.
+    """
+
+    upstream: HttpRequest | None
+    response: HttpResponse | None
+    immediate: bool
+    immediate_details: str
+    metadata: Mapping[str, Any]
+    phases: tuple[str, ...]  # the ext_proc messages the server received, in order
+
+    @property
+    def status(self) -> int | None:
+        return None if self.response is None else self.response.status
+
+
+def _pairs(headers: HeadersLike | None) -> list[Pair]:
+    if headers is None:
+        return []
+    if isinstance(headers, Mapping):
+        pairs: list[Pair] = []
+        for name, value in headers.items():
+            values = [value] if isinstance(value, str) else list(value)
+            pairs.extend((name.lower(), str(v)) for v in values)
+        return pairs
+    return [(name.lower(), value) for name, value in headers]
+
+
+def _body(body: BodyLike, json_body: Any) -> tuple[bytes, str | None]:
+    """The body bytes and, for JSON given as data, the content-type it implies."""
+    if json_body is not None:
+        if body is not None:
+            raise ValueError("give either body or json_body, not both")
+        return json.dumps(json_body).encode(), "application/json"
+    if body is None:
+        return b"", None
+    return (body.encode() if isinstance(body, str) else bytes(body)), None
+
+
+def request(
+    method: str = "GET",
+    path: str = "/",
+    headers: HeadersLike | None = None,
+    body: BodyLike = None,
+    *,
+    json_body: Any = None,
+    authority: str = "example.com",
+    scheme: str = "http",
+    attributes: Mapping[str, Any] | None = None,
+) -> HttpRequest:
+    """A client request as Envoy would pass it on: pseudo-headers first, content-length when there is a body."""
+    data, content_type = _body(body, json_body)
+    extra = _pairs(headers)
+    names = {name for name, _ in extra}
+    pairs = [(":authority", authority), (":path", path), (":method", method.upper()), (":scheme", scheme)]
+    pairs.extend(extra)
+    if content_type is not None and "content-type" not in names:
+        pairs.append(("content-type", content_type))
+    if data and "content-length" not in names:
+        pairs.append(("content-length", str(len(data))))
+    return HttpRequest(tuple(pairs), data, dict(attributes or {"source.address": "127.0.0.1:40000"}))
+
+
+def response(
+    status: int = 200, headers: HeadersLike | None = None, body: BodyLike = None, *, json_body: Any = None
+) -> HttpResponse:
+    """An upstream response; content-length is added when there is a body."""
+    data, content_type = _body(body, json_body)
+    extra = _pairs(headers)
+    names = {name for name, _ in extra}
+    pairs = [(":status", str(status)), *extra]
+    if content_type is not None and "content-type" not in names:
+        pairs.append(("content-type", content_type))
+    if data and "content-length" not in names:
+        pairs.append(("content-length", str(len(data))))
+    return HttpResponse(tuple(pairs), data)
+
+
+# --- the Envoy stand-in -------------------------------------------------------------------------
+
+
+def _header_map(pairs: Iterable[Pair]) -> Any:
+    header_map = base_pb2.HeaderMap()
+    for name, value in pairs:
+        header_map.headers.add(key=name, raw_value=value.encode())
+    return header_map
+
+
+def _option_value(option: Any) -> str:
+    header = option.header
+    return str(header.raw_value.decode() if header.raw_value else header.value)
+
+
+def _apply_mutation(pairs: list[Pair], mutation: Any) -> list[Pair]:
+    """Envoy's order: removals, then each set_headers entry (overwrite or append)."""
+    gone = {name.lower() for name in mutation.remove_headers}
+    result = [pair for pair in pairs if pair[0] not in gone]
+    for option in mutation.set_headers:
+        name = option.header.key.lower()
+        value = _option_value(option)
+        append = option.append.value if option.HasField("append") else option.append_action == envoy.APPEND
+        if append:
+            result.append((name, value))
+            continue
+        index = next((i for i, (key, _) in enumerate(result) if key == name), None)
+        if index is None:
+            result.append((name, value))
+        else:
+            result[index] = (name, value)
+            result = [pair for i, pair in enumerate(result) if i <= index or pair[0] != name]
+    return result
+
+
+def _apply_common(pairs: list[Pair], body: bytes, common: Any) -> tuple[list[Pair], bytes]:
+    if common.HasField("header_mutation"):
+        pairs = _apply_mutation(pairs, common.header_mutation)
+    if common.HasField("body_mutation"):
+        mutation = common.body_mutation
+        if mutation.WhichOneof("mutation") == "body":
+            body = mutation.body
+        elif mutation.clear_body:
+            body = b""
+    return pairs, body
+
+
+def _immediate(reply: Any) -> HttpResponse:
+    pairs = _apply_mutation([(":status", str(reply.status.code))], reply.headers)
+    return HttpResponse(tuple(pairs), reply.body)
+
+
+class _Modes:
+    """The processing mode in force for one stream, as Envoy tracks it (defaults: headers only)."""
+
+    def __init__(self) -> None:
+        self.request_body = False
+        self.response_headers = True
+        self.response_body = False
+
+    def override(self, reply: Any) -> None:
+        if not reply.HasField("mode_override"):
+            return
+        mode = reply.mode_override
+        self.request_body = mode.request_body_mode != ProcessingMode.NONE
+        self.response_headers = mode.response_header_mode != ProcessingMode.SKIP
+        self.response_body = mode.response_body_mode != ProcessingMode.NONE
+
+
+def exchange(plugins: PluginSet, req: HttpRequest, resp: HttpResponse | None = None) -> Result:
+    """Run one HTTP exchange through the server's stream code."""
+    stream = ExchangeStream(plugins, plugins.config.server.max_body_bytes)
+    modes = _Modes()
+    phases: list[str] = []
+    metadata: dict[str, Any] = {}
+
+    def send(message: ep.ProcessingRequest) -> ep.ProcessingResponse:
+        phases.append(str(message.WhichOneof("request")))
+        reply = stream.handle(message)
+        if reply.HasField("dynamic_metadata"):
+            metadata.update(envoy.struct_to_dict(reply.dynamic_metadata).get(envoy.METADATA_NAMESPACE, {}))
+        modes.override(reply)
+        return reply
+
+    def finish(immediate: Any, upstream: HttpRequest | None) -> Result:
+        return Result(upstream, _immediate(immediate), True, immediate.details, metadata, tuple(phases))
+
+    attributes = struct_pb2.Struct()
+    attributes.update(dict(req.attributes))
+    headers_message = ep.ProcessingRequest(
+        request_headers=ep.HttpHeaders(headers=_header_map(req.headers), end_of_stream=not req.body),
+        attributes={_ATTRIBUTES_FILTER: attributes},
+    )
+    reply = send(headers_message)
+    if reply.HasField("immediate_response"):
+        return finish(reply.immediate_response, None)
+    pairs, body = _apply_common(list(req.headers), req.body, reply.request_headers.response)
+    if req.body and modes.request_body:
+        reply = send(ep.ProcessingRequest(request_body=ep.HttpBody(body=body, end_of_stream=True)))
+        if reply.HasField("immediate_response"):
+            return finish(reply.immediate_response, None)
+        pairs, body = _apply_common(pairs, body, reply.request_body.response)
+    upstream = HttpRequest(tuple(pairs), body, req.attributes)
+    if resp is None:
+        return Result(upstream, None, False, "", metadata, tuple(phases))
+
+    pairs, body = list(resp.headers), resp.body
+    if modes.response_headers:
+        reply = send(
+            ep.ProcessingRequest(
+                response_headers=ep.HttpHeaders(headers=_header_map(pairs), end_of_stream=not resp.body)
+            )
+        )
+        if reply.HasField("immediate_response"):
+            return finish(reply.immediate_response, upstream)
+        pairs, body = _apply_common(pairs, body, reply.response_headers.response)
+        if resp.body and modes.response_body:
+            reply = send(ep.ProcessingRequest(response_body=ep.HttpBody(body=body, end_of_stream=True)))
+            if reply.HasField("immediate_response"):
+                return finish(reply.immediate_response, upstream)
+            pairs, body = _apply_common(pairs, body, reply.response_body.response)
+    return Result(upstream, HttpResponse(tuple(pairs), body), False, "", metadata, tuple(phases))
+
+
+# --- the harness ----------------------------------------------------------------------------------
+
+
+def plugin_config(
+    wasm: Path | str,
+    *,
+    name: str = "plugin",
+    config: Mapping[str, Any] | None = None,
+    source: Path | None = None,
+    **settings: Any,
+) -> Config:
+    """A server config with this one plugin, validated by the server's own config loader.
+
+    `settings` are further plugin keys (execution_points, timeout_ms, memory_limit_mb, match, ...).
+    """
+    wasm_path = Path(wasm).absolute()
+    entry: dict[str, Any] = {"name": name, "path": str(wasm_path), **settings}
+    if config is not None:
+        entry["config"] = dict(config)
+    return parse_config({"plugins": [entry]}, source or wasm_path.with_suffix(".test.yaml"))
+
+
+class PluginHarness:
+    """One plugin loaded as the server loads it, with its own key-value store (fresh per harness)."""
+
+    def __init__(
+        self,
+        wasm: Path | str,
+        *,
+        config: Mapping[str, Any] | None = None,
+        name: str = "plugin",
+        store: KeyValueStore | None = None,
+        source: Path | None = None,
+        **settings: Any,
+    ) -> None:
+        self.config = plugin_config(wasm, name=name, config=config, source=source, **settings)
+        self.store: KeyValueStore = MemoryStore() if store is None else store
+        spec = self.config.plugins[0]
+        server = self.config.server
+        loaded = load_plugin(spec, server.grpc_threads, self.store, max_body_bytes=server.max_body_bytes)
+        self.plugins = PluginSet(self.config, [loaded])
+
+    @property
+    def plugin(self) -> LoadedPlugin:
+        return self.plugins.plugins[0]
+
+    def run(self, req: HttpRequest, resp: HttpResponse | None = None) -> Result:
+        return exchange(self.plugins, req, resp)
+
+    def close(self) -> None:
+        self.plugins.close()
+
+    def __enter__(self) -> PluginHarness:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+# --- CASES.yaml -----------------------------------------------------------------------------------
+
+CASE_KEYS = ("name", "request", "response", "expect")
+REQUEST_KEYS = ("method", "path", "headers", "body", "json", "authority", "scheme", "attributes")
+RESPONSE_KEYS = ("status", "headers", "body", "json")
+EXPECT_KEYS = ("immediate", "status", "details", "upstream", "response", "metadata")
+MESSAGE_EXPECT_KEYS = ("method", "path", "headers", "body", "json")
+
+
+class CasesError(ValueError):
+    """A CASES.yaml that cannot be used; says which file and which key."""
+
+    def __init__(self, file: Path, key: str, reason: str) -> None:
+        super().__init__(f"{file}: {key}: {reason}" if key else f"{file}: {reason}")
+        self.file = file
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    key: str  # "cases[3]", for messages
+    request: HttpRequest
+    response: HttpResponse | None
+    expect: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CaseFailure:
+    case: Case
+    problems: tuple[str, ...]
+
+    def __str__(self) -> str:
+        lines = [f"FAIL {self.case.name} ({self.case.key})"]
+        lines.extend("  " + line for problem in self.problems for line in problem.splitlines())
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class CasesReport:
+    file: Path
+    passed: tuple[Case, ...]
+    failed: tuple[CaseFailure, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def __str__(self) -> str:
+        lines = [str(failure) for failure in self.failed]
+        lines.append(f"{self.file}: {len(self.passed)} passed, {len(self.failed)} failed")
+        return "\n".join(lines)
+
+
+def load_cases(path: Path) -> tuple[dict[str, Any], tuple[Case, ...]]:
+    """The plugin settings (`plugin:`) and the cases of a CASES.yaml file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise CasesError(path, "", f"cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise CasesError(path, "", f"invalid YAML: {exc}") from None
+    top = _cases_mapping(path, "", data, ("plugin", "cases"))
+    settings = _cases_mapping(path, "plugin", top.get("plugin") or {}, None)
+    if "path" in settings:
+        raise CasesError(path, "plugin.path", "the plugin file is given on the command line, not here")
+    items = top.get("cases")
+    if not isinstance(items, list) or not items:
+        raise CasesError(path, "cases", "must be a non-empty list")
+    return dict(settings), tuple(_case(path, f"cases[{i}]", item) for i, item in enumerate(items))
+
+
+def _cases_mapping(path: Path, key: str, value: object, allowed: Sequence[str] | None) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise CasesError(path, key, f"must be a mapping, got {type(value).__name__}")
+    if allowed is not None:
+        for name in value:
+            if name not in allowed:
+                where = f"{key}.{name}" if key else str(name)
+                raise CasesError(path, where, f"unknown key; allowed: {', '.join(allowed)}")
+    return value
+
+
+def _case(path: Path, key: str, value: object) -> Case:
+    item = _cases_mapping(path, key, value, CASE_KEYS)
+    name = item.get("name")
+    if not isinstance(name, str) or not name:
+        raise CasesError(path, f"{key}.name", "must be a non-empty string")
+    req = _cases_mapping(path, f"{key}.request", item.get("request") or {}, REQUEST_KEYS)
+    expect = _cases_mapping(path, f"{key}.expect", item.get("expect"), EXPECT_KEYS)
+    for side in ("upstream", "response"):
+        if side in expect:
+            _cases_mapping(path, f"{key}.expect.{side}", expect[side], MESSAGE_EXPECT_KEYS)
+    try:
+        http_request = request(
+            str(req.get("method", "GET")),
+            str(req.get("path", "/")),
+            req.get("headers"),
+            req.get("body"),
+            json_body=req.get("json"),
+            authority=str(req.get("authority", "example.com")),
+            scheme=str(req.get("scheme", "http")),
+            attributes=req.get("attributes"),
+        )
+        http_response = None
+        if item.get("response") is not None:
+            resp = _cases_mapping(path, f"{key}.response", item["response"], RESPONSE_KEYS)
+            http_response = response(
+                int(resp.get("status", 200)), resp.get("headers"), resp.get("body"), json_body=resp.get("json")
+            )
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise CasesError(path, key, f"invalid request or response: {exc}") from None
+    return Case(name, key, http_request, http_response, expect)
+
+
+def check(expect: Mapping[str, Any], result: Result) -> list[str]:
+    """Differences between `expect` (the CASES.yaml `expect:` mapping) and `result`, readable."""
+    problems: list[str] = []
+    if "immediate" in expect and bool(expect["immediate"]) != result.immediate:
+        got = f"an immediate response {result.status}" if result.immediate else "no immediate response"
+        problems.append(f"immediate: expected {expect['immediate']!r}, got {got}")
+    if "status" in expect and expect["status"] != result.status:
+        problems.append(f"status: expected {expect['status']!r}, got {result.status!r}")
+    if "details" in expect and expect["details"] != result.immediate_details:
+        problems.append(f"details: expected {expect['details']!r}, got {result.immediate_details!r}")
+    for side, message in (("upstream", result.upstream), ("response", result.response)):
+        if side not in expect:
+            continue
+        if message is None:
+            reason = "an immediate response came first" if side == "upstream" else "the case gives no response"
+            problems.append(f"{side}: expected a message, got none ({reason})")
+            continue
+        problems.extend(_check_message(side, expect[side], message))
+    if "metadata" in expect and expect["metadata"] != dict(result.metadata):
+        problems.append(_diff("metadata", expect["metadata"], dict(result.metadata)))
+    return problems
+
+
+def _check_message(side: str, expect: Mapping[str, Any], message: Message) -> list[str]:
+    problems: list[str] = []
+    for pseudo in ("method", "path"):
+        if pseudo in expect and expect[pseudo] != message.header(f":{pseudo}"):
+            problems.append(f"{side}.{pseudo}: expected {expect[pseudo]!r}, got {message.header(f':{pseudo}')!r}")
+    for name, wanted in (expect.get("headers") or {}).items():
+        values = message.header_values(name)
+        if wanted is None:
+            if values:
+                problems.append(f"{side}.headers.{name}: expected absent, got {_shown(values)}")
+        elif isinstance(wanted, list):
+            if values != [str(v) for v in wanted]:
+                problems.append(f"{side}.headers.{name}: expected {wanted!r}, got {_shown(values)}")
+        elif values != [str(wanted)]:
+            problems.append(f"{side}.headers.{name}: expected {str(wanted)!r}, got {_shown(values)}")
+    if "body" in expect:
+        text = message.body.decode("utf-8", errors="replace")
+        if str(expect["body"]) != text:
+            problems.append(_diff(f"{side}.body", str(expect["body"]), text))
+    if "json" in expect:
+        try:
+            actual = json.loads(message.body)
+        except ValueError:
+            problems.append(f"{side}.json: body is not JSON: {message.body[:200]!r}")
+        else:
+            if actual != expect["json"]:
+                problems.append(_diff(f"{side}.json", expect["json"], actual))
+    return problems
+
+
+def _shown(values: list[str]) -> str:
+    if not values:
+        return "absent"
+    return repr(values[0]) if len(values) == 1 else repr(values)
+
+
+def _diff(where: str, expected: Any, actual: Any) -> str:
+    def lines(value: Any) -> list[str]:
+        text = value if isinstance(value, str) else json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+        return text.splitlines() or [""]
+
+    diff = difflib.unified_diff(lines(expected), lines(actual), "expected", "actual", lineterm="")
+    return f"{where} differs:\n" + "\n".join(f"  {line}" for line in diff)
+
+
+def run_cases(wasm: Path | str, cases_file: Path | str) -> CasesReport:
+    """Run every case of `cases_file` in order against one harness (so key-value state carries over)."""
+    path = Path(cases_file)
+    settings, cases = load_cases(path)
+    passed: list[Case] = []
+    failed: list[CaseFailure] = []
+    with PluginHarness(wasm, source=path.absolute(), **settings) as harness:
+        for case in cases:
+            problems = check(case.expect, harness.run(case.request, case.response))
+            if problems:
+                failed.append(CaseFailure(case, tuple(problems)))
+            else:
+                passed.append(case)
+    return CasesReport(path, tuple(passed), tuple(failed))
+
+
+def assert_cases(wasm: Path | str, cases_file: Path | str) -> None:
+    """For pytest: run the cases and fail with the readable report when any case fails."""
+    report = run_cases(wasm, cases_file)
+    if not report.ok:
+        raise AssertionError(str(report))

@@ -1,0 +1,382 @@
+// Typed views over the plugin contract (docs/plugin-abi.md) and builders for the output.
+import { base64Decode, base64Encode } from "./base64";
+import { config_get, free } from "./env";
+import { fromExtism, readInputBytes, setError, stringToExtism, writeOutputBytes } from "./io";
+import { JsonValue, JsonWriter } from "./json";
+
+// --- input ----------------------------------------------------------------------------------
+
+/** Header lines in wire order; repeated names appear once per value. Names are lower case. */
+export class Headers {
+  readonly names: Array<string> = [];
+  readonly values: Array<string> = [];
+
+  get count(): i32 { return this.names.length; }
+
+  /** The first value of `name` (any case), or null. */
+  get(name: string): string | null {
+    const n = name.toLowerCase();
+    for (let i = 0; i < this.names.length; i++) if (this.names[i] == n) return this.values[i];
+    return null;
+  }
+
+  /** Every value of `name`, in order. */
+  getAll(name: string): Array<string> {
+    const n = name.toLowerCase();
+    const out = new Array<string>();
+    for (let i = 0; i < this.names.length; i++) if (this.names[i] == n) out.push(this.values[i]);
+    return out;
+  }
+
+  has(name: string): bool { return this.get(name) !== null; }
+
+  static from(list: JsonValue | null): Headers {
+    const h = new Headers();
+    if (list === null) return h;
+    const items = list.values;
+    for (let i = 0; i < items.length; i++) {
+      h.names.push(items[i].getString("name"));
+      h.values.push(items[i].getString("value"));
+    }
+    return h;
+  }
+}
+
+/** A message body: the bytes, and whether they are UTF-8 text (`text` in the contract) or not (`data`). */
+export class Body {
+  private textCache: string | null = null;
+
+  constructor(private raw: Uint8Array, public readonly isText: bool) {}
+
+  /** The raw bytes. */
+  bytes(): Uint8Array { return this.raw; }
+
+  get length(): i32 { return this.raw.length; }
+
+  /** The body as text, or null when it is not UTF-8. */
+  get text(): string | null {
+    if (!this.isText) return null;
+    let t = this.textCache;
+    if (t === null) {
+      t = String.UTF8.decodeUnsafe(this.raw.dataStart, <usize>this.raw.length);
+      this.textCache = t;
+    }
+    return t;
+  }
+
+  /** The body parsed as JSON, or null when it is not text or not valid JSON. */
+  json(): JsonValue | null {
+    return this.isText ? JsonValue.parseBytes(this.raw) : null;
+  }
+
+  static from(v: JsonValue | null): Body | null {
+    if (v === null) return null;
+    const text = v.get("text");
+    if (text !== null) return new Body(text.asUtf8(), true);
+    const data = v.get("data");
+    if (data !== null) {
+      const decoded = base64Decode(data.asString());
+      return new Body(decoded === null ? new Uint8Array(0) : decoded, false);
+    }
+    return new Body(new Uint8Array(0), true);
+  }
+}
+
+export class Request {
+  method: string = "";
+  path: string = "";
+  scheme: string = "";
+  authority: string = "";
+  headers: Headers = new Headers();
+  /** Present in REQUEST_BODY (and GENERATE_RESPONSE when the plugin asked for the body). */
+  body: Body | null = null;
+
+  /** The path without its query string. */
+  get pathOnly(): string {
+    const q = this.path.indexOf("?");
+    return q < 0 ? this.path : this.path.substring(0, q);
+  }
+}
+
+export class Response {
+  status: i32 = 0;
+  headers: Headers = new Headers();
+  /** Present in RESPONSE_BODY. */
+  body: Body | null = null;
+}
+
+export class Input {
+  /** REQUEST_HEADERS, REQUEST_BODY, GENERATE_RESPONSE, RESPONSE_HEADERS or RESPONSE_BODY. */
+  phase: string = "";
+  pluginName: string = "";
+  request: Request = new Request();
+  /** Set in RESPONSE_HEADERS and RESPONSE_BODY. */
+  response: Response | null = null;
+  /** Envoy attributes, keyed by attribute name ("source.address", ...). */
+  attributes: JsonValue = JsonValue.object();
+  /** Envoy's metadata context: namespace -> values. */
+  metadata: JsonValue = JsonValue.object();
+
+  /** An attribute as text ("source.address" -> "10.0.0.7:53122"), or null. */
+  attribute(name: string): string | null {
+    const v = this.attributes.get(name);
+    return v === null ? null : v.asString();
+  }
+
+  static parse(bytes: Uint8Array): Input {
+    const parsed = JsonValue.parseBytes(bytes);
+    if (parsed === null || !parsed.isObject) {
+      throw new Error("extproc sdk: the input is not a JSON object (is the plugin configured with encoding: protobuf?)");
+    }
+    const root: JsonValue = parsed;
+    const input = new Input();
+    input.phase = root.getString("phase");
+    input.pluginName = root.getString("plugin_name");
+    const req = root.get("request");
+    if (req !== null) {
+      const r = input.request;
+      r.method = req.getString("method");
+      r.path = req.getString("path");
+      r.scheme = req.getString("scheme");
+      r.authority = req.getString("authority");
+      r.headers = Headers.from(req.get("headers"));
+      r.body = Body.from(req.get("body"));
+    }
+    const resp = root.get("response");
+    if (resp !== null) {
+      const r = new Response();
+      r.status = <i32>resp.getNumber("status");
+      r.headers = Headers.from(resp.get("headers"));
+      r.body = Body.from(resp.get("body"));
+      input.response = r;
+    }
+    const attrs = root.get("attributes");
+    if (attrs !== null && attrs.isObject) input.attributes = attrs;
+    const meta = root.get("metadata");
+    if (meta !== null && meta.isObject) input.metadata = meta;
+    return input;
+  }
+}
+
+/** The input of the current call. */
+export function readInput(): Input {
+  return Input.parse(readInputBytes());
+}
+
+// --- output ---------------------------------------------------------------------------------
+
+class Pair {
+  constructor(public name: string, public value: string) {}
+}
+
+/** An immediate response: the client gets it now, the chain stops. */
+export class ImmediateResponse {
+  headers: Array<Pair> = [];
+  body: Uint8Array | null = null;
+  detailText: string = "";
+  grpc: i32 = -1;
+
+  constructor(public status: i32) {}
+
+  header(name: string, value: string): ImmediateResponse { this.headers.push(new Pair(name, value)); return this; }
+  text(body: string, contentType: string = "text/plain; charset=utf-8"): ImmediateResponse {
+    this.body = Uint8Array.wrap(String.UTF8.encode(body));
+    return this.header("content-type", contentType);
+  }
+  json(body: JsonValue): ImmediateResponse {
+    this.body = body.toBytes();
+    return this.header("content-type", "application/json");
+  }
+  bytes(body: Uint8Array): ImmediateResponse { this.body = body; return this; }
+  /** Recorded by Envoy as response code details; never sent to the client. */
+  details(text: string): ImmediateResponse { this.detailText = text; return this; }
+  grpcStatus(code: i32): ImmediateResponse { this.grpc = code; return this; }
+}
+
+/** Collects the changes of one call; `write()` turns them into the contract's output JSON. */
+export class Output {
+  private sets: Array<Pair> = [];
+  private appends: Array<Pair> = [];
+  private removes: Array<string> = [];
+  private newBody: Uint8Array | null = null;
+  private immediate: ImmediateResponse | null = null;
+  private meta: JsonValue = JsonValue.object();
+
+  /** Replace every value of `name` (added when absent). */
+  setHeader(name: string, value: string): Output { this.sets.push(new Pair(name.toLowerCase(), value)); return this; }
+  /** Add one more value of `name`. */
+  appendHeader(name: string, value: string): Output { this.appends.push(new Pair(name.toLowerCase(), value)); return this; }
+  /** Remove every value of `name`. */
+  removeHeader(name: string): Output { this.removes.push(name.toLowerCase()); return this; }
+
+  /** Replace the phase's body (body phases only); the server fixes content-length. */
+  setBody(text: string): Output { this.newBody = Uint8Array.wrap(String.UTF8.encode(text)); return this; }
+  setBodyBytes(bytes: Uint8Array): Output { this.newBody = bytes; return this; }
+  setBodyJson(value: JsonValue): Output { this.newBody = value.toBytes(); return this; }
+
+  /** Answer the client with `status` now; configure the returned response further. */
+  respond(status: i32): ImmediateResponse {
+    const r = new ImmediateResponse(status);
+    this.immediate = r;
+    return r;
+  }
+
+  /** Emit `key: value` as Envoy dynamic metadata (namespace extproc, under the plugin's name). */
+  metadata(key: string, value: JsonValue): Output { this.meta.set(key, value); return this; }
+
+  get isEmpty(): bool {
+    return this.sets.length == 0 && this.appends.length == 0 && this.removes.length == 0 &&
+      this.newBody === null && this.immediate === null && this.meta.keys.length == 0;
+  }
+
+  /** The output JSON (empty when nothing changed). */
+  toBytes(): Uint8Array {
+    if (this.isEmpty) return new Uint8Array(0);
+    const w = new JsonWriter();
+    w.raw("{");
+    let first = true;
+    if (this.sets.length + this.appends.length + this.removes.length > 0) {
+      w.raw('"headers":{"set":');
+      pairs(w, this.sets);
+      w.raw(',"append":');
+      pairs(w, this.appends);
+      w.raw(',"remove":[');
+      for (let i = 0; i < this.removes.length; i++) {
+        if (i > 0) w.raw(",");
+        w.string(this.removes[i]);
+      }
+      w.raw("]}");
+      first = false;
+    }
+    const body = this.newBody;
+    if (body !== null) {
+      if (!first) w.raw(",");
+      w.raw('"body":');
+      bodyJson(w, body);
+      first = false;
+    }
+    const imm = this.immediate;
+    if (imm !== null) {
+      if (!first) w.raw(",");
+      w.raw('"immediate_response":{"status":' + imm.status.toString() + ',"headers":');
+      pairs(w, imm.headers);
+      const b = imm.body;
+      if (b !== null) {
+        w.raw(',"body":');
+        bodyJson(w, b);
+      }
+      if (imm.detailText.length > 0) {
+        w.raw(',"details":');
+        w.string(imm.detailText);
+      }
+      if (imm.grpc >= 0) w.raw(',"grpc_status":' + imm.grpc.toString());
+      w.raw("}");
+      first = false;
+    }
+    if (this.meta.keys.length > 0) {
+      if (!first) w.raw(",");
+      w.raw('"dynamic_metadata":');
+      w.value(this.meta);
+    }
+    w.raw("}");
+    return w.toBytes();
+  }
+
+  write(): void {
+    const bytes = this.toBytes();
+    if (bytes.length > 0) writeOutputBytes(bytes);
+  }
+}
+
+function pairs(w: JsonWriter, list: Array<Pair>): void {
+  w.raw("[");
+  for (let i = 0; i < list.length; i++) {
+    if (i > 0) w.raw(",");
+    w.raw('{"name":');
+    w.string(list[i].name);
+    w.raw(',"value":');
+    w.string(list[i].value);
+    w.raw("}");
+  }
+  w.raw("]");
+}
+
+function bodyJson(w: JsonWriter, bytes: Uint8Array): void {
+  if (isUtf8(bytes)) {
+    w.raw('{"text":');
+    w.stringBytes(bytes);
+  } else {
+    w.raw('{"data":');
+    w.string(base64Encode(bytes));
+  }
+  w.raw("}");
+}
+
+/** Whether `b` is well-formed UTF-8 (so it can travel as `text`). */
+export function isUtf8(b: Uint8Array): bool {
+  let i = 0;
+  const n = b.length;
+  while (i < n) {
+    const c = unchecked(b[i]);
+    if (c < 0x80) { i++; continue; }
+    let extra = 0;
+    let min: u32 = 0;
+    let cp: u32 = 0;
+    if (c >= 0xc2 && c <= 0xdf) { extra = 1; min = 0x80; cp = c & 0x1f; }
+    else if (c >= 0xe0 && c <= 0xef) { extra = 2; min = 0x800; cp = c & 0x0f; }
+    else if (c >= 0xf0 && c <= 0xf4) { extra = 3; min = 0x10000; cp = c & 0x07; }
+    else return false;
+    if (i + extra >= n) return false;
+    for (let j = 1; j <= extra; j++) {
+      const d = unchecked(b[i + j]);
+      if ((d & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (d & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += extra + 1;
+  }
+  return true;
+}
+
+// --- config and the export wrapper ----------------------------------------------------------
+
+let configCache: JsonValue | null = null;
+
+/** The plugin's `config:` mapping from the server YAML (an empty object when none). */
+export function config(): JsonValue {
+  const cached = configCache;
+  if (cached !== null) return cached;
+  const k = stringToExtism("config");
+  const offset = config_get(k);
+  free(k);
+  let c = JsonValue.object();
+  if (offset != 0) {
+    const parsed = JsonValue.parseBytes(fromExtism(offset));
+    if (parsed !== null && parsed.isObject) c = parsed;
+  }
+  configCache = c;
+  return c;
+}
+
+export type Handler = (input: Input, output: Output) => void;
+
+/**
+ * Runs one export: reads the input, calls `handler`, writes the output, frees the call's garbage
+ * (plugins are built with AssemblyScript's minimal runtime, which collects only when asked). Use it as
+ * `export function process_request_headers(): i32 { return run(onRequest); }`.
+ */
+export function run(handler: Handler): i32 {
+  const input = readInput();
+  const output = new Output();
+  handler(input, output);
+  output.write();
+  // Nothing survives the call but globals, so this is cheap; without it the heap only grows.
+  __collect();
+  return 0;
+}
+
+/** Makes the call fail with `message` (the server logs it and answers per on_error); returns 1. */
+export function fail(message: string): i32 {
+  setError(message);
+  return 1;
+}

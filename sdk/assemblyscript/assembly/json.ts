@@ -1,0 +1,521 @@
+// A small dynamic JSON model: parse any JSON document, change it, write it back.
+// Object members keep their order; numbers keep their original text so that integers
+// beyond 2^53 survive a round trip unchanged.
+
+export enum JsonKind { Null, Bool, Number, String, Array, Object }
+
+const NO_ITEMS = new Array<JsonValue>(0);
+const NO_NAMES = new Array<string>(0);
+
+export class JsonValue {
+  kind: JsonKind = JsonKind.Null;
+  private flag: bool = false;
+  private num: string = "0"; // number text, as written
+  private str: string | null = "";
+  // A string value straight from parsing stays UTF-8 until someone asks for the text: large bodies
+  // then go from input to output without two UTF-16 conversions.
+  private utf8: Uint8Array | null = null;
+  // Scalars share these empty arrays (never written to): parsing allocates far less that way.
+  private items: Array<JsonValue> = NO_ITEMS;
+  private names: Array<string> = NO_NAMES;
+
+  static null(): JsonValue { return new JsonValue(); }
+  static bool(value: bool): JsonValue { const v = new JsonValue(); v.kind = JsonKind.Bool; v.flag = value; return v; }
+  static number(value: f64): JsonValue { return JsonValue.numberText(formatNumber(value)); }
+  static integer(value: i64): JsonValue { return JsonValue.numberText(value.toString()); }
+  static numberText(text: string): JsonValue { const v = new JsonValue(); v.kind = JsonKind.Number; v.num = text; return v; }
+  static string(value: string): JsonValue { const v = new JsonValue(); v.kind = JsonKind.String; v.str = value; return v; }
+  /** A string value from its UTF-8 bytes (decoded only when read as text). */
+  static stringUtf8(bytes: Uint8Array): JsonValue {
+    const v = new JsonValue();
+    v.kind = JsonKind.String;
+    v.str = null;
+    v.utf8 = bytes;
+    return v;
+  }
+  static array(): JsonValue {
+    const v = new JsonValue();
+    v.kind = JsonKind.Array;
+    v.items = [];
+    return v;
+  }
+  static object(): JsonValue {
+    const v = new JsonValue();
+    v.kind = JsonKind.Object;
+    v.items = [];
+    v.names = [];
+    return v;
+  }
+
+  /** Parses `text`; null when it is not one valid JSON document. */
+  static parse(text: string): JsonValue | null {
+    return JsonValue.parseBytes(Uint8Array.wrap(String.UTF8.encode(text)));
+  }
+
+  static parseBytes(bytes: Uint8Array): JsonValue | null {
+    const parser = new Parser(bytes);
+    const value = parser.value(0);
+    if (value === null) return null;
+    parser.skipSpace();
+    return parser.pos == bytes.length ? value : null;
+  }
+
+  /** The UTF-8 bytes of a string value (empty for other kinds). */
+  asUtf8(): Uint8Array {
+    if (this.kind != JsonKind.String) return new Uint8Array(0);
+    let b = this.utf8;
+    if (b === null) {
+      b = Uint8Array.wrap(String.UTF8.encode(this.asString()));
+      this.utf8 = b;
+    }
+    return b;
+  }
+
+  get isNull(): bool { return this.kind == JsonKind.Null; }
+  get isBool(): bool { return this.kind == JsonKind.Bool; }
+  get isNumber(): bool { return this.kind == JsonKind.Number; }
+  get isString(): bool { return this.kind == JsonKind.String; }
+  get isArray(): bool { return this.kind == JsonKind.Array; }
+  get isObject(): bool { return this.kind == JsonKind.Object; }
+
+  asBool(fallback: bool = false): bool { return this.kind == JsonKind.Bool ? this.flag : fallback; }
+  asNumber(fallback: f64 = 0): f64 { return this.kind == JsonKind.Number ? parseFloat(this.num) : fallback; }
+  asInteger(fallback: i64 = 0): i64 { return this.kind == JsonKind.Number ? <i64>parseFloat(this.num) : fallback; }
+  /** The string value; for a number its text; otherwise `fallback`. */
+  asString(fallback: string = ""): string {
+    if (this.kind == JsonKind.String) {
+      const cached = this.str;
+      if (cached !== null) return cached;
+      const b = this.utf8;
+      const s = b === null ? "" : String.UTF8.decodeUnsafe(b.dataStart, <usize>b.length);
+      this.str = s;
+      return s;
+    }
+    if (this.kind == JsonKind.Number) return this.num;
+    return fallback;
+  }
+
+  /** Array elements, or object member values, in order. */
+  get values(): Array<JsonValue> { return this.items; }
+  /** Object member names, in order. */
+  get keys(): Array<string> { return this.names; }
+  get length(): i32 { return this.items.length; }
+  at(index: i32): JsonValue | null { return index >= 0 && index < this.items.length ? this.items[index] : null; }
+
+  has(key: string): bool { return this.indexOf(key) >= 0; }
+  /** The member `key` of an object, or null (also when this is not an object). */
+  get(key: string): JsonValue | null {
+    const i = this.indexOf(key);
+    return i < 0 ? null : this.items[i];
+  }
+  getString(key: string, fallback: string = ""): string {
+    const v = this.get(key);
+    return v === null ? fallback : v.asString(fallback);
+  }
+  getNumber(key: string, fallback: f64 = 0): f64 {
+    const v = this.get(key);
+    return v === null ? fallback : v.asNumber(fallback);
+  }
+  getBool(key: string, fallback: bool = false): bool {
+    const v = this.get(key);
+    return v === null ? fallback : v.asBool(fallback);
+  }
+  /** A list of strings (`["a","b"]`), or empty when absent or not a list. */
+  getStrings(key: string): Array<string> {
+    const out = new Array<string>();
+    const v = this.get(key);
+    if (v === null || !v.isArray) return out;
+    for (let i = 0; i < v.items.length; i++) out.push(v.items[i].asString());
+    return out;
+  }
+
+  /** Sets member `key` (keeping its position when present); returns this for chaining. */
+  set(key: string, value: JsonValue): JsonValue {
+    if (this.kind != JsonKind.Object) throw new Error("JsonValue.set on a value that is not an object");
+    const i = this.indexOf(key);
+    if (i >= 0) { this.items[i] = value; } else { this.names.push(key); this.items.push(value); }
+    return this;
+  }
+  setString(key: string, value: string): JsonValue { return this.set(key, JsonValue.string(value)); }
+  setNumber(key: string, value: f64): JsonValue { return this.set(key, JsonValue.number(value)); }
+  setBool(key: string, value: bool): JsonValue { return this.set(key, JsonValue.bool(value)); }
+  push(value: JsonValue): JsonValue {
+    if (this.kind != JsonKind.Array) throw new Error("JsonValue.push on a value that is not an array");
+    this.items.push(value);
+    return this;
+  }
+
+  /** Removes member `key`; false when it was not there. */
+  remove(key: string): bool {
+    const i = this.indexOf(key);
+    if (i < 0) return false;
+    this.names.splice(i, 1);
+    this.items.splice(i, 1);
+    return true;
+  }
+
+  /** Renames member `from` to `to` in place (replacing an existing `to`); false when `from` is absent. */
+  rename(from: string, to: string): bool {
+    const i = this.indexOf(from);
+    if (i < 0) return false;
+    if (from == to) return true;
+    const j = this.indexOf(to);
+    this.names[i] = to;
+    if (j >= 0) { this.names.splice(j, 1); this.items.splice(j, 1); }
+    return true;
+  }
+
+  toString(): string {
+    const w = new JsonWriter();
+    w.value(this);
+    return w.toString();
+  }
+
+  toBytes(): Uint8Array {
+    const w = new JsonWriter();
+    w.value(this);
+    return w.toBytes();
+  }
+
+  private indexOf(key: string): i32 {
+    if (this.kind != JsonKind.Object) return -1;
+    const names = this.names;
+    for (let i = 0; i < names.length; i++) if (names[i] == key) return i;
+    return -1;
+  }
+}
+
+function formatNumber(value: f64): string {
+  if (value == Math.floor(value) && Math.abs(value) < 9.007199254740992e15) return (<i64>value).toString();
+  return value.toString();
+}
+
+// --- parsing --------------------------------------------------------------------------------
+
+const MAX_DEPTH = 512;
+
+class Parser {
+  pos: i32 = 0;
+  constructor(public bytes: Uint8Array) {}
+
+  skipSpace(): void {
+    const b = this.bytes;
+    while (this.pos < b.length) {
+      const c = unchecked(b[this.pos]);
+      if (c != 0x20 && c != 0x0a && c != 0x0d && c != 0x09) break;
+      this.pos++;
+    }
+  }
+
+  value(depth: i32): JsonValue | null {
+    if (depth > MAX_DEPTH) return null;
+    this.skipSpace();
+    if (this.pos >= this.bytes.length) return null;
+    const c = unchecked(this.bytes[this.pos]);
+    if (c == 0x7b) return this.object(depth);
+    if (c == 0x5b) return this.array(depth);
+    if (c == 0x22) {
+      const s = this.stringBytes();
+      return s === null ? null : JsonValue.stringUtf8(s);
+    }
+    if (c == 0x74) return this.literal("true") ? JsonValue.bool(true) : null;
+    if (c == 0x66) return this.literal("false") ? JsonValue.bool(false) : null;
+    if (c == 0x6e) return this.literal("null") ? JsonValue.null() : null;
+    return this.number();
+  }
+
+  literal(word: string): bool {
+    const n = word.length;
+    if (this.pos + n > this.bytes.length) return false;
+    for (let i = 0; i < n; i++) if (<i32>this.bytes[this.pos + i] != word.charCodeAt(i)) return false;
+    this.pos += n;
+    return true;
+  }
+
+  number(): JsonValue | null {
+    const b = this.bytes;
+    const start = this.pos;
+    if (this.pos < b.length && b[this.pos] == 0x2d) this.pos++;
+    const intStart = this.pos;
+    while (this.pos < b.length && isDigit(b[this.pos])) this.pos++;
+    const intLen = this.pos - intStart;
+    if (intLen == 0 || (intLen > 1 && b[intStart] == 0x30)) return null;
+    if (this.pos < b.length && b[this.pos] == 0x2e) {
+      this.pos++;
+      const f = this.pos;
+      while (this.pos < b.length && isDigit(b[this.pos])) this.pos++;
+      if (this.pos == f) return null;
+    }
+    if (this.pos < b.length && (b[this.pos] == 0x65 || b[this.pos] == 0x45)) {
+      this.pos++;
+      if (this.pos < b.length && (b[this.pos] == 0x2b || b[this.pos] == 0x2d)) this.pos++;
+      const e = this.pos;
+      while (this.pos < b.length && isDigit(b[this.pos])) this.pos++;
+      if (this.pos == e) return null;
+    }
+    return JsonValue.numberText(String.UTF8.decodeUnsafe(b.dataStart + <usize>start, <usize>(this.pos - start)));
+  }
+
+  /** The unescaped UTF-8 bytes of the string literal at `pos`, or null when it is malformed. */
+  stringBytes(): Uint8Array | null {
+    const b = this.bytes;
+    this.pos++; // opening quote
+    const start = this.pos;
+    // Fast path: no escapes, so the bytes decode in one go. Large bodies make this loop hot, hence
+    // the local index and raw loads.
+    this.pos = scanPlain(b, start);
+    if (this.pos < b.length && unchecked(b[this.pos]) == 0x22) {
+      const s = b.slice(start, this.pos);
+      this.pos++;
+      return s;
+    }
+    const out = new ByteBuffer(this.pos - start + 16);
+    out.writeRange(b, start, this.pos);
+    while (this.pos < b.length) {
+      const c = unchecked(b[this.pos]);
+      if (c == 0x22) {
+        this.pos++;
+        return out.toBytes();
+      }
+      if (c < 0x20) return null;
+      if (c != 0x5c) {
+        // Copy the run up to the next quote, backslash or control byte in one go.
+        const run = this.pos;
+        this.pos = scanPlain(b, run);
+        out.writeRange(b, run, this.pos);
+        continue;
+      }
+      this.pos++;
+      if (this.pos >= b.length) return null;
+      const e = unchecked(b[this.pos++]);
+      if (e == 0x22 || e == 0x5c || e == 0x2f) out.writeByte(e);
+      else if (e == 0x62) out.writeByte(0x08);
+      else if (e == 0x66) out.writeByte(0x0c);
+      else if (e == 0x6e) out.writeByte(0x0a);
+      else if (e == 0x72) out.writeByte(0x0d);
+      else if (e == 0x74) out.writeByte(0x09);
+      else if (e == 0x75) {
+        let cp = this.hex4();
+        if (cp < 0) return null;
+        if (cp >= 0xd800 && cp < 0xdc00 && this.pos + 6 <= b.length && b[this.pos] == 0x5c && b[this.pos + 1] == 0x75) {
+          const save = this.pos;
+          this.pos += 2;
+          const low = this.hex4();
+          if (low >= 0xdc00 && low < 0xe000) cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
+          else this.pos = save;
+        }
+        out.writeCodePoint(cp);
+      } else return null;
+    }
+    return null;
+  }
+
+  hex4(): i32 {
+    if (this.pos + 4 > this.bytes.length) return -1;
+    let v = 0;
+    for (let i = 0; i < 4; i++) {
+      const c = <i32>this.bytes[this.pos++];
+      let d: i32;
+      if (c >= 0x30 && c <= 0x39) d = c - 0x30;
+      else if (c >= 0x61 && c <= 0x66) d = c - 0x57;
+      else if (c >= 0x41 && c <= 0x46) d = c - 0x37;
+      else return -1;
+      v = (v << 4) | d;
+    }
+    return v;
+  }
+
+  array(depth: i32): JsonValue | null {
+    this.pos++;
+    const arr = JsonValue.array();
+    this.skipSpace();
+    if (this.pos < this.bytes.length && this.bytes[this.pos] == 0x5d) { this.pos++; return arr; }
+    while (true) {
+      const item = this.value(depth + 1);
+      if (item === null) return null;
+      arr.push(item);
+      this.skipSpace();
+      if (this.pos >= this.bytes.length) return null;
+      const c = this.bytes[this.pos++];
+      if (c == 0x5d) return arr;
+      if (c != 0x2c) return null;
+    }
+  }
+
+  object(depth: i32): JsonValue | null {
+    this.pos++;
+    const obj = JsonValue.object();
+    this.skipSpace();
+    if (this.pos < this.bytes.length && this.bytes[this.pos] == 0x7d) { this.pos++; return obj; }
+    while (true) {
+      this.skipSpace();
+      if (this.pos >= this.bytes.length || this.bytes[this.pos] != 0x22) return null;
+      const keyBytes = this.stringBytes();
+      if (keyBytes === null) return null;
+      const key = String.UTF8.decodeUnsafe(keyBytes.dataStart, <usize>keyBytes.length);
+      this.skipSpace();
+      if (this.pos >= this.bytes.length || this.bytes[this.pos] != 0x3a) return null;
+      this.pos++;
+      const item = this.value(depth + 1);
+      if (item === null) return null;
+      obj.set(key, item);
+      this.skipSpace();
+      if (this.pos >= this.bytes.length) return null;
+      const c = this.bytes[this.pos++];
+      if (c == 0x7d) return obj;
+      if (c != 0x2c) return null;
+    }
+  }
+}
+
+function isDigit(c: u8): bool { return c >= 0x30 && c <= 0x39; }
+
+/** The index of the first quote, backslash or control byte at or after `from` (or the length). */
+function scanPlain(b: Uint8Array, from: i32): i32 {
+  const ptr = b.dataStart;
+  const n = b.length;
+  let i = from;
+  while (i < n) {
+    const c = load<u8>(ptr + <usize>i);
+    if (c == 0x22 || c == 0x5c || c < 0x20) break;
+    i++;
+  }
+  return i;
+}
+
+// --- writing --------------------------------------------------------------------------------
+
+/** A growable byte buffer. */
+export class ByteBuffer {
+  private buf: Uint8Array;
+  length: i32 = 0;
+
+  constructor(capacity: i32 = 256) { this.buf = new Uint8Array(max(capacity, 16)); }
+
+  private reserve(extra: i32): void {
+    const need = this.length + extra;
+    if (need <= this.buf.length) return;
+    let cap = this.buf.length * 2;
+    while (cap < need) cap *= 2;
+    const next = new Uint8Array(cap);
+    memory.copy(next.dataStart, this.buf.dataStart, <usize>this.length);
+    this.buf = next;
+  }
+
+  writeByte(c: u8): void {
+    this.reserve(1);
+    unchecked((this.buf[this.length++] = c));
+  }
+
+  writeRange(src: Uint8Array, start: i32, end: i32): void {
+    const n = end - start;
+    this.reserve(n);
+    memory.copy(this.buf.dataStart + <usize>this.length, src.dataStart + <usize>start, <usize>n);
+    this.length += n;
+  }
+
+  writeBytes(src: Uint8Array): void { this.writeRange(src, 0, src.length); }
+
+  writeAscii(s: string): void {
+    const n = s.length;
+    this.reserve(n);
+    for (let i = 0; i < n; i++) unchecked((this.buf[this.length++] = <u8>s.charCodeAt(i)));
+  }
+
+  writeString(s: string): void { this.writeBytes(Uint8Array.wrap(String.UTF8.encode(s))); }
+
+  writeCodePoint(cp: i32): void {
+    if (cp < 0x80) { this.writeByte(<u8>cp); return; }
+    if (cp < 0x800) { this.writeByte(<u8>(0xc0 | (cp >> 6))); this.writeByte(<u8>(0x80 | (cp & 0x3f))); return; }
+    if (cp < 0x10000) {
+      this.writeByte(<u8>(0xe0 | (cp >> 12)));
+      this.writeByte(<u8>(0x80 | ((cp >> 6) & 0x3f)));
+      this.writeByte(<u8>(0x80 | (cp & 0x3f)));
+      return;
+    }
+    this.writeByte(<u8>(0xf0 | (cp >> 18)));
+    this.writeByte(<u8>(0x80 | ((cp >> 12) & 0x3f)));
+    this.writeByte(<u8>(0x80 | ((cp >> 6) & 0x3f)));
+    this.writeByte(<u8>(0x80 | (cp & 0x3f)));
+  }
+
+  toBytes(): Uint8Array { return this.buf.slice(0, this.length); }
+  toUtf8String(): string { return String.UTF8.decodeUnsafe(this.buf.dataStart, <usize>this.length); }
+}
+
+const HEX = "0123456789abcdef";
+
+/** Writes JSON as UTF-8 straight into a byte buffer (no intermediate strings per value). */
+export class JsonWriter {
+  out: ByteBuffer = new ByteBuffer(1024);
+
+  value(v: JsonValue): void {
+    switch (v.kind) {
+      case JsonKind.Null: this.out.writeAscii("null"); break;
+      case JsonKind.Bool: this.out.writeAscii(v.asBool() ? "true" : "false"); break;
+      case JsonKind.Number: this.out.writeAscii(v.asString()); break;
+      case JsonKind.String: this.stringBytes(v.asUtf8()); break;
+      case JsonKind.Array: {
+        const items = v.values;
+        this.out.writeByte(0x5b);
+        for (let i = 0; i < items.length; i++) {
+          if (i > 0) this.out.writeByte(0x2c);
+          this.value(items[i]);
+        }
+        this.out.writeByte(0x5d);
+        break;
+      }
+      default: {
+        const keys = v.keys;
+        const items = v.values;
+        this.out.writeByte(0x7b);
+        for (let i = 0; i < keys.length; i++) {
+          if (i > 0) this.out.writeByte(0x2c);
+          this.string(keys[i]);
+          this.out.writeByte(0x3a);
+          this.value(items[i]);
+        }
+        this.out.writeByte(0x7d);
+      }
+    }
+  }
+
+  /** A JSON string literal from text. */
+  string(s: string): void { this.stringBytes(Uint8Array.wrap(String.UTF8.encode(s))); }
+
+  /** A JSON string literal from UTF-8 bytes: escapes quote, backslash and control bytes only. */
+  stringBytes(b: Uint8Array): void {
+    const out = this.out;
+    out.writeByte(0x22);
+    let run = 0;
+    const n = b.length;
+    for (let i = scanPlain(b, 0); i < n; i = scanPlain(b, i + 1)) {
+      const c = unchecked(b[i]);
+      out.writeRange(b, run, i);
+      run = i + 1;
+      if (c == 0x22) out.writeAscii("\\\"");
+      else if (c == 0x5c) out.writeAscii("\\\\");
+      else if (c == 0x0a) out.writeAscii("\\n");
+      else if (c == 0x0d) out.writeAscii("\\r");
+      else if (c == 0x09) out.writeAscii("\\t");
+      else {
+        out.writeAscii("\\u00");
+        out.writeByte(<u8>HEX.charCodeAt(c >> 4));
+        out.writeByte(<u8>HEX.charCodeAt(c & 15));
+      }
+    }
+    out.writeRange(b, run, b.length);
+    out.writeByte(0x22);
+  }
+
+  raw(s: string): void { this.out.writeAscii(s); }
+  toBytes(): Uint8Array { return this.out.toBytes(); }
+  toString(): string { return this.out.toUtf8String(); }
+}
+
+/** `s` as a JSON string literal. */
+export function quote(s: string): string {
+  const w = new JsonWriter();
+  w.string(s);
+  return w.toString();
+}

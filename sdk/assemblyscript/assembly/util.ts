@@ -1,0 +1,85 @@
+// Small helpers plugins keep needing: path globs, HTTP dates, a stable content hash.
+
+/** Glob match where `*` stands for any run of characters (including "/"): "/static/*", "*.css". */
+export function globMatch(pattern: string, text: string): bool {
+  let p = 0;
+  let t = 0;
+  let star = -1;
+  let mark = 0;
+  while (t < text.length) {
+    if (p < pattern.length && pattern.charCodeAt(p) == 0x2a) {
+      star = p++;
+      mark = t;
+    } else if (p < pattern.length && pattern.charCodeAt(p) == text.charCodeAt(t)) {
+      p++;
+      t++;
+    } else if (star >= 0) {
+      p = star + 1;
+      t = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.length && pattern.charCodeAt(p) == 0x2a) p++;
+  return p == pattern.length;
+}
+
+const MONTHS = "JanFebMarAprMayJunJulAugSepOctNovDec";
+
+function digits(s: string, at: i32, n: i32): i32 {
+  let v = 0;
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(at + i) - 0x30;
+    if (c < 0 || c > 9) return -1;
+    v = v * 10 + c;
+  }
+  return v;
+}
+
+function daysFromCivil(y: i64, m: i64, d: i64): i64 {
+  // Howard Hinnant's days_from_civil.
+  const yy = m <= 2 ? y - 1 : y;
+  const era = (yy >= 0 ? yy : yy - 399) / 400;
+  const yoe = yy - era * 400;
+  const mp = (m + 9) % 12;
+  const doy = (153 * mp + 2) / 5 + d - 1;
+  const doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + doe - 719468;
+}
+
+/** Seconds since the Unix epoch of an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"), or -1. */
+export function parseHttpDate(s: string): i64 {
+  if (s.length != 29 || !s.endsWith(" GMT")) return -1;
+  const day = digits(s, 5, 2);
+  const month = MONTHS.indexOf(s.substr(8, 3));
+  const year = digits(s, 12, 4);
+  const h = digits(s, 17, 2);
+  const min = digits(s, 20, 2);
+  const sec = digits(s, 23, 2);
+  if (day < 1 || month < 0 || month % 3 != 0 || year < 0 || h < 0 || min < 0 || sec < 0) return -1;
+  return daysFromCivil(year, month / 3 + 1, day) * 86400 + <i64>(h * 3600 + min * 60 + sec);
+}
+
+const HEX = "0123456789abcdef";
+
+/** FNV-1a 64-bit hash of `bytes` as 16 hex digits: a cheap, stable ETag. */
+export function fnv1a64Hex(bytes: Uint8Array): string {
+  let h: u64 = 0xcbf29ce484222325;
+  for (let i = 0; i < bytes.length; i++) {
+    h ^= <u64>unchecked(bytes[i]);
+    h *= 0x100000001b3;
+  }
+  let out = "";
+  for (let shift = 60; shift >= 0; shift -= 4) out += HEX.charAt(<i32>((h >> <u64>shift) & 15));
+  return out;
+}
+
+/** The host part of "host:port" or "[v6]:port". */
+export function stripPort(address: string): string {
+  if (address.startsWith("[")) {
+    const end = address.indexOf("]");
+    return end < 0 ? address : address.substring(0, end + 1);
+  }
+  const colon = address.lastIndexOf(":");
+  return colon < 0 || address.indexOf(":") != colon ? address : address.substring(0, colon);
+}

@@ -1,0 +1,2 @@
+// Package entry for asc, which resolves "@extproc/sdk" to this file.
+export * from "./assembly/index";
