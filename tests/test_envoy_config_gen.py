@@ -31,7 +31,7 @@ from tests.e2e.harness import (
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "envoy" / "demo"
-GENERATED = sorted(DEMO_DIR.glob("envoy-*.yaml"))
+GENERATED = sorted(REPO.glob("envoy/*/envoy-*.yaml"))
 
 
 def make_config(tmp_path: Path, *plugins: dict[str, Any], server: dict[str, Any] | None = None) -> Config:
