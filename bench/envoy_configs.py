@@ -1,0 +1,148 @@
+"""Envoy bootstraps for the bench: the proxy under test and a fast direct_response upstream.
+
+The proxy starts from the e2e tests' bootstrap (tests/e2e/envoy_config.py) so the ext_proc
+filter is configured exactly as the tests configure it; the bench then drops the access log
+(writing a log line per request would be measured too) and, for the reference cases, swaps
+the ext_proc filter for nothing or for a Lua filter making the same header change.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Any
+
+from tests.e2e.envoy_config import render_bootstrap
+
+_TYPE = "type.googleapis.com/"
+_HCM_NAME = "envoy.filters.network.http_connection_manager"
+_HCM_TYPE = _TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"},
+}
+
+# The header change every header case makes; the scripted plugin and the Lua filter both set it.
+BENCH_HEADER = ("x-bench", "1")
+
+# Paths of the upstream: /body/<n> answers n bytes, everything else a short body.
+RESPONSE_BODY_SIZES = (1024, 64 * 1024)
+# Envoy refuses direct_response bodies above 4 KiB unless the route config raises the limit.
+_MAX_DIRECT_BODY = 1024 * 1024
+
+
+class ProxyFilter(enum.Enum):
+    NONE = "none"
+    LUA = "lua"
+    EXT_PROC = "ext_proc"
+
+
+def _lua_filter() -> dict[str, Any]:
+    name, value = BENCH_HEADER
+    code = f'function envoy_on_request(handle)\n  handle:headers():replace("{name}", "{value}")\nend\n'
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": code},
+        },
+    }
+
+
+def _connection_manager(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    for listener in bootstrap["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                if network_filter["name"] == _HCM_NAME:
+                    hcm: dict[str, Any] = network_filter["typed_config"]
+                    return hcm
+    raise ValueError("the e2e bootstrap has no http_connection_manager: bench/envoy_configs.py needs updating")
+
+
+def proxy_bootstrap(
+    *,
+    proxy_filter: ProxyFilter,
+    listen_port: int,
+    admin_port: int,
+    upstream_port: int,
+    extproc_port: int,
+    extproc_workers: int = 1,
+    per_route_disabled_prefixes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The Envoy under test. ``extproc_port`` is unused (but must be given) without the ext_proc filter.
+
+    With ``extproc_workers`` > 1 the ext_proc cluster lists one endpoint per worker (worker i of
+    ``extproc serve --workers N`` listens on the port + i) and spreads streams round robin.
+    """
+    endpoints = [
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": extproc_port + i}}}}
+        for i in range(extproc_workers)
+    ]
+    bootstrap = render_bootstrap(
+        listen_port=listen_port,
+        admin_port=admin_port,
+        upstream_port=upstream_port,
+        extproc_port=extproc_port,
+        per_route_disabled_prefixes=per_route_disabled_prefixes,
+        extproc_cluster={
+            "lb_policy": "ROUND_ROBIN",
+            "load_assignment": {"cluster_name": "extproc", "endpoints": [{"lb_endpoints": endpoints}]},
+        },
+    )
+    hcm = _connection_manager(bootstrap)
+    hcm.pop("access_log", None)
+    if proxy_filter is ProxyFilter.NONE:
+        hcm["http_filters"] = [_ROUTER]
+    elif proxy_filter is ProxyFilter.LUA:
+        hcm["http_filters"] = [_lua_filter(), _ROUTER]
+    return bootstrap
+
+
+def upstream_bootstrap(*, listen_port: int, admin_port: int) -> dict[str, Any]:
+    """An Envoy answering every request itself (direct_response): an upstream that costs little CPU.
+
+    The buffer filter makes it read the whole request body before answering; answering early
+    would make Envoy close the connection, and the proxy would reconnect per request.
+    """
+    routes: list[dict[str, Any]] = [
+        {
+            "match": {"prefix": f"/body/{size}"},
+            "direct_response": {"status": 200, "body": {"inline_string": "a" * size}},
+        }
+        for size in RESPONSE_BODY_SIZES
+    ]
+    routes.append({"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}})
+    hcm = {
+        "@type": _HCM_TYPE,
+        "stat_prefix": "upstream",
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": "upstream",
+            "max_direct_response_body_size_bytes": _MAX_DIRECT_BODY,
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.buffer",
+                "typed_config": {
+                    "@type": _TYPE + "envoy.extensions.filters.http.buffer.v3.Buffer",
+                    "max_request_bytes": _MAX_DIRECT_BODY,
+                },
+            },
+            _ROUTER,
+        ],
+    }
+    address = {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}}
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "upstream",
+                    "address": address,
+                    "per_connection_buffer_limit_bytes": _MAX_DIRECT_BODY,
+                    "filter_chains": [{"filters": [{"name": _HCM_NAME, "typed_config": hcm}]}],
+                }
+            ]
+        },
+    }

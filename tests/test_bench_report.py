@@ -1,0 +1,161 @@
+"""The bench's result arithmetic, table and output parsers (no load is run here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import report
+from bench.cases import CASES, KIB, Case, Kind
+from bench.loadgen import Load, LoadError, LoadResult, parse_h2load_log, parse_wrk, percentile
+from bench.profile import OTHER_LAYER, layer_of, parse_collapsed, parse_perf_report
+from bench.report import CaseResult, MemoryResult, Status, Target, Verdict
+
+
+def load(rps: float, p99_us: float = 1000.0) -> LoadResult:
+    return LoadResult(requests=int(rps * 10), duration_s=10.0, p50_us=p99_us / 2, p99_us=p99_us, errors=0)
+
+
+def ok(name: str, rps: float, server_cpu_us: float | None = None, half_p99_us: float = 500.0) -> CaseResult:
+    return CaseResult(
+        name=name,
+        title=name,
+        status=Status.OK,
+        peak=load(rps),
+        envoy_cpu_us=80.0,
+        server_cpu_us=server_cpu_us,
+        half=load(rps / 2, half_p99_us),
+    )
+
+
+def by_name(*results: CaseResult) -> dict[str, CaseResult]:
+    return {r.name: r for r in results}
+
+
+def find(found: list[Target], prefix: str) -> Target:
+    return next(t for t in found if t.name.startswith(prefix))
+
+
+def test_cpu_ratios_against_the_noop_floor() -> None:
+    results = by_name(ok("noop", 2600, 350.0), ok("header", 2000, 420.0), ok("header3", 1800, 430.0))
+    found = report.targets(results, None)
+    one = find(found, "1 header plugin")
+    assert one.value == pytest.approx(1.2)
+    assert one.verdict is Verdict.MISS
+    three = find(found, "3 chained")
+    assert three.value == pytest.approx(430 / 350)
+    assert three.verdict is Verdict.PASS
+
+
+def test_bypass_throughput_is_higher_is_better() -> None:
+    found = report.targets(by_name(ok("envoy", 10000), ok("nomatch_bypass", 9500, 0.0)), None)
+    target = find(found, "no match, per-route bypass")
+    assert target.value == pytest.approx(0.95)
+    assert target.verdict is Verdict.PASS
+    found = report.targets(by_name(ok("envoy", 10000), ok("nomatch_bypass", 8000, 0.0)), None)
+    assert find(found, "no match, per-route bypass").verdict is Verdict.MISS
+
+
+def test_missing_or_failed_baseline_gives_na_not_a_number() -> None:
+    failed = CaseResult("noop", "noop", Status.ERROR, "boom")
+    found = report.targets(by_name(failed, ok("header", 2000, 420.0)), None)
+    assert find(found, "1 header plugin").value is None
+    assert find(found, "1 header plugin").verdict is Verdict.NA
+    assert find(found, "5 plugins: RSS per worker").verdict is Verdict.NA
+
+
+def test_p99_added_is_relative_to_envoy_alone_at_half_peak() -> None:
+    envoy = ok("envoy", 10000, half_p99_us=400.0)
+    header = ok("header", 2000, 420.0, half_p99_us=2900.0)
+    assert report.p99_added_ms(header, envoy) == pytest.approx(2.5)
+    found = report.targets(by_name(envoy, header), None)
+    assert find(found, "header: p99 added").verdict is Verdict.MISS
+
+
+def test_body_throughput_is_informational() -> None:
+    body = CaseResult("req_body_64k", "64k", Status.OK, peak=load(100), body_bytes=64 * KIB)
+    assert body.body_mb_per_s == pytest.approx(100 * 64 * KIB / 1e6)
+    target = find(report.targets(by_name(body), None), "64k: throughput")
+    assert target.verdict is Verdict.INFO
+
+
+def test_memory_targets_use_worst_process_and_growth() -> None:
+    memory = MemoryResult(
+        requests=100_000,
+        rss_before_mb={1: 20.0, 2: 100.0},
+        rss_after_mb={1: 21.0, 2: 115.0},
+        rss_peak_mb=116.0,
+        result=load(1000),
+    )
+    assert memory.growth == pytest.approx(0.15)
+    found = report.targets({}, memory)
+    assert find(found, "5 plugins: RSS per worker").verdict is Verdict.PASS
+    growth = find(found, "5 plugins: RSS growth")
+    assert growth.value == pytest.approx(15.0)
+    assert growth.verdict is Verdict.MISS
+
+
+def test_tables_render_unavailable_cases_and_targets() -> None:
+    results = [ok("envoy", 10000), CaseResult("workers2", "--workers 2", Status.UNAVAILABLE, "no --workers\nmore")]
+    table = report.case_table(results)
+    assert "| envoy | 10,000 |" in table
+    assert "| --workers 2 | not available: no --workers |" in table
+    assert table.count("\n") == 4
+    targets = report.target_table([Target("t", 0.5, 1.0), Target("u", None, 1.0), Target("v", 3.0, None)])
+    assert "| t | 0.50x | <= 1x | PASS |" in targets
+    assert "| u | - | <= 1x | N/A |" in targets
+    assert "| v | 3.00x | - | info |" in targets
+
+
+def test_case_body_bytes_from_request_or_response_path() -> None:
+    assert Case("a", "a", Kind.SERVER, Load("/", 64 * KIB)).body_bytes == 64 * KIB
+    assert Case("b", "b", Kind.SERVER, Load("/body/1024")).body_bytes == 1024
+    assert Case("c", "c", Kind.SERVER).body_bytes == 0
+    assert len({case.name for case in CASES}) == len(CASES)
+
+
+def test_parse_wrk_done_line() -> None:
+    stdout = (
+        "Running 1s test @ http://127.0.0.1:1/\n"
+        'BENCH_JSON {"requests": 500, "duration_us": 2000000, "p50_us": 900, "p99_us": 4000, '
+        '"connect": 0, "read": 1, "write": 0, "status": 2, "timeout": 0}\n'
+    )
+    result = parse_wrk(stdout)
+    assert result.rps == pytest.approx(250.0)
+    assert (result.p50_us, result.p99_us, result.errors) == (900.0, 4000.0, 3)
+    with pytest.raises(LoadError, match="no result line"):
+        parse_wrk("Running 1s test\n")
+
+
+def test_parse_h2load_log_counts_failures_and_percentiles() -> None:
+    rows = [f"1700000000{i:06d}\t200\t{100 * (i + 1)}" for i in range(99)] + ["1700000000999999\t-1\t50000"]
+    result = parse_h2load_log("\n".join(rows) + "\n", duration_s=2.0)
+    assert result.requests == 100
+    assert result.errors == 1
+    assert result.p50_us == 5000.0
+    assert result.p99_us == 9900.0
+    assert percentile([1.0, 2.0, 3.0], 0.99) == 3.0
+
+
+def test_profile_drops_waits_and_charges_innermost_layer() -> None:
+    lines = [
+        "_worker (concurrent/futures/thread.py:81) 50",
+        "_run_module_as_main (<frozen runpy>:198);serve (extproc/server.py:172) 10",
+        "Process (extproc/server.py:61);call (extism/extism.py:619) 30",
+        "_serve (grpc/_server.py:1320);Condition.notify (threading.py:382) 15",
+        "Process (extproc/server.py:61);encode_json (extproc/contract.py:90) 5",
+    ]
+    profile = parse_collapsed(lines, drop_waiting=True)
+    assert (profile.samples, profile.waiting) == (50, 60)
+    layers = dict(profile.layers)
+    assert layers["extism (Python wrapper + the wasm call)"] == 30
+    assert layers["threading / concurrent.futures (locks, handoff)"] == 15
+    assert layers["extproc.contract (plugin input/output JSON)"] == 5
+    assert layer_of(["0x7f00 (libc.so.6)"]) == OTHER_LAYER
+
+
+def test_parse_perf_report() -> None:
+    text = "# comment\n\n    42.52%  libpython3.11.so.1.0  [.] _PyEval_EvalFrameDefault\n     3.17%  libextism_sys.so\n"
+    assert parse_perf_report(text) == [
+        ("libpython3.11.so.1.0 [.] _PyEval_EvalFrameDefault", 42.52),
+        ("libextism_sys.so", 3.17),
+    ]
