@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import fcntl
-import os
-import shutil
-import subprocess
 import tempfile
 import threading
 from pathlib import Path
+
+from tests.npm import npm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = REPO_ROOT / "examples"
@@ -25,26 +24,6 @@ def example_names() -> list[str]:
 def example_wasm(name: str) -> Path:
     """The committed build of an example."""
     return EXAMPLES_DIR / name / f"{name}.wasm"
-
-
-def npm(args: list[str], cwd: Path) -> str:
-    """Run npm and return its output; RuntimeError with the output when it fails."""
-    found = shutil.which("npm")
-    if found is None:
-        raise RuntimeError("npm was not found on PATH; Node.js >= 20 is needed to build the examples")
-    proc = subprocess.run(
-        [found, *args],
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "npm_config_update_notifier": "false", "npm_config_fund": "false"},
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"`npm {' '.join(args)}` in {cwd} exited with {proc.returncode}:\n{proc.stdout}")
-    return proc.stdout
 
 
 def ensure_installed() -> None:

@@ -367,11 +367,9 @@ def fragment(config: Config, needs: Selection, options: Options) -> dict[str, An
     }
 
 
-def bootstrap(config: Config, needs: Selection, options: Options, proxy: Proxy) -> dict[str, Any]:
-    """A complete Envoy bootstrap: listener -> ext_proc -> router -> ``proxy.upstream``."""
-    pieces = fragment(config, needs, dataclasses.replace(options, route_cluster=UPSTREAM_CLUSTER))
-    buffer_limit = _buffer_limit(config)
-    connection_manager = {
+def connection_manager(name: str, routes: list[dict[str, Any]], http_filters: list[dict[str, Any]]) -> dict[str, Any]:
+    """The HTTP connection manager: request ids, a stdout access log, `http_filters` then the router."""
+    return {
         "@type": _TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": HCM_STAT_PREFIX,
         "codec_type": "AUTO",
@@ -385,18 +383,22 @@ def bootstrap(config: Config, needs: Selection, options: Options, proxy: Proxy) 
                 },
             }
         ],
-        "route_config": {
-            "name": "local",
-            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": pieces["routes"]}],
-        },
+        "route_config": {"name": name, "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
         "http_filters": [
-            *pieces["http_filters"],
+            *http_filters,
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"},
             },
         ],
     }
+
+
+def bootstrap(config: Config, needs: Selection, options: Options, proxy: Proxy) -> dict[str, Any]:
+    """A complete Envoy bootstrap: listener -> ext_proc -> router -> ``proxy.upstream``."""
+    pieces = fragment(config, needs, dataclasses.replace(options, route_cluster=UPSTREAM_CLUSTER))
+    buffer_limit = _buffer_limit(config)
+    manager = connection_manager("local", pieces["routes"], pieces["http_filters"])
     return {
         "admin": {"address": proxy.admin.socket_address()},
         # Envoy warns on every start without a downstream connection limit.
@@ -423,7 +425,7 @@ def bootstrap(config: Config, needs: Selection, options: Options, proxy: Proxy) 
                             "filters": [
                                 {
                                     "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": connection_manager,
+                                    "typed_config": manager,
                                 }
                             ]
                         }

@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from extproc.deploy.envoy_config import HCM_STAT_PREFIX, connection_manager
+from extproc.envoy import METADATA_NAMESPACE
+
 EXT_PROC_FILTER_NAME = "envoy.filters.http.ext_proc"
 # Stats of the ext_proc filter live under http.<HCM stat_prefix>.ext_proc.<filter stat_prefix>.
-HCM_STAT_PREFIX = "ingress_http"
 EXT_PROC_STAT_PREFIX = "e2e"
 EXT_PROC_STATS = f"http.{HCM_STAT_PREFIX}.ext_proc.{EXT_PROC_STAT_PREFIX}"
-# The only dynamic-metadata namespace the ext_proc server may write into.
-METADATA_NAMESPACE = "extproc"
 
 # 8 MiB: buffered body modes hold the whole body in Envoy's filter buffer, whose
 # limit is the connection buffer limit (1 MiB by default); tests send 1 MiB bodies.
@@ -28,15 +28,6 @@ TRAILER_MODES = HEADER_MODES
 _TYPE = "type.googleapis.com/"
 _DOWNSTREAM_CONNECTIONS_CONFIG = (
     "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
-)
-
-# Envoy's default access-log line plus the metadata the server wrote, which is the
-# quickest way to see what a plugin did when reading a failed test's Envoy log.
-_ACCESS_LOG_FORMAT = (
-    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
-    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% %BYTES_SENT% "
-    '%DURATION% "%REQ(X-REQUEST-ID)%" "%UPSTREAM_HOST%" '
-    f"extproc_md=%DYNAMIC_METADATA({METADATA_NAMESPACE})%\n"
 )
 
 
@@ -167,47 +158,23 @@ def render_bootstrap(
         for prefix in per_route_disabled_prefixes
     ]
     # Disabled prefixes come first: Envoy picks the first matching route and "/" matches everything.
-    routes = [*disabled_routes, {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+    routes: list[dict[str, Any]] = [*disabled_routes, {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
 
-    connection_manager = {
-        "@type": _TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": HCM_STAT_PREFIX,
-        "codec_type": "AUTO",
-        "generate_request_id": True,
-        "access_log": [
-            {
-                "name": "envoy.access_loggers.stdout",
-                "typed_config": {
-                    "@type": _TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-                    "log_format": {"text_format_source": {"inline_string": _ACCESS_LOG_FORMAT}},
-                },
-            }
-        ],
-        "route_config": {
-            "name": "e2e",
-            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
-        },
-        "http_filters": [
-            {
-                "name": EXT_PROC_FILTER_NAME,
-                "typed_config": render_ext_proc_filter(
-                    request_header_mode=request_header_mode,
-                    response_header_mode=response_header_mode,
-                    request_body_mode=request_body_mode,
-                    response_body_mode=response_body_mode,
-                    request_trailer_mode=request_trailer_mode,
-                    response_trailer_mode=response_trailer_mode,
-                    allow_mode_override=allow_mode_override,
-                    failure_mode_allow=failure_mode_allow,
-                    message_timeout_ms=message_timeout_ms,
-                ),
-            },
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"},
-            },
-        ],
+    ext_proc = {
+        "name": EXT_PROC_FILTER_NAME,
+        "typed_config": render_ext_proc_filter(
+            request_header_mode=request_header_mode,
+            response_header_mode=response_header_mode,
+            request_body_mode=request_body_mode,
+            response_body_mode=response_body_mode,
+            request_trailer_mode=request_trailer_mode,
+            response_trailer_mode=response_trailer_mode,
+            allow_mode_override=allow_mode_override,
+            failure_mode_allow=failure_mode_allow,
+            message_timeout_ms=message_timeout_ms,
+        ),
     }
+    manager = connection_manager("e2e", routes, [ext_proc])
 
     return {
         "admin": {"address": _socket_address(admin_port)},
@@ -235,7 +202,7 @@ def render_bootstrap(
                             "filters": [
                                 {
                                     "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": connection_manager,
+                                    "typed_config": manager,
                                 }
                             ]
                         }

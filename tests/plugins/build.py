@@ -10,11 +10,10 @@ processes (e.g. pytest-xdist workers) at once.
 from __future__ import annotations
 
 import fcntl
-import os
 import pathlib
-import shutil
-import subprocess
 import threading
+
+from tests.npm import npm
 
 PLUGINS_DIR = pathlib.Path(__file__).resolve().parent
 BUILD_DIR = PLUGINS_DIR / "build"
@@ -53,25 +52,7 @@ def _stale() -> bool:
 
 
 def _npm(*args: str) -> None:
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RuntimeError("npm was not found on PATH; Node.js >= 20 and npm are needed to build the test plugins")
-    cmd = [npm, *args]
-    proc = subprocess.run(
-        cmd,
-        cwd=PLUGINS_DIR,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "npm_config_update_notifier": "false", "npm_config_fund": "false"},
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"building the test plugins failed: `{' '.join(['npm', *args])}` in {PLUGINS_DIR} "
-            f"exited with {proc.returncode}; its output:\n{proc.stdout}"
-        )
+    npm(list(args), PLUGINS_DIR)
 
 
 def _needs_npm_ci() -> bool:
