@@ -42,7 +42,7 @@ from bench.report import CaseResult, MemoryResult, Status  # noqa: E402
 from tests.e2e.harness import (  # noqa: E402
     ManagedProcess,
     default_server_cmd,
-    envoy_binary,
+    envoy_argv,
     free_port,
     wait_for_http_ready,
     wait_for_port,
@@ -97,19 +97,6 @@ def _has_workers_flag() -> bool:
     return "--workers" in proc.stdout
 
 
-def _envoy_argv(bootstrap_path: Path) -> list[str]:
-    return [
-        envoy_binary(),
-        "-c",
-        str(bootstrap_path),
-        "--concurrency",
-        "1",
-        "--disable-hot-restart",
-        "--log-level",
-        "warn",
-    ]
-
-
 def _write_yaml(path: Path, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -119,7 +106,7 @@ def _write_yaml(path: Path, data: dict[str, Any]) -> Path:
 @contextlib.contextmanager
 def _envoy(name: str, bootstrap: dict[str, Any], work: Path, listen_port: int) -> Iterator[ManagedProcess]:
     path = _write_yaml(work / f"{name}.yaml", bootstrap)
-    with ManagedProcess(name, _envoy_argv(path), work / f"{name}.log") as proc:
+    with ManagedProcess(name, envoy_argv(path), work / f"{name}.log") as proc:
         admin = bootstrap["admin"]["address"]["socket_address"]["port_value"]
         wait_for_http_ready(f"http://127.0.0.1:{admin}/ready", STARTUP_TIMEOUT_S, process=proc)
         wait_for_port("127.0.0.1", listen_port, STARTUP_TIMEOUT_S, process=proc)

@@ -64,6 +64,27 @@ def envoy_binary() -> str:
     return found
 
 
+def envoy_argv(bootstrap_path: Path, log_level: str = "warn") -> list[str]:
+    """One Envoy worker thread, as every test and bench stack runs it."""
+    return [
+        envoy_binary(),
+        "-c",
+        str(bootstrap_path),
+        "--concurrency",
+        "1",
+        # Several Envoys (nested stacks, parallel runs) must not share the hot-restart
+        # base id; --use-dynamic-base-id would avoid that too but leaves a file in
+        # /dev/shm per run, while without hot restart there is no shared memory at all.
+        "--disable-hot-restart",
+        "--log-level",
+        log_level,
+        # The access log is flushed every second by default; tests that read it
+        # (wait_for_envoy_log) should not have to wait that long.
+        "--file-flush-interval-msec",
+        "50",
+    ]
+
+
 def free_port() -> int:
     """A currently unused loopback port (the OS may hand it out again, so bind soon)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -446,27 +467,7 @@ def start_stack(
         env=_server_env(),
         cwd=REPO_ROOT,
     )
-    envoy = ManagedProcess(
-        "envoy",
-        [
-            envoy_binary(),
-            "-c",
-            str(bootstrap_path),
-            "--concurrency",
-            "1",
-            # Several Envoys (nested stacks, parallel runs) must not share the hot-restart
-            # base id; --use-dynamic-base-id would avoid that too but leaves a file in
-            # /dev/shm per run, while without hot restart there is no shared memory at all.
-            "--disable-hot-restart",
-            "--log-level",
-            envoy_log_level,
-            # The access log is flushed every second by default; tests that read it
-            # (wait_for_envoy_log) should not have to wait that long.
-            "--file-flush-interval-msec",
-            "50",
-        ],
-        tmp_path / "envoy.log",
-    )
+    envoy = ManagedProcess("envoy", envoy_argv(bootstrap_path, envoy_log_level), tmp_path / "envoy.log")
     stack = Stack(
         listen_port=listen_port,
         admin_port=admin_port,

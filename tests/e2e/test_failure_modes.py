@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .harness import ManagedProcess, Upstream, envoy_binary, free_port, request, wait_for_http_ready, wait_for_port
+from .harness import ManagedProcess, Upstream, envoy_argv, free_port, request, wait_for_http_ready, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -42,8 +42,7 @@ def envoy_from_example(name: str, tmp_path: Path, upstream: Upstream, server_por
     move_ports(document, {LISTEN: listen, ADMIN: admin, SERVER: server_port, UPSTREAM: upstream.port})
     bootstrap = tmp_path / name
     bootstrap.write_text(yaml.safe_dump(document))
-    argv = [envoy_binary(), "-c", str(bootstrap), "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"]
-    with ManagedProcess("envoy", argv, tmp_path / f"{name}.log") as envoy:
+    with ManagedProcess("envoy", envoy_argv(bootstrap), tmp_path / f"{name}.log") as envoy:
         wait_for_http_ready(f"http://127.0.0.1:{admin}/ready", 30, process=envoy)
         yield f"http://127.0.0.1:{listen}"
 
