@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -41,6 +42,10 @@ _CODECS: dict[Encoding, tuple[Encoder, Decoder]] = {
     Encoding.JSON: (contract.encode_json, contract.decode_json),
     Encoding.PROTOBUF: (contract.encode_protobuf, contract.decode_protobuf),
 }
+
+
+# A retry would meet the same full pool or the same failing state backend.
+_NOT_RETRIED = frozenset({FailureKind.POOL_EXHAUSTED, FailureKind.STATE_UNAVAILABLE})
 
 
 def extism_config(spec: PluginConfig) -> dict[str, str]:
@@ -99,7 +104,7 @@ class LoadedPlugin:
             try:
                 output = self._call_once(export, data)
             except PluginCallError as exc:
-                if attempt < attempts and exc.kind is not FailureKind.POOL_EXHAUSTED:
+                if attempt < attempts and exc.kind not in _NOT_RETRIED:
                     log.warning("%s; retry %d of %d", exc, attempt, self.spec.retries, extra={"plugin": self.name})
                     continue
                 self.breaker.record_failure()
@@ -116,13 +121,19 @@ class LoadedPlugin:
         except extism.Error as exc:
             # A new instance runs the module's start code under the same limits, and can fail too.
             raise PluginCallError(self.name, export.value, classify(exc), f"new instance: {exc}") from None
+        self.host.begin_call()
         try:
             raw = instance.call(export.value, data, host_context=self.host)
         except extism.Error as exc:
             # A trapped or interrupted instance may hold half-updated state: never reuse it.
             self.pool.discard(instance)
             raise PluginCallError(self.name, export.value, classify(exc), str(exc)) from None
+        finally:
+            state_failure = self.host.end_call()
+        # The guest saw ordinary failure values, so the instance is sound; only its output is not.
         self.pool.release(instance)
+        if state_failure is not None:
+            raise PluginCallError(self.name, export.value, FailureKind.STATE_UNAVAILABLE, str(state_failure))
         try:
             output = self.decode(raw)
             if output is not None:
@@ -153,11 +164,15 @@ def load_plugin(
     manifest = {
         "wasm": [{"data": wasm}],
         "timeout_ms": spec.timeout_ms,
-        "memory": {"max_pages": spec.memory_limit_mb * 1024 * 1024 // WASM_PAGE_BYTES},
+        "memory": {
+            "max_pages": spec.memory_limit_mb * 1024 * 1024 // WASM_PAGE_BYTES,
+            "max_http_response_bytes": spec.max_http_response_bytes,
+        },
         # No allowed_paths: the sandbox never has a filesystem.
     }
     if spec.allowed_hosts:
-        # Extism's HTTP client refuses every host unless the manifest lists it.
+        # Extism's HTTP client refuses every host unless the manifest lists it, and bounds each request by
+        # what is left of timeout_ms.
         manifest["allowed_hosts"] = list(spec.allowed_hosts)
     config = extism_config(spec)
     try:
@@ -174,7 +189,8 @@ def load_plugin(
     def new_instance() -> extism.Plugin:
         return extism.Plugin(compiled, config=config, functions=[])
 
-    pool: InstancePool[extism.Plugin] = InstancePool(new_instance, spec.pool_size or default_pool_size)
+    pool_size = spec.pool_size or _pool_size(spec, default_pool_size)
+    pool: InstancePool[extism.Plugin] = InstancePool(new_instance, pool_size)
     pool.add_idle(first)
     encode, decode = _CODECS[spec.encoding]
     return LoadedPlugin(
@@ -186,7 +202,12 @@ def load_plugin(
         pool=pool,
         encode=encode,
         decode=decode,
-        host=PluginHost(spec.name, default_store() if store is None else store),
+        host=PluginHost(
+            spec.name,
+            default_store() if store is None else store,
+            timeout_ms=spec.timeout_ms,
+            state_failure=spec.state_failure,
+        ),
         breaker=CircuitBreaker(spec.name, spec.circuit_breaker, on_change=metrics.breaker_state),
         failure_reply=failure_reply(spec.error_status),
         max_body_bytes=max_body_bytes,
@@ -205,6 +226,18 @@ def failure_reply(status: int) -> ImmediateReply:
         body=f"{phrase}\n".encode(),
         details="extproc_plugin_failure",
     )
+
+
+def _pool_size(spec: PluginConfig, threads: int) -> int:
+    """Instances a plugin gets when its config does not say.
+
+    A call holds the CPU the whole time, so more instances than twice the cores only cost memory
+    (one linear memory each). A plugin that makes HTTP calls waits on the network and may use
+    one instance per serving thread.
+    """
+    if spec.allowed_hosts:
+        return threads
+    return min(threads, 2 * (os.cpu_count() or 1))
 
 
 def _active_exports(spec: PluginConfig, module_exports: frozenset[Export]) -> tuple[frozenset[Export], bool]:
