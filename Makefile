@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint plugins examples proto clean demo
+.PHONY: venv setup test lint plugins examples proto clean demo redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,18 @@ examples/node_modules: examples/package-lock.json
 	cd examples && npm ci --no-audit --no-fund
 	touch $@
 
-setup: $(VENV)/.installed tests/plugins/node_modules examples/node_modules
+# The Python side only: all `make demo` needs (it runs the examples' committed .wasm files, no Node).
+venv: $(VENV)/.installed
+
+# Everything the test suite needs: the venv plus the npm packages that build the test and example plugins.
+setup: venv tests/plugins/node_modules examples/node_modules redis-server
+
+# The shared-state tests run a real redis-server (Debian's package); CI runs as root on a bare Debian machine.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; \
+		else echo "redis-server is missing: install Debian's redis-server package (the tests need it)" >&2; exit 1; fi; }
 
 plugins: setup
 	cd tests/plugins && npm run build
@@ -32,7 +43,7 @@ examples: setup
 	cd examples && npm run build
 
 # Envoy, the server with the demo plugins and a demo upstream on loopback; prints curl commands to try.
-demo: plugins
+demo: venv
 	$(BIN)/python -m extproc demo
 
 proto: setup

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import math
 import re
+import urllib.parse
 from collections.abc import Callable, Collection, Hashable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -37,7 +38,7 @@ _HOST_PATTERN_RE: Final = re.compile(rf"(?:\*\.)?{_DNS_NAME}|\[[0-9a-f:.]+\]")
 # RFC 9110 token: the syntax of both method names and header field names.
 _TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
-_TOP_KEYS: Final = ("server", "plugins")
+_TOP_KEYS: Final = ("server", "plugins", "state")
 _SERVER_KEYS: Final = (
     "listen",
     "grpc_threads",
@@ -69,7 +70,12 @@ _PLUGIN_KEYS: Final = (
     "retries",
     "circuit_breaker",
     "allowed_hosts",
+    "max_http_response_bytes",
+    "state_failure",
 )
+_STATE_KEYS: Final = ("backend", "url", "key_prefix", "timeout_ms")
+_REDIS_ONLY_KEYS: Final = ("url", "key_prefix", "timeout_ms")
+_REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 _BREAKER_KEYS: Final = ("failures", "cooldown_ms")
 MAX_RETRIES: Final = 5
 _MATCH_KEYS: Final = ("path_prefix", "path_regex", "hosts", "methods", "headers")
@@ -101,6 +107,16 @@ class FailurePolicy(enum.StrEnum):
 
 
 _FAILURE_POLICIES: Final = tuple(p.value for p in FailurePolicy)
+
+
+class StateBackend(enum.StrEnum):
+    """Where the key-value host functions keep their data."""
+
+    MEMORY = "memory"  # in this process: every worker and replica counts alone
+    REDIS = "redis"  # shared by every process that uses the same Redis and key_prefix
+
+
+_STATE_BACKENDS: Final = tuple(b.value for b in StateBackend)
 
 
 class ConfigError(ValueError):
@@ -257,9 +273,25 @@ class PluginConfig:
     circuit_breaker: BreakerConfig = BreakerConfig()
     # Hosts the plugin may reach with Extism's HTTP client (exact or "*.suffix"); empty: no network.
     allowed_hosts: tuple[str, ...] = ()
+    # A larger HTTP response fails the plugin call (Extism's own default is 50 MiB).
+    max_http_response_bytes: int = 1024 * 1024
+    # When the state backend is down or slow: fail_open = the host functions act as if the store were empty
+    # and every write succeeded; fail_closed = the call fails and `on_error` applies.
+    state_failure: FailurePolicy = FailurePolicy.FAIL_OPEN
 
     def config_json(self) -> str:
         return json.dumps(self.config, default=_thaw, ensure_ascii=False, allow_nan=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class StateConfig:
+    """The store behind the key-value host functions (docs/shared-state.md)."""
+
+    backend: StateBackend = StateBackend.MEMORY
+    url: str | None = None  # redis://, rediss:// or unix://; required for redis, refused for memory
+    key_prefix: str = "extproc:"
+    # Bound on one Redis command; a command starts only if this much of the plugin's timeout is left.
+    timeout_ms: int = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,6 +299,7 @@ class Config:
     server: ServerConfig
     plugins: tuple[PluginConfig, ...]
     source: Path  # absolute but not resolved, see parse_config
+    state: StateConfig = StateConfig()
 
 
 def load_config(path: Path) -> Config:
@@ -302,6 +335,7 @@ def parse_config(data: object, source: Path) -> Config:
             server=_optional(top, "", "server", lambda v, k: _server(v, k, absolute.parent), ServerConfig()),
             plugins=_plugins(top["plugins"], absolute.parent),
             source=absolute,
+            state=_optional(top, "", "state", _state, StateConfig()),
         )
     except _Invalid as e:
         raise ConfigError(source, e.key, e.reason) from None
@@ -556,14 +590,57 @@ def _plugin(value: object, key: str, base_dir: Path) -> PluginConfig:
         encoding=_optional(m, key, "encoding", lambda v, k: Encoding(_one_of(v, k, _ENCODINGS)), defaults.encoding),
         pool_size=_optional(m, key, "pool_size", _positive_int, defaults.pool_size),
         match=_optional(m, key, "match", _match, defaults.match),
-        on_error=_optional(
-            m, key, "on_error", lambda v, k: FailurePolicy(_one_of(v, k, _FAILURE_POLICIES)), defaults.on_error
-        ),
+        on_error=_optional(m, key, "on_error", _failure_policy, defaults.on_error),
         error_status=_optional(m, key, "error_status", _http_status, defaults.error_status),
         retries=_optional(m, key, "retries", _retries, defaults.retries),
         circuit_breaker=_optional(m, key, "circuit_breaker", _breaker, defaults.circuit_breaker),
         allowed_hosts=_optional(m, key, "allowed_hosts", _allowed_hosts, defaults.allowed_hosts),
+        max_http_response_bytes=_optional(
+            m, key, "max_http_response_bytes", _positive_int, defaults.max_http_response_bytes
+        ),
+        state_failure=_optional(m, key, "state_failure", _failure_policy, defaults.state_failure),
     )
+
+
+def _failure_policy(value: object, key: str) -> FailurePolicy:
+    return FailurePolicy(_one_of(value, key, _FAILURE_POLICIES))
+
+
+def _state(value: object, key: str) -> StateConfig:
+    m = _mapping(value, key, _STATE_KEYS)
+    defaults = StateConfig()
+    backend = _optional(m, key, "backend", lambda v, k: StateBackend(_one_of(v, k, _STATE_BACKENDS)), defaults.backend)
+    if backend is StateBackend.MEMORY:
+        for name in _REDIS_ONLY_KEYS:
+            if m.get(name) is not None:
+                raise _Invalid(_child(key, name), "applies only to backend 'redis'")
+        return StateConfig()
+    if m.get("url") is None:
+        raise _Invalid(_child(key, "url"), "required when backend is 'redis', e.g. 'redis://127.0.0.1:6379/0'")
+    return StateConfig(
+        backend=backend,
+        url=_redis_url(m["url"], _child(key, "url")),
+        key_prefix=_optional(m, key, "key_prefix", _string, defaults.key_prefix),
+        timeout_ms=_optional(m, key, "timeout_ms", _positive_int, defaults.timeout_ms),
+    )
+
+
+def _redis_url(value: object, key: str) -> str:
+    text = _non_empty_string(value, key)
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port  # raises ValueError when not a number from 0 to 65535
+    except ValueError as e:
+        raise _Invalid(key, f"invalid URL {text!r}: {e}") from None
+    if parts.scheme not in _REDIS_SCHEMES:
+        raise _Invalid(key, f"must start with {', '.join(s + '://' for s in _REDIS_SCHEMES)}, got {text!r}")
+    if parts.scheme == "unix" and not parts.path:
+        raise _Invalid(key, f"a unix:// URL needs a socket path, got {text!r}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise _Invalid(key, f"needs a host, as in 'redis://127.0.0.1:6379/0', got {text!r}")
+    if port == 0:
+        raise _Invalid(key, f"port must be from 1 to 65535, got {text!r}")
+    return text
 
 
 def _http_status(value: object, key: str) -> int:

@@ -29,6 +29,7 @@ class FailureKind(StrEnum):
     BAD_OUTPUT = "bad_output"
     POOL_EXHAUSTED = "pool_exhausted"
     CIRCUIT_OPEN = "circuit_open"
+    STATE_UNAVAILABLE = "state_unavailable"  # the state backend failed and the plugin's state_failure is fail_closed
 
 
 class PluginCallError(ExtprocError):

@@ -211,6 +211,19 @@ _BUILD: Final = Info("extproc_build", "Versions of this server and what it runs 
 _WORKER_RESTARTS: Final = Counter(
     "extproc_worker_restarts", "Worker processes restarted after they died", registry=REGISTRY
 )
+# Moves only while the state backend is down or slow, so the library's counter is cheap enough.
+_STATE_FAILURES: Final = Counter(
+    "extproc_state_failures",
+    "Key-value host calls the state backend could not serve, by plugin, host function and the policy applied",
+    labelnames=("plugin", "function", "policy"),
+    registry=REGISTRY,
+)
+_STATE_UP: Final = Gauge(
+    "extproc_state_backend_up",
+    "1 while the state backend answers, 0 after a failed command until one succeeds (absent: in-memory state)",
+    labelnames=("backend",),
+    registry=REGISTRY,
+)
 
 _breaker_lock = threading.Lock()
 _breaker_states: dict[str, str] = {}
@@ -267,3 +280,11 @@ def breaker_states() -> dict[str, str]:
 
 def worker_restarted() -> None:
     _WORKER_RESTARTS.inc()
+
+
+def state_failure(plugin: str, function: str, policy: str) -> None:
+    _STATE_FAILURES.labels(plugin, function, policy).inc()
+
+
+def state_backend_up(backend: str, up: bool) -> None:
+    _STATE_UP.labels(backend).set(1 if up else 0)

@@ -81,7 +81,7 @@ def test_envoy_image_is_the_tested_version() -> None:
     assert SERVICES["envoy"]["image"] == f"envoyproxy/envoy:v{envoy_version()}"
 
 
-def test_every_mounted_file_exists(plugin_dir: Path) -> None:
+def test_every_mounted_file_exists() -> None:
     for service in SERVICES:
         for target, source in volumes(service).items():
             assert source.exists(), f"{service}: {source} (mounted at {target}) does not exist"
@@ -108,7 +108,7 @@ def test_envoy_config_agrees_with_the_services() -> None:
     assert f"'127.0.0.1', {upstream_port}" in " ".join(SERVICES["upstream"]["healthcheck"]["test"])
 
 
-def test_server_config_and_its_plugins_are_mounted(plugin_dir: Path) -> None:
+def test_server_config_and_its_plugins_are_mounted() -> None:
     command: list[str] = SERVICES["extproc"]["command"]
     config_path = host_path("extproc", option(command, "--config"))
     config = load_config(config_path)  # plugin paths resolve, relative to the config file, on the host
@@ -119,6 +119,12 @@ def test_server_config_and_its_plugins_are_mounted(plugin_dir: Path) -> None:
     for spec in config.plugins:
         inside = app / spec.path.relative_to(REPO)
         assert host_path("extproc", str(inside)) == spec.path, spec.name
+    # Committed, not build output: a fresh clone runs the stack (and `make demo`) without Node.
+    plugin_files = [str(spec.path.relative_to(REPO)) for spec in config.plugins]
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", *plugin_files], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert sorted(tracked) == sorted(set(plugin_files))
 
 
 @pytest.mark.e2e

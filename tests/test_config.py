@@ -467,6 +467,48 @@ BAD = [
         "server.tls.cert",
         "did you mean 'cert_file'",
     ),
+    ("state not a mapping", "state: redis\nplugins: []\n", "state", "must be a mapping, got 'redis'"),
+    ("state unknown key", "state: {backend: redis, uri: x}\nplugins: []\n", "state.uri", "did you mean 'url'"),
+    ("state bad backend", "state: {backend: mysql}\nplugins: []\n", "state.backend", "must be one of memory, redis"),
+    ("redis without url", "state: {backend: redis}\nplugins: []\n", "state.url", "required when backend is 'redis'"),
+    (
+        "url with the memory backend",
+        "state: {url: 'redis://127.0.0.1'}\nplugins: []\n",
+        "state.url",
+        "applies only to backend 'redis'",
+    ),
+    (
+        "redis url scheme",
+        "state: {backend: redis, url: 'http://127.0.0.1:6379'}\nplugins: []\n",
+        "state.url",
+        "must start with redis://, rediss://, unix://",
+    ),
+    ("redis url no host", "state: {backend: redis, url: 'redis://'}\nplugins: []\n", "state.url", "needs a host"),
+    ("redis url bad port", "state: {backend: redis, url: 'redis://h:99999'}\nplugins: []\n", "state.url", "range"),
+    (
+        "redis timeout zero",
+        "state: {backend: redis, url: 'redis://h', timeout_ms: 0}\nplugins: []\n",
+        "state.timeout_ms",
+        "must be a positive integer, got 0",
+    ),
+    (
+        "key prefix not a string",
+        "state: {backend: redis, url: 'redis://h', key_prefix: 7}\nplugins: []\n",
+        "state.key_prefix",
+        "must be a string, got 7; quote it",
+    ),
+    (
+        "state_failure value",
+        plugin("state_failure: ignore\n"),
+        "plugins[0].state_failure",
+        "must be one of fail_open, fail_closed, got 'ignore'",
+    ),
+    (
+        "http response limit",
+        plugin("max_http_response_bytes: -1\n"),
+        "plugins[0].max_http_response_bytes",
+        "must be a positive integer",
+    ),
 ]
 
 

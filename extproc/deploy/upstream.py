@@ -20,6 +20,10 @@ from extproc.config import ConfigError, ListenAddress
 
 # Sent on every answer so that a plugin rewriting it (the cache-control example) is plain to see.
 UPSTREAM_CACHE_CONTROL = "no-store"
+# Paths under this prefix get the same bytes every time, like a file would, and no ETag: the cache-control
+# example computes one from the body, which only answers a later If-None-Match if the body is stable.
+STATIC_PREFIX = "/static/"
+STATIC_ASSET = b'console.log("a static asset of the extproc demo upstream");\n'
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -37,20 +41,38 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
+        if self.path.startswith(STATIC_PREFIX):
+            self._send("text/javascript", STATIC_ASSET)
+            return
         described = {
             "upstream": "extproc demo upstream",
             "method": self.command,
             "path": self.path,
             "headers": {name.lower(): value for name, value in self.headers.items()},
-            "body": body.decode("utf-8", errors="replace"),
+            "body": _readable(body, self.headers.get("Content-Type") or ""),
         }
-        payload = json.dumps(described, indent=2).encode() + b"\n"
+        self._send("application/json", json.dumps(described, indent=2).encode() + b"\n")
+
+    def _send(self, content_type: str, payload: bytes) -> None:
         self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Cache-Control", UPSTREAM_CACHE_CONTROL)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+
+def _readable(body: bytes, content_type: str) -> object:
+    """A JSON body as its document, so that a plugin rewriting JSON (json-transform) can reach its fields in
+    the echo on the way back; anything else as text."""
+    text = body.decode("utf-8", errors="replace")
+    if content_type.split(";")[0].strip().lower() == "application/json":
+        try:
+            document: object = json.loads(text)
+        except ValueError:
+            return text
+        return document
+    return text
 
 
 def make_server(host: str, port: int) -> ThreadingHTTPServer:

@@ -12,6 +12,7 @@ function); which plugin is calling comes from the per-call host context, a `Plug
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,9 @@ from typing import Any, Final, Protocol
 
 import extism
 from extism import ValType
+
+from extproc import metrics
+from extproc.config import FailurePolicy
 
 NAMESPACE: Final = "extism:host/user"
 # Returned by extproc_kv_incr when the stored value is not a decimal integer (the error is logged).
@@ -41,10 +45,16 @@ class StoreError(ValueError):
         self.reason = reason
 
 
+class StoreUnavailable(StoreError):
+    """The backend could not serve the operation in time (down, slow, no connection); the caller's
+    `state_failure` policy decides what the plugin sees."""
+
+
 class KeyValueStore(Protocol):
     """What the host functions need from a store. Every method is atomic.
 
-    `ttl_ms` 0 means "no expiry". A later backend (Redis) implements the same five operations.
+    `ttl_ms` 0 means "no expiry". Implemented by MemoryStore and plugins.redis_store.RedisStore; a
+    backend raises StoreUnavailable when it cannot answer, StoreError when the operation is wrong.
     """
 
     def get(self, key: bytes) -> bytes | None: ...
@@ -156,12 +166,52 @@ def _expired(entry: _Entry, now: float) -> bool:
     return entry.expires_at is not None and entry.expires_at <= now
 
 
+class _CallState(threading.local):
+    """The plugin call running on this thread. A plugin call runs on the thread that started it, and
+    its host functions run on that thread too."""
+
+    deadline: float = math.inf  # time.monotonic() at which the plugin's timeout expires
+    failure: StoreUnavailable | None = None  # met by a fail_closed plugin; fails the call afterwards
+
+
+_call = _CallState()
+
+
+def time_left() -> float:
+    """Seconds until the timeout of the plugin call on this thread (inf outside a call), so a backend
+    never starts a network round trip that would outlast it."""
+    return _call.deadline - time.monotonic()
+
+
 @dataclass(frozen=True, slots=True)
 class PluginHost:
     """What a host function knows about its caller: passed as Extism host context on every call."""
 
     plugin: str
     store: KeyValueStore
+    timeout_ms: int = 0  # the plugin's timeout; 0: no deadline
+    state_failure: FailurePolicy = FailurePolicy.FAIL_OPEN
+
+    def begin_call(self) -> None:
+        _call.deadline = time.monotonic() + self.timeout_ms / 1000 if self.timeout_ms else math.inf
+        _call.failure = None
+
+    def end_call(self) -> StoreUnavailable | None:
+        """The store failure that must fail this call (fail_closed), if any; clears the call state."""
+        failure = _call.failure
+        _call.deadline, _call.failure = math.inf, None
+        return failure
+
+    def store_unavailable(self, function: str, exc: StoreUnavailable) -> bool:
+        """Count the failure and apply the policy: True means "answer as if the store were empty and
+        every write succeeded" (fail_open); otherwise the call is marked failed and the host function
+        returns its usual failure value. The backend logs outages, so this does not log per call."""
+        metrics.state_failure(self.plugin, function, self.state_failure.value)
+        if self.state_failure is FailurePolicy.FAIL_OPEN:
+            return True
+        if _call.failure is None:
+            _call.failure = exc
+        return False
 
     def scoped(self, key: bytes) -> bytes:
         # Plugin names cannot contain "/", so the prefix cannot be forged by a key.
@@ -214,7 +264,11 @@ def _kv_get(current: extism.CurrentPlugin, params: Vals, results: Vals) -> None:
     results[0].value = 0
     try:
         host = _host(current)
-        value = host.store.get(host.scoped(_bytes_at(current, params[0])))
+        try:
+            value = host.store.get(host.scoped(_bytes_at(current, params[0])))
+        except StoreUnavailable as exc:
+            host.store_unavailable("extproc_kv_get", exc)
+            value = None  # either policy: "absent"
         if value is not None:
             current.return_bytes(results[0], value)
     except Exception as exc:
@@ -229,7 +283,11 @@ def _kv_set(current: extism.CurrentPlugin, params: Vals, results: Vals) -> None:
         value = _bytes_at(current, params[1])
         if len(value) > MAX_VALUE_BYTES:
             raise StoreError(_bytes_at(current, params[0])[:40], f"value longer than {MAX_VALUE_BYTES} bytes")
-        host.store.set(host.scoped(_bytes_at(current, params[0])), value, params[2].value)
+        try:
+            host.store.set(host.scoped(_bytes_at(current, params[0])), value, params[2].value)
+        except StoreUnavailable as exc:
+            if not host.store_unavailable("extproc_kv_set", exc):
+                return
         results[0].value = 1
     except Exception as exc:
         _report(current, "extproc_kv_set", exc)
@@ -240,7 +298,10 @@ def _kv_delete(current: extism.CurrentPlugin, params: Vals, results: Vals) -> No
     results[0].value = 0
     try:
         host = _host(current)
-        results[0].value = int(host.store.delete(host.scoped(_bytes_at(current, params[0]))))
+        try:
+            results[0].value = int(host.store.delete(host.scoped(_bytes_at(current, params[0]))))
+        except StoreUnavailable as exc:
+            host.store_unavailable("extproc_kv_delete", exc)  # either policy: "nothing was deleted"
     except Exception as exc:
         _report(current, "extproc_kv_delete", exc)
 
@@ -250,7 +311,12 @@ def _kv_incr(current: extism.CurrentPlugin, params: Vals, results: Vals) -> None
     results[0].value = INCR_ERROR
     try:
         host = _host(current)
-        results[0].value = host.store.incr(host.scoped(_bytes_at(current, params[0])), params[1].value, params[2].value)
+        delta = params[1].value
+        try:
+            results[0].value = host.store.incr(host.scoped(_bytes_at(current, params[0])), delta, params[2].value)
+        except StoreUnavailable as exc:
+            if host.store_unavailable("extproc_kv_incr", exc):
+                results[0].value = delta  # as if this were the first increment
     except Exception as exc:
         _report(current, "extproc_kv_incr", exc)
 
@@ -262,9 +328,12 @@ def _kv_cas(current: extism.CurrentPlugin, params: Vals, results: Vals) -> None:
         host = _host(current)
         expected = _bytes_at(current, params[1]) if params[1].value else None
         value = _bytes_at(current, params[2])
-        swapped = host.store.compare_and_set(
-            host.scoped(_bytes_at(current, params[0])), expected, value, params[3].value
-        )
+        try:
+            swapped = host.store.compare_and_set(
+                host.scoped(_bytes_at(current, params[0])), expected, value, params[3].value
+            )
+        except StoreUnavailable as exc:
+            swapped = host.store_unavailable("extproc_kv_cas", exc)
         results[0].value = int(swapped)
     except Exception as exc:
         _report(current, "extproc_kv_cas", exc)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from extproc.config import Config
+from extproc.config import Config, StateBackend
 from extproc.contract import Export, Pair
+from extproc.plugins.host import KeyValueStore, default_store
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 
 
@@ -32,6 +33,16 @@ class Selection:
         )
 
 
+def state_store(config: Config) -> KeyValueStore:
+    """The store behind the key-value host functions; the same one across reloads with equal settings."""
+    if config.state.backend is StateBackend.MEMORY:
+        return default_store()
+    from extproc.plugins.redis_store import shared_store  # redis is imported only when configured
+
+    # Plugin calls run on gRPC threads, each needing at most one connection at a time.
+    return shared_store(config.state, config.server.grpc_threads)
+
+
 class PluginSet:
     """An immutable snapshot of loaded plugins. A reload builds a new set; streams keep theirs."""
 
@@ -48,11 +59,14 @@ class PluginSet:
     @classmethod
     def load(cls, config: Config) -> PluginSet:
         loaded: list[LoadedPlugin] = []
+        store = state_store(config)
         try:
             for spec in config.plugins:
                 if spec.enabled:
                     loaded.append(
-                        load_plugin(spec, config.server.grpc_threads, max_body_bytes=config.server.max_body_bytes)
+                        load_plugin(
+                            spec, config.server.grpc_threads, store, max_body_bytes=config.server.max_body_bytes
+                        )
                     )
         except BaseException:
             for plugin in loaded:

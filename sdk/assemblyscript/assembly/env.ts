@@ -28,6 +28,10 @@ export declare function load_u8(offset: u64): u8;
 export declare function store_u64(offset: u64, value: u64): void;
 @external("extism:host/env", "load_u64")
 export declare function load_u64(offset: u64): u64;
+@external("extism:host/env", "http_request")
+export declare function http_request(request: u64, body: u64): u64;
+@external("extism:host/env", "http_status_code")
+export declare function http_status_code(): i32;
 
 @external("extism:host/user", "extproc_kv_get")
 export declare function extproc_kv_get(key: u64): u64;
