@@ -122,9 +122,13 @@ def test_prefixes_route_through_and_catch_all_bypasses(plugin_dir: Path, tmp_pat
     assert plan == ec.RoutePlan(everything=False, prefixes=("/api", "/static/"))
     routes = ec.routes(plan, "up")
     assert [r["match"] for r in routes] == [{"prefix": "/api"}, {"prefix": "/static/"}, {"prefix": "/"}]
-    assert all("typed_per_filter_config" not in r for r in routes[:-1])
-    per_route = routes[-1]["typed_per_filter_config"][ec.EXT_PROC_FILTER]
-    assert parse_message(per_route, ext_proc_pb2.ExtProcPerRoute()).disabled
+    # The filter is off by default; the plugins' routes switch it on, the catch-all does not.
+    for route in routes[:-1]:
+        per_route = route["typed_per_filter_config"][ec.EXT_PROC_FILTER]
+        assert not parse_message(per_route, ext_proc_pb2.ExtProcPerRoute()).disabled
+    assert "typed_per_filter_config" not in routes[-1]
+    [http_filter] = ec.fragment(config, ec.phase_needs(config), options())["http_filters"]
+    assert http_filter["disabled"] is True
 
 
 def test_regex_plugins_become_safe_regex_routes(plugin_dir: Path, tmp_path: Path) -> None:

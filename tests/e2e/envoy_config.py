@@ -26,6 +26,7 @@ BODY_MODES = frozenset({"NONE", "STREAMED", "BUFFERED", "BUFFERED_PARTIAL", "FUL
 TRAILER_MODES = HEADER_MODES
 
 _TYPE = "type.googleapis.com/"
+_PER_ROUTE = "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 _DOWNSTREAM_CONNECTIONS_CONFIG = (
     "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 )
@@ -144,23 +145,18 @@ def render_bootstrap(
         # A bare string would otherwise be iterated character by character.
         raise TypeError("per_route_disabled_prefixes must be a sequence of prefixes, not a string")
 
-    disabled_routes = [
-        {
-            "match": {"prefix": prefix},
-            "route": {"cluster": "upstream"},
-            "typed_per_filter_config": {
-                EXT_PROC_FILTER_NAME: {
-                    "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
-                    "disabled": True,
-                }
-            },
-        }
-        for prefix in per_route_disabled_prefixes
+    # With bypassed prefixes the filter is off by default and switched on for the catch-all route,
+    # so requests on a bypassed route never even instantiate it. They come first: Envoy picks the
+    # first matching route and "/" matches everything.
+    routes: list[dict[str, Any]] = [
+        *({"match": {"prefix": prefix}, "route": {"cluster": "upstream"}} for prefix in per_route_disabled_prefixes),
+        {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}},
     ]
-    # Disabled prefixes come first: Envoy picks the first matching route and "/" matches everything.
-    routes: list[dict[str, Any]] = [*disabled_routes, {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+    if per_route_disabled_prefixes:
+        # Any per-route config of the filter switches a default-disabled filter on; empty overrides change nothing else.
+        routes[-1]["typed_per_filter_config"] = {EXT_PROC_FILTER_NAME: {"@type": _TYPE + _PER_ROUTE, "overrides": {}}}
 
-    ext_proc = {
+    ext_proc: dict[str, Any] = {
         "name": EXT_PROC_FILTER_NAME,
         "typed_config": render_ext_proc_filter(
             request_header_mode=request_header_mode,
@@ -174,6 +170,8 @@ def render_bootstrap(
             message_timeout_ms=message_timeout_ms,
         ),
     }
+    if per_route_disabled_prefixes:
+        ext_proc["disabled"] = True
     manager = connection_manager("e2e", routes, [ext_proc])
 
     return {

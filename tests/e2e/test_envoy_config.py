@@ -108,11 +108,11 @@ def test_ext_proc_config_matches_proto(variant: str) -> None:
 def test_disabled_prefixes_route_ahead_of_catch_all() -> None:
     routes = _routes(_render(per_route_disabled_prefixes=["/off", "/static/"]))
     assert [r["match"]["prefix"] for r in routes] == ["/off", "/static/", "/"]
-    for route in routes[:2]:
-        per_route = dict(route["typed_per_filter_config"][EXT_PROC_FILTER_NAME])
-        per_route.pop("@type")
-        assert json_format.ParseDict(per_route, ext_proc_pb2.ExtProcPerRoute()).disabled
-    assert "typed_per_filter_config" not in routes[2]
+    # The filter is off by default and only the catch-all switches it on.
+    assert all("typed_per_filter_config" not in route for route in routes[:2])
+    per_route = dict(routes[2]["typed_per_filter_config"][EXT_PROC_FILTER_NAME])
+    per_route.pop("@type")
+    assert not json_format.ParseDict(per_route, ext_proc_pb2.ExtProcPerRoute()).disabled
 
 
 def test_full_duplex_sends_trailers_by_default() -> None:
