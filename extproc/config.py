@@ -174,7 +174,9 @@ class TlsConfig:
 class ServerConfig:
     listen_host: str = "127.0.0.1"
     listen_port: int = 50051
-    grpc_threads: int = 16
+    # A stream holds its thread for the whole HTTP exchange when response phases are processed
+    # (through the upstream's latency), so this is the number of concurrent exchanges per process.
+    grpc_threads: int = 128
     log_level: str = "info"
     max_body_bytes: int = 8 * 1024 * 1024
     # How long SIGTERM waits for in-flight streams before cancelling them.
@@ -264,7 +266,7 @@ class PluginConfig:
     timeout_ms: int = 100
     memory_limit_mb: int = 16
     encoding: Encoding = Encoding.JSON
-    pool_size: int | None = None  # None: server.grpc_threads
+    pool_size: int | None = None  # None: twice the cores, at most server.grpc_threads (see loader)
     match: MatchRules = MatchRules()
     # Closed by default: a failed redaction or auth plugin must not let the request through unchanged.
     on_error: FailurePolicy = FailurePolicy.FAIL_CLOSED

@@ -111,7 +111,7 @@ def test_full_config(tmp_path: Path, wasm_dir: Path) -> None:
 def test_defaults(tmp_path: Path, wasm_dir: Path) -> None:
     config = load_config(write(tmp_path, "plugins:\n  - {name: a, path: plugins/a.wasm}\n"))
 
-    assert config.server == ServerConfig("127.0.0.1", 50051, 16, "info", 8 * 1024 * 1024)
+    assert config.server == ServerConfig("127.0.0.1", 50051, 128, "info", 8 * 1024 * 1024)
     assert config.server.listen_address == "127.0.0.1:50051"
     [plugin] = config.plugins
     assert plugin.config == {}
