@@ -27,6 +27,7 @@ from tests.e2e.harness import envoy_binary
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
+EXAMPLES = REPO / "examples"
 ANY = "*"
 
 _METADATA = {"name": ANY, "namespace": ANY, "labels": ANY, "annotations": ANY}
@@ -209,17 +210,30 @@ def test_schema_check_is_not_vacuous() -> None:
 # --- Kubernetes -------------------------------------------------------------------------------------
 
 
-def server_config(plugin_dir: Path) -> Config:
-    """The ConfigMap's server config, with /plugins/* pointing at the built test plugins."""
+def server_config() -> Config:
+    """The ConfigMap's server config, with /plugins/<name>.wasm (the extproc-plugins ConfigMap, created from
+    the committed examples as the manifest's header says) pointing at examples/<name>/<name>.wasm."""
     text = find("ConfigMap", "extproc-config")["data"]["extproc.yaml"]
     data = yaml.safe_load(text)
     for spec in data["plugins"]:
-        assert spec["path"].startswith("/plugins/")
-        spec["path"] = str(plugin_dir / Path(spec["path"]).name)
-    return parse_config(data, plugin_dir / "extproc.yaml")
+        path = Path(spec["path"])
+        assert path.parent == Path("/plugins"), spec["path"]
+        wasm = EXAMPLES / path.stem / path.name
+        assert wasm.is_file(), f"{spec['path']}: no committed example {wasm.relative_to(REPO)}"
+        spec["path"] = str(wasm)
+    return parse_config(data, DEPLOY / "kubernetes" / "extproc.yaml")
 
 
-def test_deployment_service_and_probes_agree(plugin_dir: Path) -> None:
+def test_plugins_configmap_command_covers_the_config() -> None:
+    """The header's `kubectl create configmap extproc-plugins` puts exactly the config's plugins in /plugins."""
+    header = (DEPLOY / "kubernetes" / "extproc.yaml").read_text().split("\napiVersion:", 1)[0]
+    files = re.findall(r"--from-file=(\S+)", header)
+    assert files and all((REPO / f).is_file() for f in files), files
+    configured = [spec.path for spec in server_config().plugins]
+    assert sorted(configured) == sorted(REPO / f for f in files)
+
+
+def test_deployment_service_and_probes_agree() -> None:
     deployment, service = find("Deployment"), find("Service")
     pod = deployment["spec"]["template"]
     labels = pod["metadata"]["labels"]
@@ -237,12 +251,13 @@ def test_deployment_service_and_probes_agree(plugin_dir: Path) -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 
-    config = server_config(plugin_dir)
+    config = server_config()
     assert config.server.listen_port == ports["grpc"]
     assert config.server.admin_listen is not None and config.server.admin_listen.port == ports["admin"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v["configMap"]["name"] for v in pod["spec"]["volumes"]}
-    assert mounts["plugins"] == "/plugins" and volumes["config"] == "extproc-config"
+    assert mounts["plugins"] == "/plugins" and volumes["plugins"] == "extproc-plugins"
+    assert volumes["config"] == "extproc-config"
     assert option_value(container["args"], "--config").startswith(mounts["config"] + "/")
 
 
@@ -263,7 +278,7 @@ def istio_ext_proc() -> dict[str, Any]:
     return value
 
 
-def test_istio_patch_is_the_generated_filter_for_the_configmap(plugin_dir: Path) -> None:
+def test_istio_patch_is_the_generated_filter_for_the_configmap() -> None:
     service = find("Service")
     typed = istio_ext_proc()["typed_config"]
     cluster = typed["grpc_service"]["envoy_grpc"]["cluster_name"]
@@ -272,7 +287,7 @@ def test_istio_patch_is_the_generated_filter_for_the_configmap(plugin_dir: Path)
     assert cluster == f"outbound|{port}||{meta['name']}.{meta['namespace']}.svc.cluster.local"
     json_format.ParseDict({k: v for k, v in typed.items() if k != "@type"}, ext_proc_pb2.ExternalProcessor())
 
-    config = server_config(plugin_dir)
+    config = server_config()
     generated = ec.ext_proc_filter(config, ec.phase_needs(config), ec.Options(servers=(ec.Endpoint("x", 1),)))
     expected = copy.deepcopy(generated["typed_config"])
     expected["grpc_service"]["envoy_grpc"]["cluster_name"] = cluster
@@ -280,8 +295,8 @@ def test_istio_patch_is_the_generated_filter_for_the_configmap(plugin_dir: Path)
 
 
 @pytest.mark.e2e
-def test_envoy_accepts_the_istio_patch(plugin_dir: Path, tmp_path: Path) -> None:
-    config = server_config(plugin_dir)
+def test_envoy_accepts_the_istio_patch(tmp_path: Path) -> None:
+    config = server_config()
     proxy = ec.Proxy(ec.Endpoint("127.0.0.1", 10000), ec.Endpoint("127.0.0.1", 9901), ec.Endpoint("127.0.0.1", 80))
     document = ec.bootstrap(config, ec.phase_needs(config), ec.Options(servers=(ec.Endpoint("127.0.0.1", 1),)), proxy)
     value = istio_ext_proc()
@@ -309,9 +324,9 @@ def test_envoy_accepts_the_istio_patch(plugin_dir: Path, tmp_path: Path) -> None
 # --- Envoy Gateway ------------------------------------------------------------------------------------
 
 
-def test_envoy_gateway_policy_matches_the_plugins(plugin_dir: Path) -> None:
+def test_envoy_gateway_policy_matches_the_plugins() -> None:
     policy, service, grant = find("EnvoyExtensionPolicy"), find("Service"), find("ReferenceGrant")
-    config = server_config(plugin_dir)
+    config = server_config()
     needs = ec.phase_needs(config)
     plan = ec.plan_routes(config.plugins)
 
@@ -320,7 +335,13 @@ def test_envoy_gateway_policy_matches_the_plugins(plugin_dir: Path) -> None:
     assert target["kind"] == "HTTPRoute" and target["group"] == "gateway.networking.k8s.io"
     paths = [m["path"] for rule in route["spec"]["rules"] for m in rule["matches"]]
     assert all(p["type"] in ENUMS["HTTPRoute.path.type"] for p in paths)
-    assert not plan.everything and sorted(p["value"] for p in paths) == list(plan.prefixes)
+    # Segment-wise PathPrefix only for prefixes ending in "/"; the others as "<prefix>.*" regexes,
+    # so that every path a plugin's string prefix matches is routed through ext_proc.
+    assert not plan.everything
+    routed = sorted(p["value"] if p["type"] == "PathPrefix" else p["value"].removesuffix(".*") for p in paths)
+    assert routed == list(plan.prefixes)
+    for p in paths:
+        assert (p["type"] == "PathPrefix") == p["value"].endswith("/"), p
     other = find("HTTPRoute", "other-routes")
     assert [m["path"]["value"] for r in other["spec"]["rules"] for m in r["matches"]] == ["/"]
 
