@@ -151,3 +151,30 @@ def test_request_matching_no_plugin_costs_one_message(plugin_dir: Path, make_sta
     assert sent["http.ingress_http.ext_proc.e2e.streams_started"] == 1
     # Only the request headers went to the server: no body, no response phases.
     assert sent["http.ingress_http.ext_proc.e2e.stream_msgs_sent"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body_mode", "allow_mode_override"),
+    [("STREAMED", False), ("STREAMED", True), ("BUFFERED_PARTIAL", False)],
+)
+def test_body_plugin_under_each_body_mode(
+    plugin_dir: Path, make_stack: StackFactory, body_mode: str, allow_mode_override: bool
+) -> None:
+    """Whatever Envoy's body mode (and whether it takes our override), the plugin gets the whole body once."""
+    transform = plugin(
+        "t",
+        plugin_dir / "transform.wasm",
+        execution_points=["request_body"],
+        config={"suffix": "!!"},
+        memory_limit_mb=64,
+        timeout_ms=5000,
+    )
+    body = b"x" * 200_000  # several chunks in streamed mode
+    with make_stack(
+        config_yaml(transform), request_body_mode=body_mode, allow_mode_override=allow_mode_override
+    ) as stack:
+        response = request("POST", f"{stack.url}/modes", body=body)
+    assert response.status == 200
+    echoed = json.loads(response.body)
+    assert echoed["body_length"] == len(body) + 2
+    assert echoed["body"] == "x" * len(body) + "!!"
