@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from extproc.config import load_config
-from tests.e2e.harness import envoy_binary
+from tests.e2e.harness import envoy_binary, envoy_validate
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
@@ -131,13 +131,7 @@ def test_server_config_and_its_plugins_are_mounted() -> None:
 def test_envoy_accepts_the_compose_config(tmp_path: Path) -> None:
     path = tmp_path / "envoy.yaml"
     path.write_text(yaml.safe_dump(envoy_config()))
-    result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "--log-level", "warn"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = envoy_validate(path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

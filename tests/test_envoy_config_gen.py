@@ -21,7 +21,8 @@ from extproc.deploy import envoy_config as ec
 from extproc.deploy.demo import DemoPorts, demo_bootstrap
 from tests.e2e.harness import (
     ManagedProcess,
-    envoy_binary,
+    envoy_argv,
+    envoy_validate,
     free_port,
     request,
     start_upstream,
@@ -56,20 +57,14 @@ PROXY = ec.Proxy(
 )
 
 
-def envoy_validate(tmp_path: Path, document: dict[str, Any], fmt: str = "yaml") -> subprocess.CompletedProcess[str]:
+def validate_document(tmp_path: Path, document: dict[str, Any], fmt: str = "yaml") -> subprocess.CompletedProcess[str]:
     path = tmp_path / f"bootstrap.{fmt}"
     path.write_text(ec.render(document, fmt))
-    return subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "--log-level", "warn"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return envoy_validate(path)
 
 
 def assert_valid(tmp_path: Path, document: dict[str, Any], fmt: str = "yaml") -> None:
-    result = envoy_validate(tmp_path, document, fmt)
+    result = validate_document(tmp_path, document, fmt)
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
 
@@ -307,7 +302,7 @@ def test_envoy_validation_is_not_vacuous(plugin_dir: Path, tmp_path: Path) -> No
     # A lookahead is what re2_incompatibility keeps out of routes; Envoy indeed refuses it.
     document = variant(plugin_dir, tmp_path, "regex")
     vhost_routes(document)[0]["match"]["safe_regex"]["regex"] = "^/items(?=/)"
-    result = envoy_validate(tmp_path, document)
+    result = validate_document(tmp_path, document)
     assert result.returncode != 0
     assert "invalid perl operator: (?=" in result.stdout + result.stderr
 
@@ -422,10 +417,9 @@ def test_unmatched_routes_never_open_a_stream(plugin_dir: Path, tmp_path: Path) 
             ).returncode
         assert rc == 0
         server_argv = [sys.executable, "-m", "extproc", "serve", "--config", str(config_path)]
-        envoy_argv = [envoy_binary(), "-c", str(bootstrap), "--disable-hot-restart", "--concurrency", "1"]
         with (
             ManagedProcess("server", server_argv, tmp_path / "server.log", cwd=REPO) as server,
-            ManagedProcess("envoy", envoy_argv, tmp_path / "envoy.log") as envoy,
+            ManagedProcess("envoy", envoy_argv(bootstrap), tmp_path / "envoy.log") as envoy,
         ):
             wait_for_port("127.0.0.1", server_port, 30, process=server)
             wait_for_http_ready(f"http://127.0.0.1:{admin_port}/ready", 30, process=envoy)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from google.protobuf import json_format
 
 from extproc.config import Config, parse_config
 from extproc.deploy import envoy_config as ec
-from tests.e2e.harness import envoy_binary
+from tests.e2e.harness import envoy_validate
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -311,13 +310,7 @@ def test_envoy_accepts_the_istio_patch(tmp_path: Path) -> None:
     ][1]["name"]
     path = tmp_path / "istio.yaml"
     path.write_text(yaml.safe_dump(document))
-    result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "--log-level", "warn"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = envoy_validate(path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -64,6 +64,17 @@ def envoy_binary() -> str:
     return find_envoy()
 
 
+def envoy_validate(config_path: Path) -> subprocess.CompletedProcess[str]:
+    """Envoy's own verdict on a config file (`--mode validate`: parsed and checked, nothing bound)."""
+    return subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(config_path), "--disable-hot-restart", "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def envoy_argv(bootstrap_path: Path, log_level: str = "warn") -> list[str]:
     """One Envoy worker thread, as every test and bench stack runs it."""
     return [

@@ -13,7 +13,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from google.protobuf import json_format
 
 from .envoy_config import BODY_MODES, EXT_PROC_FILTER_NAME, render_bootstrap, render_ext_proc_filter
-from .harness import envoy_binary
+from .harness import envoy_validate
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -45,22 +45,7 @@ def _render(**kwargs: Any) -> dict[str, Any]:
 def _envoy_validate(tmp_path: Path, bootstrap: dict[str, Any]) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "bootstrap.yaml"
     path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
-    return subprocess.run(
-        [
-            envoy_binary(),
-            "--mode",
-            "validate",
-            "-c",
-            str(path),
-            "--disable-hot-restart",
-            "--log-level",
-            "warn",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return envoy_validate(path)
 
 
 def _ext_proc_filter(bootstrap: dict[str, Any]) -> dict[str, Any]:
