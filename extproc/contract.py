@@ -164,6 +164,8 @@ _BAD_VALUE = re.compile(r"[\r\n\x00]")
 _OUTPUT_KEYS = frozenset({"headers", "body", "immediate_response", "dynamic_metadata"})
 _MUTATION_KEYS = frozenset({"set", "append", "remove"})
 _IMMEDIATE_KEYS = frozenset({"status", "headers", "body", "grpc_status", "details"})
+_PAIR_KEYS = frozenset({"name", "value"})
+_BODY_KEYS = frozenset({"text", "data"})
 MAX_HEADER_VALUE = 64 * 1024
 
 
@@ -194,7 +196,7 @@ def validate_output(data: object) -> PluginOutput | None:
     obj = _mapping(data, "", _OUTPUT_KEYS)
     if not obj:
         return None
-    headers = _header_changes(obj["headers"], "headers") if "headers" in obj else None
+    headers = _header_changes(obj["headers"]) if "headers" in obj else None
     body = _body(obj["body"], "body") if "body" in obj else None
     immediate = _immediate(obj["immediate_response"]) if "immediate_response" in obj else None
     metadata = None
@@ -208,10 +210,9 @@ def _mapping(value: object, where: str, allowed: frozenset[str] | None) -> dict[
         return {}
     if not isinstance(value, dict):
         raise OutputError(where, f"must be an object, got {type(value).__name__}")
-    if allowed is not None:
+    if allowed is not None and not value.keys() <= allowed:
         unknown = sorted(set(value) - allowed)
-        if unknown:
-            raise OutputError(where, f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+        raise OutputError(where, f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
     return value
 
 
@@ -242,35 +243,43 @@ def header_value(value: object, where: str) -> str:
     return value
 
 
+def _at(where: str, index: int, exc: OutputError) -> OutputError:
+    """`exc`, raised about one list item, located at `where[index]`.
+
+    Item paths are built only for the error: on the request path every item is valid.
+    """
+    item = f"{where}[{index}]"
+    return OutputError(f"{item}.{exc.where}" if exc.where else item, exc.reason)
+
+
 def _pairs(value: object, where: str) -> tuple[Pair, ...]:
     pairs = []
     for index, item in enumerate(_list(value, where)):
-        at = f"{where}[{index}]"
-        entry = _mapping(item, at, frozenset({"name", "value"}))
-        pairs.append(
-            (
-                header_name(entry.get("name"), f"{at}.name"),
-                header_value(entry.get("value", ""), f"{at}.value"),
-            )
-        )
+        try:
+            entry = _mapping(item, "", _PAIR_KEYS)
+            pairs.append((header_name(entry.get("name"), "name"), header_value(entry.get("value", ""), "value")))
+        except OutputError as exc:
+            raise _at(where, index, exc) from None
     return tuple(pairs)
 
 
-def _header_changes(value: object, where: str) -> HeaderChanges:
-    obj = _mapping(value, where, _MUTATION_KEYS)
-    remove = tuple(
-        header_name(name, f"{where}.remove[{index}]")
-        for index, name in enumerate(_list(obj.get("remove"), f"{where}.remove"))
-    )
+def _header_changes(value: object) -> HeaderChanges:
+    obj = _mapping(value, "headers", _MUTATION_KEYS)
+    remove = []
+    for index, name in enumerate(_list(obj.get("remove"), "headers.remove")):
+        try:
+            remove.append(header_name(name, ""))
+        except OutputError as exc:
+            raise _at("headers.remove", index, exc) from None
     return HeaderChanges(
-        set=_pairs(obj.get("set"), f"{where}.set"),
-        append=_pairs(obj.get("append"), f"{where}.append"),
-        remove=remove,
+        set=_pairs(obj.get("set"), "headers.set"),
+        append=_pairs(obj.get("append"), "headers.append"),
+        remove=tuple(remove),
     )
 
 
 def _body(value: object, where: str) -> bytes:
-    obj = _mapping(value, where, frozenset({"text", "data"}))
+    obj = _mapping(value, where, _BODY_KEYS)
     if len(obj) != 1:
         raise OutputError(where, "must have exactly one of 'text' or 'data'")
     if "text" in obj:
@@ -350,7 +359,8 @@ def check_for_export(output: PluginOutput, export: Export) -> None:
                 _int(value, f"headers.set[{index}].value", 200, 599)
             elif not value:
                 raise OutputError(f"headers.set[{index}].value", f"{name} may not be empty")
-    for field, names in (("append", [name for name, _ in changes.append]), ("remove", list(changes.remove))):
-        for index, name in enumerate(names):
-            if name.startswith(":"):
-                raise OutputError(f"headers.{field}[{index}]", f"pseudo-header {name!r} may only be set")
+    if changes.append or changes.remove:
+        for field, names in (("append", [name for name, _ in changes.append]), ("remove", list(changes.remove))):
+            for index, name in enumerate(names):
+                if name.startswith(":"):
+                    raise OutputError(f"headers.{field}[{index}]", f"pseudo-header {name!r} may only be set")

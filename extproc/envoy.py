@@ -44,8 +44,9 @@ def _decode_value(header: Any) -> str:
         return str(raw.decode("latin-1"))
 
 
-def header_mutation(diff: HeaderDiff) -> ep.HeaderMutation:
-    mutation = ep.HeaderMutation(remove_headers=diff.removed)
+def fill_header_mutation(mutation: ep.HeaderMutation, diff: HeaderDiff) -> None:
+    if diff.removed:
+        mutation.remove_headers.extend(diff.removed)
     set_headers = mutation.set_headers
     for name, values in diff.replaced:
         for index, value in enumerate(values):
@@ -53,7 +54,6 @@ def header_mutation(diff: HeaderDiff) -> ep.HeaderMutation:
             option.header.key = name
             option.header.raw_value = value.encode()
             _set_append(option, index > 0)
-    return mutation
 
 
 def _set_append(option: Any, append: bool) -> None:

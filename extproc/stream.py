@@ -108,13 +108,13 @@ class ExchangeStream:
         if reply is not None:
             return self._immediate(reply)
         response = ep.ProcessingResponse(
-            request_headers=ep.HeadersResponse(response=self._common(exchange.request, route=True)),
             mode_override=envoy.mode_override(
                 request_body=wait_for_body,
                 response_headers=selection.response_headers,
                 response_body=selection.response_body,
             ),
         )
+        self._fill_common(response.request_headers, exchange.request, route=True)
         self._attach_metadata(response)
         return response
 
@@ -126,9 +126,8 @@ class ExchangeStream:
         reply = exchange.run(Export.RESPONSE_HEADERS)
         if reply is not None:
             return self._immediate(reply)
-        response = ep.ProcessingResponse(
-            response_headers=ep.HeadersResponse(response=self._common(exchange.response, route=False))
-        )
+        response = ep.ProcessingResponse()
+        self._fill_common(response.response_headers, exchange.response, route=False)
         self._attach_metadata(response)
         return response
 
@@ -158,16 +157,17 @@ class ExchangeStream:
             changed, new_body = exchange.response_body_changed, exchange.response_body
         if reply is not None:
             return self._immediate(reply)
-        common = ep.CommonResponse()
+        response = ep.ProcessingResponse()
+        body_response = getattr(response, field)
+        body_response.SetInParent()
         if changed or buffer.held:
             # Held chunks went out empty, so the last reply carries the whole body.
-            common.body_mutation.body = new_body or b""
+            body_response.response.body_mutation.body = new_body or b""
         if headers is not None and not buffer.held:
             # Headers can still change only while Envoy buffers the whole body.
             if changed and headers.first("content-length") is not None:
                 headers.apply(_content_length(len(new_body or b"")))
-            common.MergeFrom(self._common(headers, route=export is Export.REQUEST_BODY))
-        response = ep.ProcessingResponse(**{field: ep.BodyResponse(response=common)})
+            self._fill_common(body_response, headers, route=export is Export.REQUEST_BODY)
         self._attach_metadata(response)
         return response
 
@@ -187,14 +187,18 @@ class ExchangeStream:
         common = ep.CommonResponse(body_mutation=ep.BodyMutation(clear_body=True))
         return ep.ProcessingResponse(**{field: ep.BodyResponse(response=common)})
 
-    def _common(self, headers: HeaderList, *, route: bool) -> ep.CommonResponse:
+    def _fill_common(self, reply: ep.HeadersResponse | ep.BodyResponse, headers: HeaderList, *, route: bool) -> None:
+        """Put the plugins' net header change into `reply` (built in place: a nested message passed
+        to a constructor would be copied)."""
+        reply.SetInParent()
         if not headers.changed:
-            return ep.CommonResponse()
+            return
         diff = headers.diff()
         headers.rebase()
-        return ep.CommonResponse(
-            header_mutation=envoy.header_mutation(diff), clear_route_cache=route and diff.touches_route
-        )
+        common = reply.response
+        envoy.fill_header_mutation(common.header_mutation, diff)
+        if route and diff.touches_route:
+            common.clear_route_cache = True
 
     def _immediate(self, reply: ImmediateReply) -> ep.ProcessingResponse:
         metrics.STREAMS.immediate_response(reply.status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -14,13 +15,19 @@ class PoolExhausted(Exception):
 
 
 class InstancePool(Generic[T]):
-    """Creates instances on demand up to `max_size`; a caller over the limit waits for a free one."""
+    """Creates instances on demand up to `max_size`; a caller over the limit waits for a free one.
+
+    Taking and returning an idle instance costs no lock: `list.pop()` and `list.append()` are
+    atomic, and on the request path there is almost always an idle instance. The lock guards the
+    size count and the waiters only.
+    """
 
     def __init__(self, factory: Callable[[], T], max_size: int) -> None:
         self._factory = factory
         self._max_size = max_size
         self._idle: list[T] = []
         self._size = 0
+        self._waiters = 0
         self._cond = threading.Condition(threading.Lock())
 
     @property
@@ -34,12 +41,30 @@ class InstancePool(Generic[T]):
             self._idle.append(instance)
 
     def acquire(self, wait_seconds: float) -> T:
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
+        deadline = time.monotonic() + wait_seconds
         with self._cond:
-            if not self._cond.wait_for(self._can_acquire, timeout=wait_seconds):
-                raise PoolExhausted(f"all {self._max_size} instances busy for {wait_seconds:.3f}s")
-            if self._idle:
-                return self._idle.pop()
-            self._size += 1
+            # Counted before looking at the idle list, so that release() either sees this waiter
+            # or appended its instance before the look.
+            self._waiters += 1
+            try:
+                while True:
+                    try:
+                        return self._idle.pop()
+                    except IndexError:
+                        pass
+                    if self._size < self._max_size:
+                        self._size += 1
+                        break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise PoolExhausted(f"all {self._max_size} instances busy for {wait_seconds:.3f}s")
+                    self._cond.wait(remaining)
+            finally:
+                self._waiters -= 1
         try:
             # Instantiation takes about a millisecond: do it outside the lock.
             return self._factory()
@@ -47,13 +72,11 @@ class InstancePool(Generic[T]):
             self._forget()
             raise
 
-    def _can_acquire(self) -> bool:
-        return bool(self._idle) or self._size < self._max_size
-
     def release(self, instance: T) -> None:
-        with self._cond:
-            self._idle.append(instance)
-            self._cond.notify()
+        self._idle.append(instance)
+        if self._waiters:
+            with self._cond:
+                self._cond.notify()
 
     def discard(self, instance: T) -> None:
         """Drop an instance whose state can no longer be trusted (after a trap or timeout)."""
@@ -66,6 +89,12 @@ class InstancePool(Generic[T]):
             self._cond.notify()
 
     def clear(self) -> None:
+        """Drop the idle instances (at shutdown; instances still busy go with the pool itself)."""
         with self._cond:
-            self._size -= len(self._idle)
-            self._idle.clear()
+            # One pop at a time: an instance is either taken here or by a concurrent acquire(), never both.
+            while True:
+                try:
+                    self._idle.pop()
+                except IndexError:
+                    return
+                self._size -= 1
