@@ -81,6 +81,23 @@ def tree_cpu_seconds(root: int) -> float:
     return ticks / _TICKS_PER_S
 
 
+def tree_context_switches(root: int) -> int:
+    """Context switches (voluntary + involuntary) so far of every thread of ``root`` and its live
+    descendants. Threads that have exited are not counted; the servers' threads live as long as they do."""
+    total = 0
+    for pid in tree_pids(root):
+        for status in (_PROC / str(pid) / "task").glob("*/status"):
+            try:
+                lines = status.read_text().splitlines()
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # the thread ended between the listing and the read
+            for line in lines:
+                name, _, value = line.partition(":")
+                if name.endswith("ctxt_switches"):  # voluntary_ and nonvoluntary_
+                    total += int(value)
+    return total
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of one process (0 if it is gone)."""
     try:

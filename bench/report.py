@@ -31,6 +31,7 @@ class CaseResult:
     server_cpu_us: float | None = None  # per request, over the peak run; None without a server
     upstream_cpu_us: float | None = None
     server_rss_mb: float | None = None  # largest process of the server's tree after the peak run
+    server_switches: float | None = None  # context switches of the server's threads per request, peak run
     half: LoadResult | None = None  # wrk paced to half the peak rate
     half_envoy_cpu_us: float | None = None
     half_server_cpu_us: float | None = None
@@ -218,19 +219,20 @@ def _one_line(text: str) -> str:
 def case_table(results: Sequence[CaseResult]) -> str:
     envoy = next((r for r in results if r.name == "envoy" and r.status is Status.OK), None)
     lines = [
-        "| case | req/s | p50 ms | p99 ms | Envoy CPU us/req | server CPU us/req | server RSS MB "
-        "| half-peak req/s | half-peak p99 ms | p99 added ms | body MB/s | other load % |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| case | req/s | p50 ms | p99 ms | Envoy CPU us/req | server CPU us/req | server switches/req "
+        "| server RSS MB | half-peak req/s | half-peak p99 ms | p99 added ms | body MB/s | other load % |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         if r.status is not Status.OK or r.peak is None:
-            lines.append(f"| {r.title} | {r.status.value}: {_one_line(r.detail)} | | | | | | | | | | |")
+            lines.append(f"| {r.title} | {r.status.value}: {_one_line(r.detail)} | | | | | | | | | | | |")
             continue
         half = r.half
         added = p99_added_ms(r, envoy) if r.name != "envoy" else None
         lines.append(
             f"| {r.title} | {_num(r.peak.rps)} | {_ms(r.peak.p50_us)} | {_ms(r.peak.p99_us)} "
-            f"| {_num(r.envoy_cpu_us)} | {_num(r.server_cpu_us)} | {_num(r.server_rss_mb)} "
+            f"| {_num(r.envoy_cpu_us)} | {_num(r.server_cpu_us)} | {_num(r.server_switches, 1)} "
+            f"| {_num(r.server_rss_mb)} "
             f"| {_num(half.rps if half else None)} | {_ms(half.p99_us if half else None)} "
             f"| {_num(added, 2)} | {_num(r.body_mb_per_s, 1)} | {_num(r.other_load_pct)} |"
         )

@@ -189,24 +189,36 @@ class _CpuWindow:
         self._pids[_OURS] = os.getpid()
         self._start: dict[str, float] = {}
         self._start_busy = self._start_wall = 0.0
+        self._start_switches = 0
         self.used: dict[str, float] = {}
         self.other_load_pct = 0.0
+        self.server_switches: int | None = None
 
     def _now(self) -> tuple[dict[str, float], float, float]:
         used = {name: procstat.tree_cpu_seconds(pid) for name, pid in self._pids.items()}
         return used, procstat.machine_busy_seconds(), time.monotonic()
 
+    def _server_switches(self) -> int:
+        server = self._pids.get("server")
+        return procstat.tree_context_switches(server) if server is not None else 0
+
     def start(self) -> None:
+        self._start_switches = self._server_switches()
         self._start, self._start_busy, self._start_wall = self._now()
 
     def stop(self) -> None:
         end, busy, wall = self._now()
+        if "server" in self._pids:
+            self.server_switches = self._server_switches() - self._start_switches
         self.used = {name: end[name] - self._start[name] for name in self._pids}
         foreign = (busy - self._start_busy) - self.used[_OURS]
         self.other_load_pct = max(0.0, 100 * foreign / ((wall - self._start_wall) * (os.cpu_count() or 1)))
 
     def per_request_us(self, name: str, requests: int) -> float | None:
         return self.used[name] / requests * 1e6 if name in self.used and requests else None
+
+    def server_switches_per_request(self, requests: int) -> float | None:
+        return self.server_switches / requests if self.server_switches is not None and requests else None
 
 
 def _check(result: LoadResult, what: str, running: Running) -> None:
@@ -255,6 +267,7 @@ def _measure(case: Case, settings: Settings, running: Running, upstream: Managed
         server_cpu_us=window.per_request_us("server", peak.requests),
         upstream_cpu_us=window.per_request_us("upstream", peak.requests),
         server_rss_mb=rss,
+        server_switches=window.server_switches_per_request(peak.requests),
         half=half,
         half_envoy_cpu_us=half_window.per_request_us("envoy", half.requests),
         half_server_cpu_us=half_window.per_request_us("server", half.requests),

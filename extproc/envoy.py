@@ -111,12 +111,16 @@ def _value(value: struct_pb2.Value) -> Any:
 def attributes(request: ep.ProcessingRequest) -> dict[str, Any]:
     """Envoy groups attributes by filter name; plugins get one flat map keyed by attribute name."""
     flat: dict[str, Any] = {}
+    if not request.attributes:
+        return flat
     for struct in request.attributes.values():
         flat.update(struct_to_dict(struct))
     return flat
 
 
 def metadata_context(request: ep.ProcessingRequest) -> dict[str, Any]:
+    if not request.HasField("metadata_context"):
+        return {}
     return {name: struct_to_dict(struct) for name, struct in request.metadata_context.filter_metadata.items()}
 
 
