@@ -68,12 +68,17 @@ def proxy_bootstrap(
     extproc_port: int,
     extproc_workers: int = 1,
     per_route_disabled_prefixes: Sequence[str] = (),
+    message_timeout_ms: int | None = None,
 ) -> dict[str, Any]:
     """The Envoy under test. ``extproc_port`` is unused (but must be given) without the ext_proc filter.
 
     With ``extproc_workers`` > 1 the ext_proc cluster lists one endpoint per worker (worker i of
     ``extproc serve --workers N`` listens on the port + i) and spreads streams round robin.
+    ``message_timeout_ms`` replaces the e2e bootstrap's ext_proc message timeout (for a server slowed
+    down on purpose, e.g. under valgrind).
     """
+    # Only when given: the e2e bootstrap's default stays the single source of the timeout.
+    timeout: dict[str, Any] = {} if message_timeout_ms is None else {"message_timeout_ms": message_timeout_ms}
     endpoints = [
         {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": extproc_port + i}}}}
         for i in range(extproc_workers)
@@ -84,6 +89,7 @@ def proxy_bootstrap(
         upstream_port=upstream_port,
         extproc_port=extproc_port,
         per_route_disabled_prefixes=per_route_disabled_prefixes,
+        **timeout,
         extproc_cluster={
             "lb_policy": "ROUND_ROBIN",
             "load_assignment": {"cluster_name": "extproc", "endpoints": [{"lb_endpoints": endpoints}]},

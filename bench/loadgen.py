@@ -207,6 +207,8 @@ def parse_h2load_log(text: str, duration_s: float) -> LoadResult:
 def run_h2load(base_url: str, load: Load, *, requests: int, connections: int, work_dir: Path) -> LoadResult:
     """Exactly ``requests`` HTTP/1.1 requests, as fast as ``connections`` connections go."""
     log_path = work_dir / "h2load.log"
+    # h2load appends to an existing log: a second run in the same folder would count the first's requests.
+    log_path.unlink(missing_ok=True)
     argv = ["h2load", "--h1", f"-c{connections}", f"-n{requests}", f"--log-file={log_path}"]
     if load.body_bytes:
         argv += ["-H", "content-type: text/plain", "-d", str(body_file(work_dir, load.body_bytes))]
