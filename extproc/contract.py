@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,16 +34,17 @@ class Export(StrEnum):
     RESPONSE_HEADERS = "process_response_headers"
     RESPONSE_BODY = "process_response_body"
 
-    @property
+    # Cached: read several times per request, and a cached value is a plain attribute read.
+    @functools.cached_property
     def phase_name(self) -> str:
         """The `phase` value the plugin sees in its input."""
         return _PHASE_NAMES[self]
 
-    @property
+    @functools.cached_property
     def is_response(self) -> bool:
         return self in (Export.RESPONSE_HEADERS, Export.RESPONSE_BODY)
 
-    @property
+    @functools.cached_property
     def is_body(self) -> bool:
         return self in (Export.REQUEST_BODY, Export.RESPONSE_BODY)
 

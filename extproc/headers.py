@@ -19,8 +19,8 @@ class HeaderDiff:
 
     @property
     def touches_route(self) -> bool:
-        return any(name in ROUTING_HEADERS for name, _ in self.replaced) or any(
-            name in ROUTING_HEADERS for name in self.removed
+        return not ROUTING_HEADERS.isdisjoint([name for name, _ in self.replaced]) or not ROUTING_HEADERS.isdisjoint(
+            self.removed
         )
 
 

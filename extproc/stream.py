@@ -7,6 +7,7 @@ sends gets exactly one reply.
 from __future__ import annotations
 
 import logging
+from collections.abc import Set as AbstractSet
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
@@ -19,6 +20,7 @@ from extproc.plugins.registry import PluginSet
 log = logging.getLogger("extproc.stream")
 
 _EMPTY_HEADERS_REPLY = ep.HeadersResponse()
+_NONE: frozenset[str] = frozenset()
 _TOO_LARGE = ImmediateReply(
     status=413,
     headers=(("content-type", "text/plain"),),
@@ -60,8 +62,9 @@ class ExchangeStream:
         self._max_body_bytes = max_body_bytes
         self._exchange: Exchange | None = None
         self._is_grpc = False
-        self._partial_modes: set[str] = set()
-        self._bodies = {"request_body": BodyBuffer(), "response_body": BodyBuffer()}
+        self._partial_modes: AbstractSet[str] = _NONE
+        # Made on a body's first chunk: most exchanges have no body phase.
+        self._bodies: dict[str, BodyBuffer] = {}
 
     def handle(self, request: ep.ProcessingRequest) -> ep.ProcessingResponse:
         kind = request.WhichOneof("request")
@@ -134,7 +137,7 @@ class ExchangeStream:
     def _body(self, message: ep.HttpBody, export: Export) -> ep.ProcessingResponse:
         field = "request_body" if export is Export.REQUEST_BODY else "response_body"
         exchange = self._exchange
-        buffer = self._bodies[field]
+        buffer = self._bodies.get(field) or self._bodies.setdefault(field, BodyBuffer())
         if exchange is None or buffer.passthrough:
             # No plugin wants this exchange (Envoy ignored our mode override), or the body outgrew the buffer.
             return ep.ProcessingResponse(**{field: ep.BodyResponse()})

@@ -123,7 +123,8 @@ class LoadedPlugin:
             raise PluginCallError(self.name, export.value, classify(exc), f"new instance: {exc}") from None
         self.host.begin_call()
         try:
-            raw = instance.call(export.value, data, host_context=self.host)
+            # The export itself is the name (a StrEnum): `.value` is a descriptor call per request.
+            raw = instance.call(export, data, host_context=self.host)
         except extism.Error as exc:
             # A trapped or interrupted instance may hold half-updated state: never reuse it.
             self.pool.discard(instance)
