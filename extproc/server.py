@@ -65,6 +65,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     streams.immediate_response(_INTERNAL_ERROR.status)
                     yield envoy.immediate_response(_INTERNAL_ERROR, is_grpc=False)
                     return
+                if stream.done:
+                    # Ending the stream cleanly lets Envoy go on without us, and frees this thread
+                    # now instead of when the upstream has answered.
+                    return
         finally:
             streams.finished()
             if bound:

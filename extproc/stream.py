@@ -65,6 +65,9 @@ class ExchangeStream:
         self._partial_modes: AbstractSet[str] = _NONE
         # Made on a body's first chunk: most exchanges have no body phase.
         self._bodies: dict[str, BodyBuffer] = {}
+        # No plugin needs anything more from this exchange: the server may end the stream, and
+        # Envoy then goes on without it (it would only get empty replies from here on).
+        self.done = False
 
     def handle(self, request: ep.ProcessingRequest) -> ep.ProcessingResponse:
         kind = request.WhichOneof("request")
@@ -97,6 +100,7 @@ class ExchangeStream:
             pairs,
         )
         if not selection.plugins:
+            self.done = True
             return ep.ProcessingResponse(
                 request_headers=_EMPTY_HEADERS_REPLY,
                 mode_override=envoy.mode_override(request_body=False, response_headers=False, response_body=False),
@@ -110,6 +114,7 @@ class ExchangeStream:
             reply = exchange.run(Export.GENERATE_RESPONSE)
         if reply is not None:
             return self._immediate(reply)
+        self.done = not (wait_for_body or selection.response_headers or selection.response_body)
         response = ep.ProcessingResponse(
             mode_override=envoy.mode_override(
                 request_body=wait_for_body,
@@ -129,6 +134,7 @@ class ExchangeStream:
         reply = exchange.run(Export.RESPONSE_HEADERS)
         if reply is not None:
             return self._immediate(reply)
+        self.done = not exchange.selection.response_body
         response = ep.ProcessingResponse()
         self._fill_common(response.response_headers, exchange.response, route=False)
         self._attach_metadata(response)
@@ -160,6 +166,8 @@ class ExchangeStream:
             changed, new_body = exchange.response_body_changed, exchange.response_body
         if reply is not None:
             return self._immediate(reply)
+        selection = exchange.selection
+        self.done = export is Export.RESPONSE_BODY or not (selection.response_headers or selection.response_body)
         response = ep.ProcessingResponse()
         body_response = getattr(response, field)
         body_response.SetInParent()
@@ -204,6 +212,7 @@ class ExchangeStream:
             common.clear_route_cache = True
 
     def _immediate(self, reply: ImmediateReply) -> ep.ProcessingResponse:
+        self.done = True  # Envoy sends nothing after an immediate response
         metrics.STREAMS.immediate_response(reply.status)
         response = envoy.immediate_response(reply, self._is_grpc)
         self._attach_metadata(response)

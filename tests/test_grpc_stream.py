@@ -152,19 +152,36 @@ def test_failing_plugin_answers_503(connect: Any, plugin_dir: Path, plugin_name:
     assert b"plugin" not in reply.immediate_response.body.lower()
 
 
-def test_response_phases_and_trailers(connect: Any, plugin_dir: Path) -> None:
+RESPONSE_HEADERS = ep.ProcessingRequest(
+    response_headers=ep.HttpHeaders(
+        headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=":status", raw_value=b"200")])
+    )
+)
+RESPONSE_TRAILERS = ep.ProcessingRequest(response_trailers=ep.HttpTrailers())
+
+
+def test_response_headers_phase_then_the_stream_ends(connect: Any, plugin_dir: Path) -> None:
     output = {"headers": {"set": [{"name": ":status", "value": "201"}]}}
     stub = connect(scripted(plugin_dir, process_response_headers=output))
-    response_headers = ep.ProcessingRequest(
-        response_headers=ep.HttpHeaders(
-            headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=":status", raw_value=b"200")])
-        )
-    )
-    trailers = ep.ProcessingRequest(response_trailers=ep.HttpTrailers())
-    first, second, third = exchange(stub, headers(*REQUEST, end_of_stream=True), response_headers, trailers)
+    # The trailers go unanswered: no plugin needs anything after the response headers, so the
+    # server ends the stream cleanly and Envoy goes on without it.
+    first, second = exchange(stub, headers(*REQUEST, end_of_stream=True), RESPONSE_HEADERS, RESPONSE_TRAILERS)
     assert first.mode_override.response_header_mode == ProcessingMode.SEND
     [option] = second.response_headers.response.header_mutation.set_headers
     assert (option.header.key, option.header.raw_value) == (":status", b"201")
+
+
+def test_header_only_plugins_end_the_stream_after_the_request_headers(connect: Any, plugin_dir: Path) -> None:
+    stub = connect(scripted(plugin_dir, process_request_headers={}))
+    [reply] = exchange(stub, headers(*REQUEST, end_of_stream=True), RESPONSE_HEADERS)
+    assert reply.HasField("request_headers")
+
+
+def test_trailers_get_an_empty_reply_while_a_plugin_waits_for_more(connect: Any, plugin_dir: Path) -> None:
+    stub = connect(scripted(plugin_dir, process_response_body={}))
+    first, second, third = exchange(stub, headers(*REQUEST, end_of_stream=True), RESPONSE_HEADERS, RESPONSE_TRAILERS)
+    assert first.mode_override.response_body_mode == ProcessingMode.BUFFERED
+    assert second.HasField("response_headers")
     assert third.HasField("response_trailers")
 
 
