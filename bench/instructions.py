@@ -1,12 +1,18 @@
 """Instructions per request of an ext_proc server, by shared object and by function: callgrind counts.
 
-Run as ``python bench/instructions.py [--requests N]``. CPU time per request varies by about ±15 %
-between runs on a shared VM; the number of instructions executed (callgrind's ``Ir``) hardly does.
-For each variant, ``noop`` (bench/noop_server.py, the floor) and ``extproc`` (``extproc serve`` with
-the bench's one-header-plugin config), the server runs under ``valgrind --tool=callgrind`` behind
-the bench's Envoy and direct_response upstream (as in bench/run.py). h2load sends a warm-up, the
-counters are zeroed, h2load sends N requests (4 connections: valgrind runs the server about 30x
-slower), and the counters are dumped. Start-up, warm-up and shutdown are not counted.
+Run as ``python bench/instructions.py [--cases header,header3,generate,nomatch] [--requests N]``.
+CPU time per request varies by about ±15 % between runs on a shared VM; the number of instructions
+executed (callgrind's ``Ir``) hardly does, so it can tell apart cases that CPU time cannot.
+The variants are ``noop`` (bench/noop_server.py, the floor) and one ``extproc serve`` per chosen
+bench case (bench/cases.py: its plugins and its request path; cases without a body, workers or
+bypass). Each server runs under ``valgrind --tool=callgrind`` behind the bench's Envoy and
+direct_response upstream (as in bench/run.py). h2load sends a warm-up, the counters are zeroed,
+h2load sends N requests (3 connections: valgrind runs the server about 30x slower), and the
+counters are dumped. Start-up, warm-up and shutdown are not counted.
+
+The report gives each variant's Ir per request against the no-op's, the issue's targets as
+instruction ratios (header/noop <= 1.0, header3/noop <= 1.25, generate/header <= 1.0; those whose
+cases ran), and each case's difference from the no-op by shared object and by function.
 
 Counted: user-space instructions of every thread of the server. Not counted: the kernel (syscalls,
 context switches, epoll), which CPU time includes. Each variant runs with ``PYTHONHASHSEED=0``;
@@ -35,15 +41,17 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
-from collections.abc import Iterable, Iterator  # noqa: E402
+from collections.abc import Iterable, Iterator, Mapping  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 from bench import loadgen, procstat  # noqa: E402
-from bench.cases import server_config  # noqa: E402
+from bench.cases import CASES, Case, Kind, server_config  # noqa: E402
 from bench.envoy_configs import ProxyFilter, proxy_bootstrap, upstream_bootstrap  # noqa: E402
 from bench.loadgen import Load, LoadError, LoadResult  # noqa: E402
 from bench.run import NOOP_SERVER, _envoy, _write_yaml, machine  # noqa: E402
+from extproc.config import Config, ExecutionPoint, load_config  # noqa: E402
+from extproc.contract import Export  # noqa: E402
 from tests.e2e.envoy_config import EXT_PROC_STATS  # noqa: E402
 from tests.e2e.harness import (  # noqa: E402
     ManagedProcess,
@@ -58,8 +66,12 @@ from tests.e2e.harness import (  # noqa: E402
 # mypy takes tests/plugins/build/ (the output folder) for a namespace package; Python imports build.py.
 from tests.plugins.build import ensure_built  # type: ignore[attr-defined]  # noqa: E402
 
-VARIANTS = ("noop", "extproc")
-CONNECTIONS = 4
+NOOP = next(case for case in CASES if case.kind is Kind.NOOP)
+DEFAULT_CASES = "header"
+# Valgrind gives the server 128 GiB of address space and each Extism instance reserves three 4 GiB
+# memory regions, so about 10 instances fit. A plugin's pool grows to the number of concurrent calls,
+# at most one per connection: 3 connections keep header3's three pools at 9 instances (4 did not fit).
+CONNECTIONS = 3
 TOP_N = 15
 # Objects below this in both variants share one row of the Markdown table (the JSON lists them all).
 MIN_ROW_IR = 100
@@ -217,6 +229,114 @@ def object_role(path: str) -> str:
     return next((role for mark, role in OBJECT_ROLES if mark in path), OTHER_ROLE)
 
 
+# --- cases, plugin calls and targets (pure; unit-tested) ---------------------------------------------
+
+
+def measurable(case: Case) -> bool:
+    """A case this script can run: our server, bodiless GETs, one process, every request through it.
+
+    Body cases would need a body phase the expected plugin calls do not model; worker and bypass
+    cases need a port range or an Envoy route this script does not set up.
+    """
+    return case.kind is Kind.SERVER and not case.body_bytes and case.workers is None and not case.bypass_prefixes
+
+
+def parse_cases(text: str) -> tuple[Case, ...]:
+    """Comma-separated case names, in the order given, each once."""
+    by_name = {case.name: case for case in CASES if measurable(case)}
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in by_name]
+    if unknown or not names:
+        raise ValueError(f"unknown or unsupported cases {unknown} (choose from {', '.join(by_name)})")
+    return tuple(by_name[name] for name in dict.fromkeys(names))
+
+
+# Execution points a matching plugin runs exactly once on a bodiless GET, with the export each calls:
+# request headers always, then generate_response (stream.py asks it once every request_headers call
+# has returned without a reply).
+_ONCE_PER_GET = {
+    ExecutionPoint.REQUEST_HEADERS: Export.REQUEST_HEADERS,
+    ExecutionPoint.GENERATE_RESPONSE: Export.GENERATE_RESPONSE,
+}
+
+
+def expected_plugin_calls(config: Config, path: str) -> dict[tuple[str, str], int]:
+    """Plugin calls per bodiless ``GET path``, by (plugin, export): the server's counter labels.
+
+    Derived from the config with the server's own match rules, so a run whose plugins ran more or
+    less often than the config says (a missed match, a retry, a call counted twice) fails the check
+    instead of skewing Ir per request. Refused, because the count would then depend on something the
+    config does not fix: execution points left to the module's exports or other than request headers
+    and generate_response (response phases do not run after a generated reply), host or header match
+    rules (h2load's exact request headers), and a second generate plugin (the first reply ends it).
+    """
+    calls: dict[tuple[str, str], int] = {}
+    for plugin in config.plugins:
+        points = plugin.execution_points
+        if points is None or not points <= _ONCE_PER_GET.keys():
+            listed = "none, so every export" if points is None else ", ".join(sorted(points))
+            raise ValueError(
+                f"plugin {plugin.name!r}: execution points {listed}; supported: {', '.join(_ONCE_PER_GET)}"
+            )
+        if plugin.match.hosts or plugin.match.headers:
+            raise ValueError(f"plugin {plugin.name!r}: host or header match rules")
+        if plugin.enabled and plugin.match.matches("GET", path, "", {}):
+            calls |= {(plugin.name, _ONCE_PER_GET[point].value): 1 for point in sorted(points)}
+    if sum(export == Export.GENERATE_RESPONSE.value for _, export in calls) > 1:
+        raise ValueError(f"more than one generate_response plugin matches {path}")
+    return calls
+
+
+def plugin_calls(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float]) -> dict[tuple[str, str], int]:
+    """The server's plugin call counters from its scraped /metrics, by (plugin, export)."""
+    calls: Counter[tuple[str, str]] = Counter()
+    for (name, labels), value in samples.items():
+        if name == "extproc_plugin_calls_total":
+            label = dict(labels)
+            calls[(label["plugin"], label["phase"])] += int(value)
+    return dict(calls)
+
+
+def counter_delta(before: Mapping[Any, int], after: Mapping[Any, int]) -> dict[Any, int]:
+    """What counters moved between two scrapes (counters that never moved are absent from both)."""
+    return {key: moved for key, value in after.items() if (moved := value - before.get(key, 0))}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of the issue's CPU targets, as instructions: case Ir/request over baseline Ir/request."""
+
+    case: str
+    baseline: str
+    limit: float
+    ratio: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.case}/{self.baseline}"
+
+    @property
+    def passed(self) -> bool:
+        return self.ratio <= self.limit
+
+
+# (case, baseline, highest ratio allowed)
+TARGETS: tuple[tuple[str, str, float], ...] = (
+    ("header", "noop", 1.0),
+    ("header3", "noop", 1.25),
+    ("generate", "header", 1.0),
+)
+
+
+def targets(ir_per_request: Mapping[str, float]) -> list[Target]:
+    """The targets whose case and baseline were both measured, from Ir per request by variant."""
+    return [
+        Target(case, baseline, limit, ir_per_request[case] / ir_per_request[baseline])
+        for case, baseline, limit in TARGETS
+        if case in ir_per_request and baseline in ir_per_request
+    ]
+
+
 # --- measuring ------------------------------------------------------------------------------------------
 
 
@@ -230,11 +350,12 @@ class Settings:
 
 @dataclass(frozen=True)
 class Measured:
-    variant: str
+    variant: str  # the case's name
     requests: int
     load: LoadResult
     envoy_ext_proc: dict[str, int]  # Envoy's ext_proc counters over the measured run
-    plugin_calls: int | None  # the server's plugin call counter over the measured run (extproc only)
+    # The server's plugin call counters over the measured run, by "plugin export" (None for the no-op).
+    plugin_calls: dict[str, int] | None
     plugin_failures: int | None
     callgrind_file: Path
     profile: Profile
@@ -290,29 +411,30 @@ def _ext_proc_counters(stack: Stack) -> dict[str, int]:
     return {name.removeprefix(EXT_PROC_STATS + "."): v for name, v in stack.envoy_stats(EXT_PROC_STATS + ".").items()}
 
 
-def _plugin_counters(admin_url: str) -> tuple[int, int]:
+def _plugin_counters(admin_url: str) -> tuple[dict[tuple[str, str], int], int]:
     samples = scrape_metrics(admin_url)
-    calls = sum(v for (name, _), v in samples.items() if name == "extproc_plugin_calls_total")
     failures = sum(v for (name, _), v in samples.items() if name == "extproc_plugin_failures_total")
-    return int(calls), int(failures)
+    return plugin_calls(samples), int(failures)
 
 
-def _server_argv(variant: str, settings: Settings, port: int, admin_port: int) -> list[str]:
-    if variant == "noop":
-        return [sys.executable, str(NOOP_SERVER), "--port", str(port)]
-    config = server_config(("header",), settings.plugin_dir)
-    # The admin endpoint's counters show the plugin ran once per request. It is scraped outside the
+def _write_server_config(case: Case, settings: Settings, admin_port: int) -> Path:
+    config = server_config(case.plugins, settings.plugin_dir)
+    # The admin endpoint's counters show how often each plugin ran. It is scraped outside the
     # window; its idle thread wakes twice a second, a few hundred Ir per request at most.
     config["server"]["admin_listen"] = f"127.0.0.1:{admin_port}"
-    return default_server_cmd(_write_yaml(settings.work / variant / "extproc.yaml", config), port)
+    return _write_yaml(settings.work / case.name / "extproc.yaml", config)
 
 
 @contextlib.contextmanager
-def _stack(variant: str, settings: Settings, upstream_port: int, server_admin_port: int) -> Iterator[Stack]:
-    work = settings.work / variant
+def _stack(case: Case, config_path: Path | None, work: Path, upstream_port: int) -> Iterator[Stack]:
+    """``config_path`` None: the no-op server."""
     out_file = work / "callgrind.out"
     port, listen_port, admin_port = free_port(), free_port(), free_port()
-    argv = _valgrind_argv(out_file) + _server_argv(variant, settings, port, server_admin_port)
+    if config_path is None:
+        server_argv = [sys.executable, str(NOOP_SERVER), "--port", str(port)]
+    else:
+        server_argv = default_server_cmd(config_path, port)
+    argv = _valgrind_argv(out_file) + server_argv
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONHASHSEED": "0"}
     bootstrap = proxy_bootstrap(
         proxy_filter=ProxyFilter.EXT_PROC,
@@ -322,7 +444,7 @@ def _stack(variant: str, settings: Settings, upstream_port: int, server_admin_po
         extproc_port=port,
         message_timeout_ms=MESSAGE_TIMEOUT_MS,
     )
-    with ManagedProcess(variant, argv, work / "server.log", env=env, cwd=REPO_ROOT) as server:
+    with ManagedProcess(case.name, argv, work / "server.log", env=env, cwd=REPO_ROOT) as server:
         wait_for_port("127.0.0.1", port, STARTUP_TIMEOUT_S, process=server)
         # Stopped before the server: Envoy never sees the server vanish under live streams.
         with _envoy("envoy", bootstrap, work, listen_port) as envoy:
@@ -339,11 +461,11 @@ def _stack(variant: str, settings: Settings, upstream_port: int, server_admin_po
             )
 
 
-def _h2load(stack: Stack, requests: int, what: str, work: Path) -> LoadResult:
+def _h2load(stack: Stack, load: Load, requests: int, what: str, work: Path) -> LoadResult:
     # A folder per run: h2load appends to its --log-file, which would mix the runs' requests.
     run_dir = work / what.replace(" ", "-")
     run_dir.mkdir(parents=True, exist_ok=True)
-    result = loadgen.run_h2load(stack.url, Load(), requests=requests, connections=CONNECTIONS, work_dir=run_dir)
+    result = loadgen.run_h2load(stack.url, load, requests=requests, connections=CONNECTIONS, work_dir=run_dir)
     if result.errors or result.requests != requests:
         raise LoadError(
             f"{what}: {result.errors} of {result.requests} requests failed ({requests} sent)\n"
@@ -353,36 +475,47 @@ def _h2load(stack: Stack, requests: int, what: str, work: Path) -> LoadResult:
     return result
 
 
-def measure(variant: str, settings: Settings, upstream_port: int) -> Measured:
-    work = settings.work / variant
+def measure(case: Case, settings: Settings, upstream_port: int) -> Measured:
+    work = settings.work / case.name
     server_admin_port = free_port()
     admin_url = f"http://127.0.0.1:{server_admin_port}"
-    with _stack(variant, settings, upstream_port, server_admin_port) as stack:
+    config_path = None if case.kind is Kind.NOOP else _write_server_config(case, settings, server_admin_port)
+    # Before the slow start under valgrind: a case the check cannot model fails at once.
+    expected = None if config_path is None else expected_plugin_calls(load_config(config_path), case.load.path)
+    with _stack(case, config_path, work, upstream_port) as stack:
         pid = stack.server.pid
         assert pid is not None
-        _h2load(stack, settings.warmup, "warm-up", work)
+        _h2load(stack, case.load, settings.warmup, "warm-up", work)
         _wait_idle(pid)
         envoy_before = _ext_proc_counters(stack)
-        plugins_before = _plugin_counters(admin_url) if variant == "extproc" else None
+        plugins_before = _plugin_counters(admin_url) if expected is not None else None
         _callgrind_control(pid, "--zero")
-        load = _h2load(stack, settings.requests, "measured run", work)
+        load = _h2load(stack, case.load, settings.requests, "measured run", work)
         _wait_idle(pid)
         _callgrind_control(pid, "--dump")
         maps = Path(f"/proc/{pid}/maps").read_text()
         envoy_after = _ext_proc_counters(stack)
-        plugins_after = _plugin_counters(admin_url) if plugins_before is not None else None
+        plugins_after = _plugin_counters(admin_url) if expected is not None else None
     envoy_counters = {name: envoy_after[name] - envoy_before.get(name, 0) for name in sorted(envoy_after)}
-    _check_envoy(variant, envoy_counters, settings.requests)
-    calls = failures = None
-    if plugins_before is not None and plugins_after is not None:
-        calls, failures = plugins_after[0] - plugins_before[0], plugins_after[1] - plugins_before[1]
-        if calls != settings.requests or failures:
-            raise RuntimeError(f"{variant}: {calls} plugin calls ({failures} failed) for {settings.requests} requests")
+    _check_envoy(case.name, envoy_counters, settings.requests)
+    calls: dict[str, int] | None = None
+    failures = None
+    if expected is not None and plugins_before is not None and plugins_after is not None:
+        moved = counter_delta(plugins_before[0], plugins_after[0])
+        failures = plugins_after[1] - plugins_before[1]
+        # Exact per plugin and export: each matching plugin once per request, the others never.
+        wanted = {key: n * settings.requests for key, n in expected.items()}
+        if moved != wanted or failures:
+            raise RuntimeError(
+                f"{case.name}: plugin calls {moved} ({failures} failed) over {settings.requests} requests; "
+                f"the config says {wanted}"
+            )
+        calls = {f"{plugin} {export}": n for (plugin, export), n in sorted(moved.items())}
     (work / "maps.txt").write_text(maps)
     dump = work / "callgrind.out.1"
     with dump.open() as lines:
         profile = attribute_unknown(parse_callgrind(lines), parse_maps(maps))
-    return Measured(variant, settings.requests, load, envoy_counters, calls, failures, dump, profile)
+    return Measured(case.name, settings.requests, load, envoy_counters, calls, failures, dump, profile)
 
 
 def _check_envoy(variant: str, counters: dict[str, int], requests: int) -> None:
@@ -406,83 +539,152 @@ def _roles(profile: Profile) -> dict[str, str]:
     return {object_name(path): object_role(path) for path in profile.by_object}
 
 
-def _top_functions(profile: Profile, requests: int) -> list[dict[str, Any]]:
+def ir_per_request(results: Mapping[str, Measured]) -> dict[str, float]:
+    return {name: result.profile.total / result.requests for name, result in results.items()}
+
+
+def _top_functions(result: Measured, baseline: Measured | None) -> list[dict[str, Any]]:
+    """The most costly functions by self Ir; with ``baseline``, each one's Ir/request there too."""
+    profile, requests = result.profile, result.requests
     ranked = sorted(profile.by_function.items(), key=lambda item: -item[1])[:TOP_N]
-    return [
-        {"function": fn, "object": object_name(ob), "ir_per_request": cost / requests, "share": cost / profile.total}
-        for (ob, fn), cost in ranked
-    ]
+    rows = []
+    for key, cost in ranked:
+        row = {
+            "function": key[1],
+            "object": object_name(key[0]),
+            "ir_per_request": cost / requests,
+            "share": cost / profile.total,
+        }
+        if baseline is not None:
+            row[f"{baseline.variant}_ir_per_request"] = baseline.profile.by_function.get(key, 0) / baseline.requests
+        rows.append(row)
+    return rows
 
 
 def _n(value: float) -> str:
     return f"{value:,.0f}"
 
 
-def render(results: dict[str, Measured], header: str) -> str:
-    noop, ours = results["noop"], results["extproc"]
+def _total_lines(ir: Mapping[str, float]) -> list[str]:
+    floor = ir[NOOP.name]
+    lines = ["## Total\n", "| variant | Ir/request | vs noop |", "| --- | ---: | ---: |"]
+    lines += [f"| {name} | {_n(value)} | {value / floor:.2f}x |" for name, value in ir.items()]
+    return lines
+
+
+def _target_lines(ir: Mapping[str, float]) -> list[str]:
+    found = targets(ir)
+    if not found:
+        return []
+    lines = ["\n## Targets (in instructions)\n"]
+    lines += ["| target | Ir/request | baseline Ir/request | ratio | limit | result |"]
+    lines += ["| --- | ---: | ---: | ---: | ---: | --- |"]
+    for target in found:
+        lines.append(
+            f"| {target.case} / {target.baseline} | {_n(ir[target.case])} | {_n(ir[target.baseline])} "
+            f"| {target.ratio:.3f}x | <= {target.limit:.2f}x | {'PASS' if target.passed else 'MISS'} |"
+        )
+    return lines
+
+
+def _object_lines(noop: Measured, ours: Measured) -> list[str]:
     noop_objects, our_objects = per_request(noop.profile, noop.requests), per_request(ours.profile, ours.requests)
     roles = _roles(noop.profile) | _roles(ours.profile)
-    noop_total, our_total = noop.profile.total / noop.requests, ours.profile.total / ours.requests
-    extra = our_total - noop_total
-    lines = [header, "## Total\n", "| variant | Ir/request | vs noop |", "| --- | ---: | ---: |"]
-    lines += [f"| noop | {_n(noop_total)} | 1.00x |", f"| extproc | {_n(our_total)} | {our_total / noop_total:.2f}x |"]
-    lines += ["\n## By shared object (Ir per request)\n"]
-    lines += ["| object | what | noop | extproc | extproc - noop | share of the difference |"]
+    extra = ours.profile.total / ours.requests - noop.profile.total / noop.requests
+    name = ours.variant
+    lines = [f"\n## By shared object: {name} vs noop (Ir per request)\n"]
+    lines += [f"| object | what | noop | {name} | {name} - noop | share of the difference |"]
     lines += ["| --- | --- | ---: | ---: | ---: | ---: |"]
     rows: list[tuple[str, str, float, float]] = []
     small: list[tuple[float, float]] = []
-    for name in sorted(roles, key=lambda n: -max(noop_objects.get(n, 0), our_objects.get(n, 0))):
-        a, b = noop_objects.get(name, 0.0), our_objects.get(name, 0.0)
+    for obj in sorted(roles, key=lambda n: -max(noop_objects.get(n, 0), our_objects.get(n, 0))):
+        a, b = noop_objects.get(obj, 0.0), our_objects.get(obj, 0.0)
         if max(a, b) >= MIN_ROW_IR:
-            rows.append((f"`{name}`", roles[name], a, b))
+            rows.append((f"`{obj}`", roles[obj], a, b))
         else:
             small.append((a, b))
     if small:
         a, b = sum(a for a, _ in small), sum(b for _, b in small)
         rows.append((f"{len(small)} more objects", f"each < {MIN_ROW_IR} Ir/request", a, b))
-    for name, role, a, b in rows:
+    for obj, role, a, b in rows:
         share = f"{100 * (b - a) / extra:.1f} %" if extra else "-"
-        lines.append(f"| {name} | {role} | {_n(a)} | {_n(b)} | {b - a:+,.0f} | {share} |")
-    for result in (noop, ours):
-        lines += [f"\n## Top {TOP_N} functions: {result.variant} (self Ir per request)\n"]
+        lines.append(f"| {obj} | {role} | {_n(a)} | {_n(b)} | {b - a:+,.0f} | {share} |")
+    return lines
+
+
+def _function_lines(result: Measured, noop: Measured | None) -> list[str]:
+    lines = [f"\n## Top {TOP_N} functions: {result.variant} (self Ir per request)\n"]
+    if noop is None:
         lines += ["| # | function | object | Ir/request | % |", "| ---: | --- | --- | ---: | ---: |"]
-        for rank, row in enumerate(_top_functions(result.profile, result.requests), 1):
-            lines.append(
-                f"| {rank} | `{row['function']}` | `{row['object']}` | {_n(row['ir_per_request'])} "
-                f"| {100 * row['share']:.1f} |"
-            )
-    lines += ["\n## Checks\n", "| variant | requests | failed | Envoy ext_proc streams | plugin calls | h2load s |"]
-    lines += ["| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for result in (noop, ours):
-        calls = "-" if result.plugin_calls is None else str(result.plugin_calls)
+    else:
+        lines += [f"| # | function | object | Ir/request | % | noop | {result.variant} - noop |"]
+        lines += ["| ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+    for rank, row in enumerate(_top_functions(result, noop), 1):
+        line = (
+            f"| {rank} | `{row['function']}` | `{row['object']}` | {_n(row['ir_per_request'])} "
+            f"| {100 * row['share']:.1f} |"
+        )
+        if noop is not None:
+            floor = row[f"{noop.variant}_ir_per_request"]
+            line += f" {_n(floor)} | {row['ir_per_request'] - floor:+,.0f} |"
+        lines.append(line)
+    return lines
+
+
+def _check_lines(results: Mapping[str, Measured]) -> list[str]:
+    lines = ["\n## Checks\n"]
+    lines += ["| variant | requests | failed | Envoy ext_proc streams | plugin calls | per request | h2load s |"]
+    lines += ["| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for result in results.values():
+        calls = per = "-"
+        if result.plugin_calls is not None:
+            total = sum(result.plugin_calls.values())
+            calls, per = str(total), f"{total / result.requests:g}"
         lines.append(
             f"| {result.variant} | {result.load.requests} | {result.load.errors} "
-            f"| {result.envoy_ext_proc.get('streams_started', 0)} | {calls} | {result.load.duration_s:.1f} |"
+            f"| {result.envoy_ext_proc.get('streams_started', 0)} | {calls} | {per} | {result.load.duration_s:.1f} |"
         )
+    return lines
+
+
+def render(results: Mapping[str, Measured], header: str) -> str:
+    """The Markdown report; ``results`` by variant name, the no-op's included."""
+    noop = results[NOOP.name]
+    cases = [result for name, result in results.items() if name != NOOP.name]
+    ir = ir_per_request(results)
+    lines = [header, *_total_lines(ir), *_target_lines(ir)]
+    for result in cases:
+        lines += _object_lines(noop, result)
+    lines += _function_lines(noop, None)
+    for result in cases:
+        lines += _function_lines(result, noop)
+    lines += _check_lines(results)
     return "\n".join(lines) + "\n"
 
 
-def _json(results: dict[str, Measured], info: dict[str, str], command: str) -> dict[str, Any]:
+def to_json(results: Mapping[str, Measured], info: dict[str, str], command: str) -> dict[str, Any]:
+    noop = results[NOOP.name]
+    ir = ir_per_request(results)
     variants = {}
     for name, result in results.items():
         variants[name] = {
             "requests": result.requests,
             "ir_total": result.profile.total,
-            "ir_per_request": result.profile.total / result.requests,
+            "ir_per_request": ir[name],
+            "vs_noop": ir[name] / ir[NOOP.name],
             "objects": [
                 {"object": object_name(path), "what": object_role(path), "ir_per_request": cost / result.requests}
                 for path, cost in sorted(result.profile.by_object.items(), key=lambda item: -item[1])
             ],
-            "top_functions": _top_functions(result.profile, result.requests),
+            "top_functions": _top_functions(result, None if result is noop else noop),
             "load": asdict(result.load),
             "envoy_ext_proc": result.envoy_ext_proc,
             "plugin_calls": result.plugin_calls,
             "plugin_failures": result.plugin_failures,
             "callgrind_file": str(result.callgrind_file),
         }
-    noop, ours = results["noop"], results["extproc"]
-    ratio = (ours.profile.total / ours.requests) / (noop.profile.total / noop.requests)
-    return {"machine": info, "command": command, "variants": variants, "ratio_extproc_to_noop": ratio}
+    found = [asdict(target) | {"name": target.name, "passed": target.passed} for target in targets(ir)]
+    return {"machine": info, "command": command, "variants": variants, "targets": found}
 
 
 def _tree_state() -> str:
@@ -501,9 +703,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per variant (default 2000)")
     parser.add_argument("--warmup", type=int, default=300, help="requests before the counters are zeroed")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    choices = ", ".join(case.name for case in CASES if measurable(case))
+    parser.add_argument(
+        "--cases",
+        default=DEFAULT_CASES,
+        help=f"comma-separated bench cases to run besides noop, from {choices} (default {DEFAULT_CASES})",
+    )
     args = parser.parse_args(argv)
     if args.requests < 1 or args.warmup < 1:
         parser.error("--requests and --warmup must be positive")
+    try:
+        cases = parse_cases(args.cases)
+    except ValueError as e:
+        parser.error(str(e))
 
     loadgen.ensure_tools()
     ensure_valgrind()
@@ -518,11 +730,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Measured] = {}
     upstream_port = free_port()
     with _envoy("upstream", upstream_bootstrap(listen_port=upstream_port, admin_port=free_port()), work, upstream_port):
-        for variant in VARIANTS:
+        for case in (NOOP, *cases):
             started = time.monotonic()
-            results[variant] = measure(variant, settings, upstream_port)
-            per_req = results[variant].profile.total / args.requests
-            print(f"  {variant}: {per_req:,.0f} Ir/request ({time.monotonic() - started:.0f}s)", flush=True)
+            results[case.name] = measure(case, settings, upstream_port)
+            per_req = results[case.name].profile.total / args.requests
+            print(f"  {case.name}: {per_req:,.0f} Ir/request ({time.monotonic() - started:.0f}s)", flush=True)
 
     facts = ", ".join(f"{key} {value}" for key, value in info.items())
     header = (
@@ -534,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(results, header)
     out.mkdir(parents=True, exist_ok=True)
     (out / "instructions.md").write_text(text)
-    data = _json(results, info, command.strip())
+    data = to_json(results, info, command.strip())
     (out / "instructions.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     print(text)
     print(f"instructions: wrote {out / 'instructions.md'}, {out / 'instructions.json'}")
