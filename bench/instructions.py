@@ -1,14 +1,17 @@
 """Instructions per request of an ext_proc server, by shared object and by function: callgrind counts.
 
-Run as ``python bench/instructions.py [--cases header,header3,generate,nomatch] [--requests N]``.
+Run as ``python bench/instructions.py [--cases header,header3,generate,nomatch] [--noop-stacks aio,grpclib]
+[--requests N]``.
 CPU time per request varies by about ±15 % between runs on a shared VM; the number of instructions
 executed (callgrind's ``Ir``) hardly does, so it can tell apart cases that CPU time cannot.
 The variants are ``noop`` (bench/noop_server.py, the floor) and one ``extproc serve`` per chosen
 bench case (bench/cases.py: its plugins and its request path; cases without a body, workers or
-bypass). Each server runs under ``valgrind --tool=callgrind`` behind the bench's Envoy and
-direct_response upstream (as in bench/run.py). h2load sends a warm-up, the counters are zeroed,
-h2load sends N requests (3 connections: valgrind runs the server about 30x slower), and the
-counters are dumped. Start-up, warm-up and shutdown are not counted.
+bypass). ``--noop-stacks`` adds the no-op on other Python gRPC stacks (``noop-aio``: grpc.aio,
+``noop-grpclib``: grpclib on uvloop), to show what the stack alone costs against grpcio's sync
+server; they are compared in the totals only. Each server runs under ``valgrind --tool=callgrind``
+behind the bench's Envoy and direct_response upstream (as in bench/run.py). h2load sends a warm-up,
+the counters are zeroed, h2load sends N requests (2 connections: valgrind runs the server about 30x
+slower), and the counters are dumped. Start-up, warm-up and shutdown are not counted.
 
 The report gives each variant's Ir per request against the no-op's, the issue's targets as
 instruction ratios (header/noop <= 1.0, header3/noop <= 1.25, generate/header <= 1.0; those whose
@@ -19,7 +22,8 @@ context switches, epoll), which CPU time includes. Each variant runs with ``PYTH
 what is left to vary is thread interleaving (lock spinning, batching), about 1-2 % between runs.
 
 Writes bench/results/instructions.md and .json (``--out``); callgrind files and logs are under
-bench/results/work/instructions/. valgrind (Debian package) is installed on first use.
+bench/results/work/instructions/. valgrind (Debian package) and the packages a no-op stack needs
+(pip) are installed on first use.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
@@ -42,14 +47,15 @@ import subprocess  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from collections.abc import Iterable, Iterator, Mapping  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
+from dataclasses import asdict, dataclass, replace  # noqa: E402
 from typing import Any  # noqa: E402
 
 from bench import loadgen, procstat  # noqa: E402
 from bench.cases import CASES, Case, Kind, server_config  # noqa: E402
 from bench.envoy_configs import ProxyFilter, proxy_bootstrap, upstream_bootstrap  # noqa: E402
 from bench.loadgen import Load, LoadError, LoadResult  # noqa: E402
-from bench.run import NOOP_SERVER, _envoy, _write_yaml, machine  # noqa: E402
+from bench.noop_server import BENCH_PACKAGES, STACKS  # noqa: E402
+from bench.run import NOOP_SERVER, _envoy, _pip_install, _write_yaml, machine  # noqa: E402
 from extproc.config import Config, ExecutionPoint, load_config  # noqa: E402
 from extproc.contract import Export  # noqa: E402
 from tests.e2e.envoy_config import EXT_PROC_STATS  # noqa: E402
@@ -68,10 +74,15 @@ from tests.plugins.build import ensure_built  # type: ignore[attr-defined]  # no
 
 NOOP = next(case for case in CASES if case.kind is Kind.NOOP)
 DEFAULT_CASES = "header"
+# bench/noop_server.py's --stack for each no-op variant: grpcio's sync server is the baseline, the
+# others (--noop-stacks) are named noop-<stack>.
+NOOP_STACKS = {NOOP.name: "sync"} | {f"{NOOP.name}-{stack}": stack for stack in STACKS if stack != "sync"}
+_OTHER_NOOPS = {stack: name for name, stack in NOOP_STACKS.items() if name != NOOP.name}
 # Valgrind gives the server 128 GiB of address space and each Extism instance reserves three 4 GiB
 # memory regions, so about 10 instances fit. A plugin's pool grows to the number of concurrent calls,
-# at most one per connection: 3 connections keep header3's three pools at 9 instances (4 did not fit).
-CONNECTIONS = 3
+# at most one per connection. 2 connections keep header3's three pools at 6 instances: 4 did not fit,
+# and 3 (9 instances) failed now and then when Extism replaced an instance.
+CONNECTIONS = 2
 TOP_N = 15
 # Objects below this in both variants share one row of the Markdown table (the JSON lists them all).
 MIN_ROW_IR = 100
@@ -241,14 +252,28 @@ def measurable(case: Case) -> bool:
     return case.kind is Kind.SERVER and not case.body_bytes and case.workers is None and not case.bypass_prefixes
 
 
+def _names(text: str) -> list[str]:
+    """Comma-separated names, in the order given, each once."""
+    return list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+
+
 def parse_cases(text: str) -> tuple[Case, ...]:
     """Comma-separated case names, in the order given, each once."""
     by_name = {case.name: case for case in CASES if measurable(case)}
-    names = [name.strip() for name in text.split(",") if name.strip()]
+    names = _names(text)
     unknown = [name for name in names if name not in by_name]
     if unknown or not names:
         raise ValueError(f"unknown or unsupported cases {unknown} (choose from {', '.join(by_name)})")
-    return tuple(by_name[name] for name in dict.fromkeys(names))
+    return tuple(by_name[name] for name in names)
+
+
+def parse_noop_stacks(text: str) -> tuple[Case, ...]:
+    """Comma-separated stacks besides the baseline's, each as its no-op variant; empty text: none."""
+    stacks = _names(text)
+    unknown = [stack for stack in stacks if stack not in _OTHER_NOOPS]
+    if unknown:
+        raise ValueError(f"unknown no-op stacks {unknown} (choose from {', '.join(_OTHER_NOOPS)})")
+    return tuple(replace(NOOP, name=_OTHER_NOOPS[stack], title=f"{stack} no-op ext_proc") for stack in stacks)
 
 
 # Execution points a matching plugin runs exactly once on a bodiless GET, with the export each calls:
@@ -431,7 +456,7 @@ def _stack(case: Case, config_path: Path | None, work: Path, upstream_port: int)
     out_file = work / "callgrind.out"
     port, listen_port, admin_port = free_port(), free_port(), free_port()
     if config_path is None:
-        server_argv = [sys.executable, str(NOOP_SERVER), "--port", str(port)]
+        server_argv = [sys.executable, str(NOOP_SERVER), "--port", str(port), "--stack", NOOP_STACKS[case.name]]
     else:
         server_argv = default_server_cmd(config_path, port)
     argv = _valgrind_argv(out_file) + server_argv
@@ -650,7 +675,8 @@ def _check_lines(results: Mapping[str, Measured]) -> list[str]:
 def render(results: Mapping[str, Measured], header: str) -> str:
     """The Markdown report; ``results`` by variant name, the no-op's included."""
     noop = results[NOOP.name]
-    cases = [result for name, result in results.items() if name != NOOP.name]
+    # The other no-op stacks are compared in the totals only.
+    cases = [result for name, result in results.items() if name not in NOOP_STACKS]
     ir = ir_per_request(results)
     lines = [header, *_total_lines(ir), *_target_lines(ir)]
     for result in cases:
@@ -709,16 +735,24 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_CASES,
         help=f"comma-separated bench cases to run besides noop, from {choices} (default {DEFAULT_CASES})",
     )
+    parser.add_argument(
+        "--noop-stacks",
+        default="",
+        help=f"comma-separated other gRPC stacks to run the no-op on, from {', '.join(_OTHER_NOOPS)} (default none)",
+    )
     args = parser.parse_args(argv)
     if args.requests < 1 or args.warmup < 1:
         parser.error("--requests and --warmup must be positive")
     try:
         cases = parse_cases(args.cases)
+        noop_variants = parse_noop_stacks(args.noop_stacks)
     except ValueError as e:
         parser.error(str(e))
 
     loadgen.ensure_tools()
     ensure_valgrind()
+    for package in sorted({package for case in noop_variants for package in BENCH_PACKAGES[NOOP_STACKS[case.name]]}):
+        _pip_install(package, importlib.util.find_spec(package) is not None)
     out: Path = args.out.resolve()
     work = out / "work" / "instructions"
     shutil.rmtree(work, ignore_errors=True)
@@ -730,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Measured] = {}
     upstream_port = free_port()
     with _envoy("upstream", upstream_bootstrap(listen_port=upstream_port, admin_port=free_port()), work, upstream_port):
-        for case in (NOOP, *cases):
+        for case in (NOOP, *noop_variants, *cases):
             started = time.monotonic()
             results[case.name] = measure(case, settings, upstream_port)
             per_req = results[case.name].profile.total / args.requests

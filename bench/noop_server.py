@@ -1,24 +1,48 @@
 """The floor for any Python ext_proc server: a no-op written the simplest way with grpcio.
 
-Run as ``python bench/noop_server.py --port P``. It answers the request headers with no change
-and, like our server does for header-only plugins, a mode override that skips every later
-phase, so each HTTP request costs one message each way; any other message gets an empty reply.
-16 threads: as many as wrk's connections, so no stream waits for one.
+Run as ``python bench/noop_server.py --port P [--stack sync|aio|grpclib]``. It answers the request
+headers with no change and, like our server does for header-only plugins, a mode override that skips
+every later phase, so each HTTP request costs one message each way; any other message gets an empty
+reply.
+
+``--stack`` picks the gRPC stack, each answering through the same :func:`answer`, so that
+bench/instructions.py can tell what the stack alone costs:
+
+- ``sync`` (default): grpcio's thread-pool server, the one our server uses. 16 threads: as many as
+  wrk's connections, so no stream waits for one.
+- ``aio``: grpcio's asyncio server (``grpc.aio``) on the default event loop.
+- ``grpclib``: the pure-Python grpclib server on uvloop. Both are bench-only packages, imported only
+  here; bench/instructions.py installs them when asked for this stack.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from concurrent import futures
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+
+if TYPE_CHECKING:
+    from grpclib.const import Handler
+    from grpclib.server import Stream
+
+# The stacks, the default first, with what each needs beyond the project's dependencies (pip names,
+# also the module names).
+BENCH_PACKAGES: dict[str, tuple[str, ...]] = {"sync": (), "aio": (), "grpclib": ("grpclib", "uvloop")}
+STACKS = tuple(BENCH_PACKAGES)
+PROCESS_METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Streams still open at shutdown get this long to finish.
+_GRACE_S = 1.0
 
 _SKIP_REST = ProcessingMode(
     request_header_mode=ProcessingMode.SEND,
@@ -30,42 +54,111 @@ _SKIP_REST = ProcessingMode(
 )
 
 
+def answer(request: ep.ProcessingRequest) -> ep.ProcessingResponse:
+    """The no-op reply to one message, whichever stack carries it."""
+    kind = request.WhichOneof("request")
+    if kind == "request_headers":
+        return ep.ProcessingResponse(request_headers=ep.HeadersResponse(), mode_override=_SKIP_REST)
+    if kind in ("request_body", "response_body"):
+        return ep.ProcessingResponse(**{kind: ep.BodyResponse()})
+    if kind == "response_headers":
+        return ep.ProcessingResponse(response_headers=ep.HeadersResponse())
+    return ep.ProcessingResponse(**{kind: ep.TrailersResponse()})
+
+
 class NoopProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def Process(
         self, request_iterator: Iterator[ep.ProcessingRequest], context: grpc.ServicerContext
     ) -> Iterator[ep.ProcessingResponse]:
         for request in request_iterator:
-            kind = request.WhichOneof("request")
-            if kind == "request_headers":
-                yield ep.ProcessingResponse(request_headers=ep.HeadersResponse(), mode_override=_SKIP_REST)
-            elif kind in ("request_body", "response_body"):
-                yield ep.ProcessingResponse(**{kind: ep.BodyResponse()})
-            elif kind == "response_headers":
-                yield ep.ProcessingResponse(response_headers=ep.HeadersResponse())
-            else:
-                yield ep.ProcessingResponse(**{kind: ep.TrailersResponse()})
+            yield answer(request)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--threads", type=int, default=16)
-    args = parser.parse_args()
+class AioNoopProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    async def Process(
+        self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[ep.ProcessingResponse]:
+        async for request in request_iterator:
+            yield answer(request)
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.threads))
+
+class GrpclibNoopProcessor:
+    """grpclib's servable: the method table grpclib's generated code would hold."""
+
+    async def process(self, stream: Stream[ep.ProcessingRequest, ep.ProcessingResponse]) -> None:
+        async for request in stream:
+            await stream.send_message(answer(request))
+
+    def __mapping__(self) -> Mapping[str, Handler]:
+        from grpclib.const import Cardinality, Handler
+
+        handler = Handler(self.process, Cardinality.STREAM_STREAM, ep.ProcessingRequest, ep.ProcessingResponse)
+        return {PROCESS_METHOD: handler}
+
+
+def _listen(server: grpc.Server | grpc.aio.Server, port: int) -> None:
+    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
+        raise SystemExit(f"noop_server: cannot listen on 127.0.0.1:{port}")
+
+
+def serve_sync(port: int, threads: int) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads))
     ep_grpc.add_ExternalProcessorServicer_to_server(NoopProcessor(), server)
-    if server.add_insecure_port(f"127.0.0.1:{args.port}") == 0:
-        raise SystemExit(f"noop_server: cannot listen on 127.0.0.1:{args.port}")
+    _listen(server, port)
     stopping = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stopping.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, on_signal)
     server.start()
     stopping.wait()
-    server.stop(1).wait()
+    server.stop(_GRACE_S).wait()
+
+
+async def _until_signal() -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in _STOP_SIGNALS:
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+
+
+async def serve_aio(port: int) -> None:
+    server = grpc.aio.server()
+    ep_grpc.add_ExternalProcessorServicer_to_server(AioNoopProcessor(), server)
+    _listen(server, port)
+    await server.start()
+    await _until_signal()
+    await server.stop(_GRACE_S)
+
+
+async def serve_grpclib(port: int) -> None:
+    from grpclib.server import Server
+
+    server = Server([GrpclibNoopProcessor()])
+    await server.start("127.0.0.1", port)
+    await _until_signal()
+    server.close()
+    await server.wait_closed()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--stack", choices=STACKS, default=STACKS[0], help=f"gRPC stack (default {STACKS[0]})")
+    parser.add_argument("--threads", type=int, default=16, help="thread pool size of the sync stack")
+    args = parser.parse_args()
+
+    if args.stack == "sync":
+        serve_sync(args.port, args.threads)
+    elif args.stack == "aio":
+        asyncio.run(serve_aio(args.port))
+    else:
+        import uvloop
+
+        uvloop.run(serve_grpclib(args.port))
 
 
 if __name__ == "__main__":

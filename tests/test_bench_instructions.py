@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from bench.cases import CASES, server_config
+from bench.cases import CASES, Kind, server_config
 from bench.instructions import (
+    NOOP_STACKS,
     OTHER_ROLE,
     UNKNOWN_OBJECT,
     UNKNOWN_ROLE,
@@ -22,6 +23,7 @@ from bench.instructions import (
     parse_callgrind,
     parse_cases,
     parse_maps,
+    parse_noop_stacks,
     per_request,
     plugin_calls,
     render,
@@ -165,6 +167,21 @@ def test_cases_are_the_bodiless_single_process_server_cases() -> None:
 def test_other_cases_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="choose from header, header3, generate, nomatch"):
         parse_cases(text)
+
+
+def test_noop_stacks_are_no_op_variants_named_after_their_stack() -> None:
+    variants = parse_noop_stacks("grpclib, aio,grpclib,")
+    assert [case.name for case in variants] == ["noop-grpclib", "noop-aio"]
+    assert {case.kind for case in variants} == {Kind.NOOP}
+    # Each variant runs bench/noop_server.py with its own --stack; the baseline keeps the sync server.
+    assert NOOP_STACKS == {"noop": "sync", "noop-aio": "aio", "noop-grpclib": "grpclib"}
+    assert parse_noop_stacks("") == ()
+
+
+@pytest.mark.parametrize("text", ["sync", "noop-aio", "asyncio", "aio,x"])
+def test_other_noop_stacks_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"choose from aio, grpclib"):
+        parse_noop_stacks(text)
 
 
 def _config(tmp_path: Path, roles: tuple[str, ...], **plugin_keys: Any) -> Config:
@@ -336,3 +353,21 @@ def test_json_has_every_variant_and_the_targets(results: dict[str, Measured]) ->
         ("header/noop", 1.6, 1.0, False),
         ("header3/noop", 2.48, 1.25, False),
     ]
+
+
+def test_other_noop_stacks_are_in_the_totals_and_json_against_the_sync_noop(results: dict[str, Measured]) -> None:
+    eval_frame = (PYTHON, "_PyEval_EvalFrameDefault")
+    with_stacks = {
+        "noop": results["noop"],
+        "noop-aio": _measured("noop-aio", {eval_frame: 650_000}, None),
+        "header": results["header"],
+    }
+    text = render(with_stacks, "")
+    assert "| noop-aio | 6,500 | 1.30x |" in text
+    # No by-object or function tables for it, and the cases' tables stay against the sync no-op.
+    assert "noop-aio vs noop" not in text
+    assert "Top 15 functions: noop-aio" not in text
+    assert "## By shared object: header vs noop" in text
+    data = to_json(with_stacks, {}, "")
+    assert list(data["variants"]) == ["noop", "noop-aio", "header"]
+    assert data["variants"]["noop-aio"]["vs_noop"] == 1.3
