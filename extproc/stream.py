@@ -20,7 +20,7 @@ from extproc.plugins.registry import PluginSet
 log = logging.getLogger("extproc.stream")
 
 _EMPTY_HEADERS_REPLY = ep.HeadersResponse()
-_NONE: frozenset[str] = frozenset()
+_NO_FIELDS: frozenset[str] = frozenset()
 _TOO_LARGE = ImmediateReply(
     status=413,
     headers=(("content-type", "text/plain"),),
@@ -62,7 +62,7 @@ class ExchangeStream:
         self._max_body_bytes = max_body_bytes
         self._exchange: Exchange | None = None
         self._is_grpc = False
-        self._partial_modes: AbstractSet[str] = _NONE
+        self._partial_modes: AbstractSet[str] = _NO_FIELDS
         # Made on a body's first chunk: most exchanges have no body phase.
         self._bodies: dict[str, BodyBuffer] = {}
         # No plugin needs anything more from this exchange: the server may end the stream, and
