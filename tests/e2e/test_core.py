@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from .conftest import StackFactory
+from .envoy_config import EXT_PROC_STATS
 from .harness import Upstream, request
 
 pytestmark = pytest.mark.e2e
@@ -178,3 +179,24 @@ def test_body_plugin_under_each_body_mode(
     echoed = json.loads(response.body)
     assert echoed["body_length"] == len(body) + 2
     assert echoed["body"] == "x" * len(body) + "!!"
+
+
+def test_streams_the_server_ends_early_are_clean_closes_for_envoy(plugin_dir: Path, make_stack: StackFactory) -> None:
+    """The server ends a stream once no plugin needs more (a header-only exchange, an immediate
+    response, a request no plugin matches); Envoy must carry on, counting no failed stream."""
+    added = {"headers": {"set": [{"name": "x-added", "value": "yes"}]}}
+    header = scripted(plugin_dir, "hdr", process_request_headers=added) | {"match": {"path_prefix": "/echo"}}
+    deny = scripted(plugin_dir, "deny", generate_response={"immediate_response": {"status": 403}}) | {
+        "match": {"path_prefix": "/deny"}
+    }
+    with make_stack(config_yaml(header, deny)) as stack:
+        echoed = [request("GET", f"{stack.url}/echo") for _ in range(5)]
+        denied = [request("GET", f"{stack.url}/deny") for _ in range(5)]
+        unmatched = [request("GET", f"{stack.url}/text?body=x") for _ in range(5)]
+        stats = stack.envoy_stats(EXT_PROC_STATS + ".")
+    assert all(r.status == 200 and ("x-added", "yes") in upstream_headers(r.body) for r in echoed)
+    assert [r.status for r in denied] == [403] * 5
+    assert [(r.status, r.body) for r in unmatched] == [(200, b"x")] * 5
+    assert stats[f"{EXT_PROC_STATS}.streams_started"] == 15
+    assert stats.get(f"{EXT_PROC_STATS}.streams_failed", 0) == 0
+    assert stats.get(f"{EXT_PROC_STATS}.failure_mode_allowed", 0) == 0
