@@ -93,6 +93,7 @@ class Case:
     plugins: tuple[str, ...] = ()
     bypass_prefixes: tuple[str, ...] = ()
     workers: int | None = None  # passed as --workers N when set
+    noop_stack: str = "sync"  # Kind.NOOP only: bench/noop_server.py --stack
 
     @property
     def body_bytes(self) -> int:
@@ -107,6 +108,9 @@ CASES: tuple[Case, ...] = (
     Case("envoy", "Envoy, no filter (ceiling)", Kind.ENVOY),
     Case("lua", "Envoy + Lua header filter", Kind.LUA),
     Case("noop", "grpcio no-op ext_proc (floor)", Kind.NOOP),
+    # The same no-op on the other Python gRPC stacks: reported, not targets.
+    Case("noop_aio", "no-op on grpc.aio", Kind.NOOP, noop_stack="aio"),
+    Case("noop_grpclib", "no-op on grpclib + uvloop", Kind.NOOP, noop_stack="grpclib"),
     Case("header", "1 header plugin", Kind.SERVER, plugins=("header",)),
     Case("header3", "3 chained header plugins", Kind.SERVER, plugins=("header", "header2", "header3")),
     Case("req_body_1k", "request body plugin, 1 KiB", Kind.SERVER, Load("/", KIB), ("request_body",)),

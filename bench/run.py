@@ -38,6 +38,7 @@ from bench import loadgen, procstat, profile, report  # noqa: E402
 from bench.cases import CASES, MEMORY_CASE, PROFILE_CASE, Case, Kind, server_config  # noqa: E402
 from bench.envoy_configs import ProxyFilter, proxy_bootstrap, upstream_bootstrap  # noqa: E402
 from bench.loadgen import LoadError, LoadResult  # noqa: E402
+from bench.noop_server import BENCH_PACKAGES  # noqa: E402
 from bench.report import CaseResult, MemoryResult, Status  # noqa: E402
 from tests.e2e.harness import (  # noqa: E402
     ManagedProcess,
@@ -116,7 +117,7 @@ def _envoy(name: str, bootstrap: dict[str, Any], work: Path, listen_port: int) -
 
 def _server_argv(case: Case, settings: Settings, port: int) -> list[str] | None:
     if case.kind is Kind.NOOP:
-        return [sys.executable, str(NOOP_SERVER), "--port", str(port)]
+        return [sys.executable, str(NOOP_SERVER), "--port", str(port), "--stack", case.noop_stack]
     if case.kind is not Kind.SERVER:
         return None
     if case.workers is not None and not settings.workers_flag:
@@ -424,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
 
     loadgen.ensure_tools()
     _pip_install("matplotlib", importlib.util.find_spec("matplotlib") is not None)
+    for package in sorted({package for case in cases for package in BENCH_PACKAGES[case.noop_stack]}):
+        _pip_install(package, importlib.util.find_spec(package) is not None)
     if args.profile:
         _pip_install("py-spy", profile.py_spy_path() is not None)
     out: Path = args.out.resolve()
