@@ -174,8 +174,8 @@ class TlsConfig:
 class ServerConfig:
     listen_host: str = "127.0.0.1"
     listen_port: int = 50051
-    # A stream holds its thread until no plugin needs a later phase: through the upstream's latency
-    # when response phases are processed, so this bounds such exchanges per process.
+    # A stream holds its thread while plugins run and, when response phases are processed, through
+    # the upstream's latency, so this bounds concurrent exchanges per process.
     grpc_threads: int = 128
     log_level: str = "info"
     max_body_bytes: int = 8 * 1024 * 1024
