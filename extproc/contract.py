@@ -104,14 +104,16 @@ def _headers_json(headers: Sequence[Pair]) -> list[dict[str, str]]:
     return [{"name": name, "value": value} for name, value in headers]
 
 
-def _pseudo(headers: Sequence[Pair], name: str) -> str:
+def _pseudo_headers(headers: Sequence[Pair]) -> dict[str, str]:
+    """The first value of each pseudo-header, in one pass."""
+    found: dict[str, str] = {}
     for key, value in headers:
-        if key == name:
-            return value
         if not key.startswith(":"):
             # Envoy sends pseudo-headers first, so the search can stop at the first regular header.
             break
-    return ""
+        if key not in found:
+            found[key] = value
+    return found
 
 
 def build_input(
@@ -124,18 +126,19 @@ def build_input(
 ) -> dict[str, Any]:
     """The plugin input in its proto3 JSON shape; empty fields are left out as proto3 JSON does."""
     req_headers = request.headers
+    pseudo = _pseudo_headers(req_headers).get
     http_request: dict[str, Any] = {
-        "method": _pseudo(req_headers, ":method"),
-        "path": _pseudo(req_headers, ":path"),
-        "scheme": _pseudo(req_headers, ":scheme"),
-        "authority": _pseudo(req_headers, ":authority"),
+        "method": pseudo(":method", ""),
+        "path": pseudo(":path", ""),
+        "scheme": pseudo(":scheme", ""),
+        "authority": pseudo(":authority", ""),
         "headers": _headers_json(req_headers),
     }
     if request.body is not None:
         http_request["body"] = body_json(request.body)
     data: dict[str, Any] = {"phase": export.phase_name, "plugin_name": plugin_name, "request": http_request}
     if response is not None:
-        status = _pseudo(response.headers, ":status")
+        status = _pseudo_headers(response.headers).get(":status", "")
         http_response: dict[str, Any] = {
             "status": int(status) if status.isascii() and status.isdigit() else 0,
             "headers": _headers_json(response.headers),
@@ -273,9 +276,10 @@ def _header_changes(value: object) -> HeaderChanges:
             remove.append(header_name(name, ""))
         except OutputError as exc:
             raise _at("headers.remove", index, exc) from None
+    # Most outputs use one of the three lists; an absent one costs no call.
     return HeaderChanges(
-        set=_pairs(obj.get("set"), "headers.set"),
-        append=_pairs(obj.get("append"), "headers.append"),
+        set=_pairs(obj["set"], "headers.set") if "set" in obj else (),
+        append=_pairs(obj["append"], "headers.append") if "append" in obj else (),
         remove=tuple(remove),
     )
 
