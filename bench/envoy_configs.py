@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from tests.e2e.envoy_config import render_bootstrap
+from tests.e2e.envoy_config import EXT_PROC_FILTER_NAME, render_bootstrap
 
 _TYPE = "type.googleapis.com/"
 _HCM_NAME = "envoy.filters.network.http_connection_manager"
@@ -69,13 +70,15 @@ def proxy_bootstrap(
     extproc_workers: int = 1,
     per_route_disabled_prefixes: Sequence[str] = (),
     message_timeout_ms: int | None = None,
+    call_log: Path | None = None,
 ) -> dict[str, Any]:
     """The Envoy under test. ``extproc_port`` is unused (but must be given) without the ext_proc filter.
 
     With ``extproc_workers`` > 1 the ext_proc cluster lists one endpoint per worker (worker i of
     ``extproc serve --workers N`` listens on the port + i) and spreads streams round robin.
     ``message_timeout_ms`` replaces the e2e bootstrap's ext_proc message timeout (for a server slowed
-    down on purpose, e.g. under valgrind).
+    down on purpose, e.g. under valgrind). ``call_log``: a file access log of how long each
+    request's ext_proc call took, as Envoy saw it (see ``parse_call_log``).
     """
     # Only when given: the e2e bootstrap's default stays the single source of the timeout.
     timeout: dict[str, Any] = {} if message_timeout_ms is None else {"message_timeout_ms": message_timeout_ms}
@@ -97,11 +100,39 @@ def proxy_bootstrap(
     )
     hcm = _connection_manager(bootstrap)
     hcm.pop("access_log", None)
+    if call_log is not None:
+        hcm["access_log"] = [_call_log(call_log)]
     if proxy_filter is ProxyFilter.NONE:
         hcm["http_filters"] = [_ROUTER]
     elif proxy_filter is ProxyFilter.LUA:
         hcm["http_filters"] = [_lua_filter(), _ROUTER]
     return bootstrap
+
+
+# Envoy's ext_proc filter state: the time from sending the request headers to the server's answer.
+_CALL_LATENCY = f"%FILTER_STATE({EXT_PROC_FILTER_NAME}:FIELD:request_header_latency_us)%"
+
+
+def _call_log(path: Path) -> dict[str, Any]:
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(path),
+            "log_format": {"text_format_source": {"inline_string": f"%START_TIME(%s.%6f)% {_CALL_LATENCY}\n"}},
+        },
+    }
+
+
+def parse_call_log(text: str, start: float, end: float) -> list[int | None]:
+    """The ext_proc call latency (us) of each request that started in [start, end) (Unix seconds);
+    None for a request the filter did not send to the server (Envoy logs "-")."""
+    latencies: list[int | None] = []
+    for line in text.splitlines():
+        started, _, latency = line.partition(" ")
+        if start <= float(started) < end:
+            latencies.append(int(latency) if latency.isdigit() else None)
+    return latencies
 
 
 def upstream_bootstrap(*, listen_port: int, admin_port: int) -> dict[str, Any]:

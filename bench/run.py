@@ -34,7 +34,7 @@ from typing import Any  # noqa: E402
 
 import yaml  # noqa: E402
 
-from bench import loadgen, procstat, profile, report  # noqa: E402
+from bench import envoy_configs, loadgen, procstat, profile, report  # noqa: E402
 from bench.cases import CASES, MEMORY_CASE, PROFILE_CASE, Case, Kind, server_config  # noqa: E402
 from bench.envoy_configs import ProxyFilter, proxy_bootstrap, upstream_bootstrap  # noqa: E402
 from bench.loadgen import LoadError, LoadResult  # noqa: E402
@@ -48,6 +48,7 @@ from tests.e2e.harness import (  # noqa: E402
     free_port,
     wait_for_http_ready,
     wait_for_port,
+    wait_until,
 )
 
 # mypy takes tests/plugins/build/ (the output folder) for a namespace package; Python imports build.py.
@@ -77,6 +78,7 @@ class Running:
     url: str
     envoy: ManagedProcess
     server: ManagedProcess | None
+    call_log: Path | None  # Envoy's log of ext_proc call latencies, when the case has the filter
 
 
 class CaseUnavailable(Exception):
@@ -157,18 +159,21 @@ def _stack(case: Case, settings: Settings, upstream_port: int) -> Iterator[Runni
             processes.enter_context(server)
             for port in range(extproc_port, extproc_port + workers):
                 wait_for_port("127.0.0.1", port, STARTUP_TIMEOUT_S, process=server)
+        proxy_filter = _PROXY_FILTER.get(case.kind, ProxyFilter.EXT_PROC)
+        call_log = work / "extproc-calls.log" if proxy_filter is ProxyFilter.EXT_PROC else None
         bootstrap = proxy_bootstrap(
-            proxy_filter=_PROXY_FILTER.get(case.kind, ProxyFilter.EXT_PROC),
+            proxy_filter=proxy_filter,
             listen_port=listen_port,
             admin_port=free_port(),
             upstream_port=upstream_port,
             extproc_port=extproc_port,
             extproc_workers=workers,
             per_route_disabled_prefixes=case.bypass_prefixes,
+            call_log=call_log,
         )
         # Entered last, so stopped first: Envoy never sees the server vanish under live streams.
         envoy = processes.enter_context(_envoy("envoy", bootstrap, work, listen_port))
-        yield Running(f"http://127.0.0.1:{listen_port}", envoy, server)
+        yield Running(f"http://127.0.0.1:{listen_port}", envoy, server, call_log)
 
 
 # --- measuring -------------------------------------------------------------------------
@@ -247,6 +252,7 @@ def _measure(case: Case, settings: Settings, running: Running, upstream: Managed
         rss = max(procstat.tree_rss_bytes(_pid(running.server)).values()) / MB
 
     half_window = _CpuWindow({"envoy": running.envoy, "server": running.server})
+    half_started = time.time()
     half_window.start()
     # Half as long as the peak run: enough samples for a p99, and it keeps a full run under 10 minutes.
     half = loadgen.run_wrk(
@@ -258,6 +264,7 @@ def _measure(case: Case, settings: Settings, running: Running, upstream: Managed
         rate=peak.rps / 2,
     )
     half_window.stop()
+    half_ended = time.time()
     _check(half, "half-peak run (wrk, paced)", running)
     return CaseResult(
         name=case.name,
@@ -272,9 +279,25 @@ def _measure(case: Case, settings: Settings, running: Running, upstream: Managed
         half=half,
         half_envoy_cpu_us=half_window.per_request_us("envoy", half.requests),
         half_server_cpu_us=half_window.per_request_us("server", half.requests),
+        half_call_p99_us=_call_p99_us(running, half, half_started, half_ended),
         body_bytes=case.body_bytes,
         other_load_pct=max(window.other_load_pct, half_window.other_load_pct),
     )
+
+
+def _call_p99_us(running: Running, result: LoadResult, start: float, end: float) -> float | None:
+    """p99 of the ext_proc call as Envoy timed it, over the requests of a run in [start, end)."""
+    log_path = running.call_log
+    if log_path is None:
+        return None
+
+    def logged() -> list[int | None]:
+        return envoy_configs.parse_call_log(log_path.read_text() if log_path.exists() else "", start, end)
+
+    # Envoy writes its access log out every 50 ms (envoy_argv); every request wrk counted gets a line.
+    wait_until(lambda: len(logged()) >= result.requests, 10.0, "Envoy's ext_proc call log")
+    called = sorted(latency for latency in logged() if latency is not None)
+    return loadgen.percentile([float(latency) for latency in called], 0.99) if called else None
 
 
 def run_case(case: Case, settings: Settings, upstream_port: int, upstream: ManagedProcess) -> CaseResult:

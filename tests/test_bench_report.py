@@ -6,6 +6,7 @@ import pytest
 
 from bench import report
 from bench.cases import CASES, KIB, Case, Kind
+from bench.envoy_configs import parse_call_log
 from bench.loadgen import Load, LoadError, LoadResult, parse_h2load_log, parse_wrk, percentile
 from bench.profile import OTHER_LAYER, layer_of, parse_collapsed, parse_perf_report
 from bench.report import CaseResult, MemoryResult, Status, Target, Verdict
@@ -159,3 +160,9 @@ def test_parse_perf_report() -> None:
         ("libpython3.11.so.1.0 [.] _PyEval_EvalFrameDefault", 42.52),
         ("libextism_sys.so", 3.17),
     ]
+
+
+def test_call_log_keeps_the_window_and_marks_requests_without_a_call() -> None:
+    text = "99.500000 700\n100.000000 1200\n100.250000 -\n100.999999 900\n101.000000 5000\n"
+    assert parse_call_log(text, 100.0, 101.0) == [1200, None, 900]
+    assert parse_call_log("", 100.0, 101.0) == []
