@@ -13,16 +13,25 @@ bench/instructions.py can tell what the stack alone costs:
 - ``aio``: grpcio's asyncio server (``grpc.aio``) on the default event loop.
 - ``grpclib``: the pure-Python grpclib server on uvloop. Both are bench-only packages, imported only
   here; bench/instructions.py installs them when asked for this stack.
+
+``--timings FILE`` (sync stack) times each stream inside the server between SIGUSR1 and SIGUSR2,
+which bench/run.py sends around its half-peak run (``--noop-timings``), and writes the timestamps
+to FILE on SIGUSR2: how much of the latency Envoy sees is spent in the server's Python layer, and
+in which part of it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import os
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from concurrent import futures
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +83,109 @@ class NoopProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             yield answer(request)
 
 
+# The moments of one stream the timed no-op records, in order (monotonic ns).
+MOMENTS = ("dispatched", "handler started", "first message", "reply sent")
+# The spans reported: (name, from moment, to moment).
+SPANS = (
+    ("polling thread dispatch -> handler start (thread pool handoff)", 0, 1),
+    ("handler start -> first message", 1, 2),
+    ("first message -> reply sent", 2, 3),
+    ("polling thread dispatch -> reply sent", 0, 3),
+)
+
+
+class StreamTimings:
+    """Per-stream timestamps taken while recording, one row of ``MOMENTS`` per stream.
+
+    "dispatched" is taken on grpcio's polling thread as it looks up the stream's handler, before
+    handing the stream to the thread pool; "reply sent" when the handler's generator resumes, which
+    grpcio does once the reply it yielded has been sent.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._rows: list[tuple[int, ...]] = []
+        self.recording = False
+
+    @property
+    def marker(self) -> Path:
+        """Present while recording, so whoever sent SIGUSR1 can tell it has been handled."""
+        return recording_marker(self._path)
+
+    def start(self) -> None:
+        self._rows = []
+        self.recording = True
+        self.marker.touch()
+
+    def record(self, *moments: int) -> None:
+        if self.recording:
+            self._rows.append(moments)  # list.append is atomic under the GIL
+
+    def stop(self) -> None:
+        """Write what was recorded; the file appears whole (bench/run.py waits for it)."""
+        self.recording = False
+        partial = self._path.with_suffix(".partial")
+        partial.write_text("".join(" ".join(map(str, row)) + "\n" for row in self._rows))
+        os.replace(partial, self._path)
+        self.marker.unlink(missing_ok=True)
+
+
+def recording_marker(timings: Path) -> Path:
+    return timings.with_suffix(".recording")
+
+
+def read_timings(text: str) -> dict[str, list[float]]:
+    """The spans of each recorded stream, in microseconds, by span name."""
+    spans: dict[str, list[float]] = {name: [] for name, _, _ in SPANS}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) != len(MOMENTS) or not all(field.isdigit() for field in fields):
+            raise ValueError(f"stream timings line {line!r}: expected {len(MOMENTS)} integer timestamps")
+        moments = [int(field) for field in fields]
+        for name, begin, end in SPANS:
+            spans[name].append((moments[end] - moments[begin]) / 1000)
+    return spans
+
+
+if TYPE_CHECKING:
+    _Handler = grpc.RpcMethodHandler[ep.ProcessingRequest, ep.ProcessingResponse]
+    _GenericHandler = grpc.GenericRpcHandler[ep.ProcessingRequest, ep.ProcessingResponse]
+else:  # grpcio's classes are not generic at run time; only its type stubs are
+    _GenericHandler = grpc.GenericRpcHandler
+
+
+class TimedNoopHandler(_GenericHandler):
+    """The sync no-op with per-stream timestamps. grpcio asks a generic handler for each new stream
+    on its polling thread, which is where "dispatched" is taken. A separate path from
+    :class:`NoopProcessor`, so the floor itself pays nothing for the timing."""
+
+    def __init__(self, timings: StreamTimings) -> None:
+        self._timings = timings
+
+    def service(self, details: grpc.HandlerCallDetails) -> _Handler | None:
+        if details.method != PROCESS_METHOD:
+            return None
+        dispatched = time.monotonic_ns()
+        return grpc.stream_stream_rpc_method_handler(
+            functools.partial(self._process, dispatched),
+            request_deserializer=ep.ProcessingRequest.FromString,
+            response_serializer=ep.ProcessingResponse.SerializeToString,
+        )
+
+    def _process(
+        self, dispatched: int, request_iterator: Iterator[ep.ProcessingRequest], _context: grpc.ServicerContext
+    ) -> Iterator[ep.ProcessingResponse]:
+        started = time.monotonic_ns()
+        first_message = 0
+        for request in request_iterator:
+            if first_message:
+                yield answer(request)
+                continue
+            first_message = time.monotonic_ns()
+            yield answer(request)
+            self._timings.record(dispatched, started, first_message, time.monotonic_ns())
+
+
 class AioNoopProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     async def Process(
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -101,9 +213,12 @@ def _listen(server: grpc.Server | grpc.aio.Server, port: int) -> None:
         raise SystemExit(f"noop_server: cannot listen on 127.0.0.1:{port}")
 
 
-def serve_sync(port: int, threads: int) -> None:
+def serve_sync(port: int, threads: int, timings: StreamTimings | None = None) -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads))
-    ep_grpc.add_ExternalProcessorServicer_to_server(NoopProcessor(), server)
+    if timings is None:
+        ep_grpc.add_ExternalProcessorServicer_to_server(NoopProcessor(), server)
+    else:
+        server.add_generic_rpc_handlers((TimedNoopHandler(timings),))
     _listen(server, port)
     stopping = threading.Event()
 
@@ -112,6 +227,9 @@ def serve_sync(port: int, threads: int) -> None:
 
     for signum in _STOP_SIGNALS:
         signal.signal(signum, on_signal)
+    if timings is not None:
+        signal.signal(signal.SIGUSR1, lambda _signum, _frame: timings.start())
+        signal.signal(signal.SIGUSR2, lambda _signum, _frame: timings.stop())
     server.start()
     stopping.wait()
     server.stop(_GRACE_S).wait()
@@ -149,10 +267,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--stack", choices=STACKS, default=STACKS[0], help=f"gRPC stack (default {STACKS[0]})")
     parser.add_argument("--threads", type=int, default=16, help="thread pool size of the sync stack")
+    parser.add_argument("--timings", type=Path, help="sync stack: per-stream timestamps file (see above)")
     args = parser.parse_args()
+    if args.timings is not None and args.stack != "sync":
+        parser.error("--timings is only for the sync stack")
 
     if args.stack == "sync":
-        serve_sync(args.port, args.threads)
+        serve_sync(args.port, args.threads, None if args.timings is None else StreamTimings(args.timings))
     elif args.stack == "aio":
         asyncio.run(serve_aio(args.port))
     else:

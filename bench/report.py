@@ -21,6 +21,19 @@ class Status(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class RateRun:
+    """A run paced to a set request rate (``--rates``): what a request costs when every case
+    gets the same load, rather than each its own peak, where how saturated the machine is
+    changes how much each wake-up gets done."""
+
+    rate: float
+    result: LoadResult
+    envoy_cpu_us: float | None
+    server_cpu_us: float | None
+    server_switches: float | None
+
+
+@dataclass(frozen=True)
 class CaseResult:
     name: str
     title: str
@@ -36,7 +49,10 @@ class CaseResult:
     half_envoy_cpu_us: float | None = None
     half_server_cpu_us: float | None = None
     half_call_p99_us: float | None = None  # ext_proc call p99 as Envoy timed it (request headers), half-peak run
+    # --noop-timings: (p50, p99) us of each span of a stream inside the no-op's handler, half-peak run
+    half_handler_spans: dict[str, tuple[float, float]] | None = None
     body_bytes: int = 0
+    at_rates: tuple[RateRun, ...] = ()  # one per --rates value the case could sustain
     # CPU used by processes outside the bench while it measured, in % of the machine (worse of
     # the two runs): anything but a few % means the machine was shared and the numbers are skewed.
     other_load_pct: float = 0.0
@@ -262,9 +278,39 @@ def memory_section(memory: MemoryResult | None) -> str:
     )
 
 
+def rate_table(results: Sequence[CaseResult]) -> str:
+    """One row per case and set rate; server CPU also as a ratio to the no-op at the same rate."""
+    noop = {run.rate: run.server_cpu_us for r in results if r.name == "noop" for run in r.at_rates}
+    lines = [
+        "| case | set req/s | req/s | p99 ms | Envoy CPU us/req | server CPU us/req | server CPU vs no-op "
+        "| server switches/req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        for run in r.at_rates:
+            lines.append(
+                f"| {r.title} | {run.rate:g} | {_num(run.result.rps)} | {_ms(run.result.p99_us)} "
+                f"| {_num(run.envoy_cpu_us)} | {_num(run.server_cpu_us)} "
+                f"| {_num(_ratio(run.server_cpu_us, noop.get(run.rate)), 2)} | {_num(run.server_switches, 1)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def spans_table(result: CaseResult) -> str:
+    """The no-op's own stream spans next to the call as Envoy timed it, all from the half-peak run."""
+    lines = ["| span | p50 ms | p99 ms |", "| --- | ---: | ---: |"]
+    for name, (p50, p99) in (result.half_handler_spans or {}).items():
+        lines.append(f"| {name} (in the server) | {_ms(p50)} | {_ms(p99)} |")
+    lines.append(f"| ext_proc call as Envoy timed it | - | {_ms(result.half_call_p99_us)} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results: Sequence[CaseResult], found: Sequence[Target], memory: MemoryResult | None, header: str) -> str:
+    rates = f"## At set rates\n\n{rate_table(results)}\n" if any(r.at_rates for r in results) else ""
+    timed = [r for r in results if r.half_handler_spans]
+    spans = "".join(f"## {r.title}: where a stream's time goes, half peak\n\n{spans_table(r)}\n" for r in timed)
     return (
-        f"{header}\n## Cases\n\n{case_table(results)}\n## Targets\n\n{target_table(found)}\n"
+        f"{header}\n## Cases\n\n{case_table(results)}\n{rates}{spans}## Targets\n\n{target_table(found)}\n"
         f"## Memory\n\n{memory_section(memory)}"
     )
 

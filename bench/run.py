@@ -24,6 +24,7 @@ import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
@@ -34,12 +35,12 @@ from typing import Any  # noqa: E402
 
 import yaml  # noqa: E402
 
-from bench import envoy_configs, loadgen, procstat, profile, report  # noqa: E402
+from bench import envoy_configs, loadgen, noop_server, procstat, profile, report  # noqa: E402
 from bench.cases import CASES, MEMORY_CASE, PROFILE_CASE, Case, Kind, server_config  # noqa: E402
 from bench.envoy_configs import ProxyFilter, proxy_bootstrap, upstream_bootstrap  # noqa: E402
 from bench.loadgen import LoadError, LoadResult  # noqa: E402
 from bench.noop_server import BENCH_PACKAGES  # noqa: E402
-from bench.report import CaseResult, MemoryResult, Status  # noqa: E402
+from bench.report import CaseResult, MemoryResult, RateRun, Status  # noqa: E402
 from tests.e2e.harness import (  # noqa: E402
     ManagedProcess,
     default_server_cmd,
@@ -57,6 +58,8 @@ from tests.plugins.build import ensure_built  # type: ignore[attr-defined]  # no
 NOOP_SERVER = Path(__file__).resolve().with_name("noop_server.py")
 STARTUP_TIMEOUT_S = 60.0
 CONNECTIONS = 16
+# A set rate above this share of a case's peak would measure queueing, not cost: not run.
+RATE_HEADROOM = 0.8
 MB = 1024 * 1024
 _PROXY_FILTER = {Kind.ENVOY: ProxyFilter.NONE, Kind.LUA: ProxyFilter.LUA}
 _OURS = "bench"
@@ -71,6 +74,8 @@ class Settings:
     work: Path
     plugin_dir: Path
     workers_flag: bool  # whether `extproc serve` has --workers
+    rates: tuple[float, ...] = ()  # --rates: extra paced runs, the same rates for every case
+    noop_timings: bool = False  # --noop-timings: the sync no-op times its streams in the half-peak run
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class Running:
     envoy: ManagedProcess
     server: ManagedProcess | None
     call_log: Path | None  # Envoy's log of ext_proc call latencies, when the case has the filter
+    timings: Path | None = None  # where the sync no-op writes its stream timings (--noop-timings)
 
 
 class CaseUnavailable(Exception):
@@ -117,9 +123,17 @@ def _envoy(name: str, bootstrap: dict[str, Any], work: Path, listen_port: int) -
         yield proc
 
 
+def _timings_path(case: Case, settings: Settings) -> Path | None:
+    if settings.noop_timings and case.kind is Kind.NOOP and case.noop_stack == "sync":
+        return settings.work / case.name / "stream-timings.txt"
+    return None
+
+
 def _server_argv(case: Case, settings: Settings, port: int) -> list[str] | None:
     if case.kind is Kind.NOOP:
-        return [sys.executable, str(NOOP_SERVER), "--port", str(port), "--stack", case.noop_stack]
+        argv = [sys.executable, str(NOOP_SERVER), "--port", str(port), "--stack", case.noop_stack]
+        timings = _timings_path(case, settings)
+        return argv if timings is None else [*argv, "--timings", str(timings)]
     if case.kind is not Kind.SERVER:
         return None
     if case.workers is not None and not settings.workers_flag:
@@ -173,7 +187,7 @@ def _stack(case: Case, settings: Settings, upstream_port: int) -> Iterator[Runni
         )
         # Entered last, so stopped first: Envoy never sees the server vanish under live streams.
         envoy = processes.enter_context(_envoy("envoy", bootstrap, work, listen_port))
-        yield Running(f"http://127.0.0.1:{listen_port}", envoy, server, call_log)
+        yield Running(f"http://127.0.0.1:{listen_port}", envoy, server, call_log, _timings_path(case, settings))
 
 
 # --- measuring -------------------------------------------------------------------------
@@ -253,6 +267,10 @@ def _measure(case: Case, settings: Settings, running: Running, upstream: Managed
 
     half_window = _CpuWindow({"envoy": running.envoy, "server": running.server})
     half_started = time.time()
+    if running.timings is not None:
+        os.kill(_pid(_server(running)), signal.SIGUSR1)
+        marker = noop_server.recording_marker(running.timings)
+        wait_until(marker.exists, 10.0, f"the no-op to start timing streams ({marker})")
     half_window.start()
     # Half as long as the peak run: enough samples for a p99, and it keeps a full run under 10 minutes.
     half = loadgen.run_wrk(
@@ -266,6 +284,10 @@ def _measure(case: Case, settings: Settings, running: Running, upstream: Managed
     half_window.stop()
     half_ended = time.time()
     _check(half, "half-peak run (wrk, paced)", running)
+    spans = _handler_spans(running)
+    at_rates = tuple(
+        _rate_run(case, settings, running, rate) for rate in settings.rates if rate <= RATE_HEADROOM * peak.rps
+    )
     return CaseResult(
         name=case.name,
         title=case.title,
@@ -280,8 +302,53 @@ def _measure(case: Case, settings: Settings, running: Running, upstream: Managed
         half_envoy_cpu_us=half_window.per_request_us("envoy", half.requests),
         half_server_cpu_us=half_window.per_request_us("server", half.requests),
         half_call_p99_us=_call_p99_us(running, half, half_started, half_ended),
+        half_handler_spans=spans,
         body_bytes=case.body_bytes,
+        at_rates=at_rates,
         other_load_pct=max(window.other_load_pct, half_window.other_load_pct),
+    )
+
+
+def _server(running: Running) -> ManagedProcess:
+    if running.server is None:
+        raise RuntimeError("this case has no ext_proc server")
+    return running.server
+
+
+def _handler_spans(running: Running) -> dict[str, tuple[float, float]] | None:
+    """p50 and p99 (us) of each span the no-op timed during the half-peak run, if it timed them."""
+    if running.timings is None:
+        return None
+    os.kill(_pid(_server(running)), signal.SIGUSR2)
+    timings = running.timings
+    wait_until(timings.exists, 10.0, f"the no-op's stream timings in {timings}")
+    spans = noop_server.read_timings(timings.read_text())
+    return {
+        name: (loadgen.percentile(sorted(values), 0.5), loadgen.percentile(sorted(values), 0.99))
+        for name, values in spans.items()
+        if values
+    }
+
+
+def _rate_run(case: Case, settings: Settings, running: Running, rate: float) -> RateRun:
+    window = _CpuWindow({"envoy": running.envoy, "server": running.server})
+    window.start()
+    result = loadgen.run_wrk(
+        running.url,
+        case.load,
+        duration_s=settings.duration_s / 2,
+        connections=CONNECTIONS,
+        work_dir=settings.work / case.name,
+        rate=rate,
+    )
+    window.stop()
+    _check(result, f"run paced to {rate:g} req/s (wrk)", running)
+    return RateRun(
+        rate=rate,
+        result=result,
+        envoy_cpu_us=window.per_request_us("envoy", result.requests),
+        server_cpu_us=window.per_request_us("server", result.requests),
+        server_switches=window.server_switches_per_request(result.requests),
     )
 
 
@@ -428,6 +495,16 @@ def write_outputs(
     report.plot(results, settings.out / "results.png")
 
 
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(rate) for rate in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if any(rate <= 0 for rate in rates):
+        raise argparse.ArgumentTypeError(f"rates must be positive: {text!r}")
+    return rates
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short runs, for smoke checking")
@@ -436,6 +513,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", help=f"comma-separated subset of: {', '.join(c.name for c in CASES)}")
     parser.add_argument("--no-memory", action="store_true", help="skip the five-plugin memory run")
     parser.add_argument("--profile", action="store_true", help=f"also py-spy profile the {PROFILE_CASE!r} case")
+    parser.add_argument(
+        "--rates",
+        type=_rates,
+        default=(),
+        help="comma-separated request rates: every case also runs paced to each (if under 80%% of its peak)",
+    )
+    parser.add_argument(
+        "--noop-timings",
+        action="store_true",
+        help="the grpcio no-op times each stream inside its handler during the half-peak run",
+    )
     args = parser.parse_args(argv)
 
     cases = list(CASES)
@@ -463,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         work=work,
         plugin_dir=ensure_built(),
         workers_flag=_has_workers_flag(),
+        rates=args.rates,
+        noop_timings=args.noop_timings,
     )
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     info = machine()

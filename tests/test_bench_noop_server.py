@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
 from bench import noop_server
 from bench.noop_server import BENCH_PACKAGES, STACKS, answer
-from tests.e2e.harness import REPO_ROOT, ManagedProcess, free_port, wait_for_port
+from tests.e2e.harness import REPO_ROOT, ManagedProcess, free_port, wait_for_port, wait_until
 
 NOOP_SERVER = Path(noop_server.__file__)
 
@@ -71,3 +74,42 @@ def test_each_stack_answers_request_headers_and_stops_cleanly(stack: str, tmp_pa
     assert replies[0].mode_override.response_header_mode == ProcessingMode.SKIP
     # SIGTERM (the context's exit) stops it with status 0, not by the default handler or SIGKILL.
     assert server.returncode == 0, server.log_text()
+
+
+def test_timings_are_recorded_between_the_signals_and_written_whole(tmp_path: Path) -> None:
+    port, timings = free_port(), tmp_path / "timings.txt"
+    argv = [sys.executable, str(NOOP_SERVER), "--port", str(port), "--timings", str(timings)]
+    with ManagedProcess("noop timed", argv, tmp_path / "server.log", cwd=REPO_ROOT) as server:
+        wait_for_port("127.0.0.1", port, 30.0, process=server)
+        assert server.pid is not None
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = ep_grpc.ExternalProcessorStub(channel)
+            list(stub.Process(iter([_request_headers()]), timeout=30))  # before recording: not counted
+            os.kill(server.pid, signal.SIGUSR1)
+            wait_until(noop_server.recording_marker(timings).exists, 10.0, "recording to start")
+            for _ in range(3):
+                assert len(list(stub.Process(iter([_request_headers()]), timeout=30))) == 1
+            os.kill(server.pid, signal.SIGUSR2)
+            wait_until(timings.exists, 10.0, "the timings file")
+    assert not noop_server.recording_marker(timings).exists()
+    rows = [[int(field) for field in line.split()] for line in timings.read_text().splitlines()]
+    assert len(rows) == 3
+    assert all(len(row) == len(noop_server.MOMENTS) and row == sorted(row) for row in rows)
+    spans = noop_server.read_timings(timings.read_text())
+    handoff, wait, answer_, total = spans.values()
+    assert [len(values) for values in spans.values()] == [3, 3, 3, 3]
+    for parts, whole in zip(zip(handoff, wait, answer_, strict=True), total, strict=True):
+        assert sum(parts) == pytest.approx(whole)
+
+
+@pytest.mark.parametrize("line", ["1 2 3", "1 2 3 4 5", "1 2 x 4"])
+def test_a_malformed_timings_line_is_an_error(line: str) -> None:
+    with pytest.raises(ValueError, match="expected 4 integer timestamps"):
+        noop_server.read_timings(line)
+
+
+def test_timings_are_refused_on_the_async_stacks(tmp_path: Path) -> None:
+    argv = [sys.executable, str(NOOP_SERVER), "--port", "1", "--stack", "aio", "--timings", str(tmp_path / "t")]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "--timings is only for the sync stack" in proc.stderr

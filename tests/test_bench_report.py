@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+
 import pytest
 
 from bench import report
@@ -9,7 +12,8 @@ from bench.cases import CASES, KIB, Case, Kind
 from bench.envoy_configs import parse_call_log
 from bench.loadgen import Load, LoadError, LoadResult, parse_h2load_log, parse_wrk, percentile
 from bench.profile import OTHER_LAYER, layer_of, parse_collapsed, parse_perf_report
-from bench.report import CaseResult, MemoryResult, Status, Target, Verdict
+from bench.report import CaseResult, MemoryResult, RateRun, Status, Target, Verdict
+from bench.run import _rates
 
 
 def load(rps: float, p99_us: float = 1000.0) -> LoadResult:
@@ -107,6 +111,27 @@ def test_tables_render_unavailable_cases_and_targets() -> None:
     assert "| v | 3.00x | - | info |" in targets
 
 
+def at_rates(name: str, *server_cpu_us: tuple[float, float]) -> CaseResult:
+    runs = tuple(RateRun(rate, load(rate), 300.0, cpu, 20.0) for rate, cpu in server_cpu_us)
+    return dataclasses.replace(ok(name, 2000), at_rates=runs)
+
+
+def test_set_rate_rows_compare_server_cpu_with_the_noop_at_the_same_rate() -> None:
+    results = [at_rates("noop", (1000, 500.0), (500, 800.0)), at_rates("header", (1000, 650.0), (500, 1000.0))]
+    table = report.rate_table(results)
+    assert "| header | 1000 | 1,000 | 1.00 | 300 | 650 | 1.30 | 20.0 |" in table
+    assert "| header | 500 | 500 | 1.00 | 300 | 1,000 | 1.25 | 20.0 |" in table
+    assert "| noop | 500 | 500 | 1.00 | 300 | 800 | 1.00 | 20.0 |" in table
+    assert "## At set rates" in report.markdown(results, [], None, "# h\n")
+    # Without --rates the section is left out.
+    assert "## At set rates" not in report.markdown([ok("noop", 2000)], [], None, "# h\n")
+
+
+def test_a_rate_without_a_noop_run_has_no_ratio() -> None:
+    table = report.rate_table([at_rates("header", (700, 650.0))])
+    assert "| header | 700 | 700 | 1.00 | 300 | 650 | - | 20.0 |" in table
+
+
 def test_case_body_bytes_from_request_or_response_path() -> None:
     assert Case("a", "a", Kind.SERVER, Load("/", 64 * KIB)).body_bytes == 64 * KIB
     assert Case("b", "b", Kind.SERVER, Load("/body/1024")).body_bytes == 1024
@@ -166,3 +191,23 @@ def test_call_log_keeps_the_window_and_marks_requests_without_a_call() -> None:
     text = "99.500000 700\n100.000000 1200\n100.250000 -\n100.999999 900\n101.000000 5000\n"
     assert parse_call_log(text, 100.0, 101.0) == [1200, None, 900]
     assert parse_call_log("", 100.0, 101.0) == []
+
+
+def test_rates_option_parses_a_list_of_positive_rates() -> None:
+    assert _rates("1000,500") == (1000.0, 500.0)
+
+
+@pytest.mark.parametrize("text", ["", "1000,", "fast", "500,-1", "0"])
+def test_rates_option_rejects_bad_lists(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=repr(text)):
+        _rates(text)
+
+
+def test_noop_spans_show_next_to_envoys_view_of_the_call() -> None:
+    spans = {"handler start -> reply sent": (570.0, 3300.0)}
+    noop = dataclasses.replace(ok("noop", 2600), half_handler_spans=spans, half_call_p99_us=9200.0)
+    table = report.spans_table(noop)
+    assert "| handler start -> reply sent (in the server) | 0.57 | 3.30 |" in table
+    assert "| ext_proc call as Envoy timed it | - | 9.20 |" in table
+    text = report.markdown([noop, ok("header", 2000)], [], None, "# h\n")
+    assert text.count("where a stream's time goes") == 1
