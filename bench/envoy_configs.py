@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,7 @@ def proxy_bootstrap(
 
 # Envoy's ext_proc filter state: the time from sending the request headers to the server's answer.
 _CALL_LATENCY = f"%FILTER_STATE({EXT_PROC_FILTER_NAME}:FIELD:request_header_latency_us)%"
+_CALL_LOG_LINE = f"%START_TIME(%s.%6f)% {_CALL_LATENCY} %REQ(X-REQUEST-ID)%\n"
 
 
 def _call_log(path: Path) -> dict[str, Any]:
@@ -119,20 +121,29 @@ def _call_log(path: Path) -> dict[str, Any]:
         "typed_config": {
             "@type": _TYPE + "envoy.extensions.access_loggers.file.v3.FileAccessLog",
             "path": str(path),
-            "log_format": {"text_format_source": {"inline_string": f"%START_TIME(%s.%6f)% {_CALL_LATENCY}\n"}},
+            "log_format": {"text_format_source": {"inline_string": _CALL_LOG_LINE}},
         },
     }
 
 
-def parse_call_log(text: str, start: float, end: float) -> list[int | None]:
-    """The ext_proc call latency (us) of each request that started in [start, end) (Unix seconds);
-    None for a request the filter did not send to the server (Envoy logs "-")."""
-    latencies: list[int | None] = []
+@dataclass(frozen=True)
+class CallRecord:
+    """One request in the call log: when Envoy began it (Unix s), how long its ext_proc call took
+    (us; None when the filter did not call the server: Envoy logs "-"), and its x-request-id."""
+
+    started_s: float
+    latency_us: int | None
+    request_id: str
+
+
+def parse_call_log(text: str, start: float, end: float) -> list[CallRecord]:
+    """The requests that started in [start, end) (Unix seconds)."""
+    records = []
     for line in text.splitlines():
-        started, _, latency = line.partition(" ")
+        started, latency, request_id = line.split(" ")
         if start <= float(started) < end:
-            latencies.append(int(latency) if latency.isdigit() else None)
-    return latencies
+            records.append(CallRecord(float(started), int(latency) if latency.isdigit() else None, request_id))
+    return records
 
 
 def upstream_bootstrap(*, listen_port: int, admin_port: int) -> dict[str, Any]:

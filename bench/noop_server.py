@@ -29,8 +29,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -83,28 +84,41 @@ class NoopProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             yield answer(request)
 
 
-# The moments of one stream the timed no-op records, in order (monotonic ns).
-MOMENTS = ("dispatched", "handler started", "first message", "reply sent")
-# The spans reported: (name, from moment, to moment).
+# The moments of one stream the timed no-op records, in order (Unix ns: Envoy's access log, which
+# the bench lines them up with, has wall-clock times).
+MOMENTS = ("dispatched", "handler started", "first message", "reply yielded", "send confirmed")
+# Two more moments come from Envoy's log line of the same request (``spans(calls=...)``).
+ENVOY_REQUEST, ENVOY_REPLY = "Envoy has the request", "Envoy has the reply"
+# The spans reported, in the order a stream meets them: (name, from moment, to moment).
 SPANS = (
-    ("polling thread dispatch -> handler start (thread pool handoff)", 0, 1),
-    ("handler start -> first message", 1, 2),
-    ("first message -> reply sent", 2, 3),
-    ("polling thread dispatch -> reply sent", 0, 3),
+    (f"{ENVOY_REQUEST} -> polling thread dispatch", ENVOY_REQUEST, "dispatched"),
+    ("dispatch -> handler start (thread pool handoff)", "dispatched", "handler started"),
+    ("handler start -> first message", "handler started", "first message"),
+    ("first message -> reply yielded (the no-op's own work)", "first message", "reply yielded"),
+    (f"reply yielded -> {ENVOY_REPLY}", "reply yielded", ENVOY_REPLY),
+    ("reply yielded -> grpcio confirms the send to the handler", "reply yielded", "send confirmed"),
 )
 
 
+@dataclass(frozen=True)
+class StreamRow:
+    """One timed stream: the x-request-id Envoy gave the request, and ``MOMENTS`` in Unix ns."""
+
+    request_id: str
+    moments: tuple[int, ...]
+
+
 class StreamTimings:
-    """Per-stream timestamps taken while recording, one row of ``MOMENTS`` per stream.
+    """Per-stream timestamps taken while recording.
 
     "dispatched" is taken on grpcio's polling thread as it looks up the stream's handler, before
-    handing the stream to the thread pool; "reply sent" when the handler's generator resumes, which
-    grpcio does once the reply it yielded has been sent.
+    handing the stream to the thread pool; "send confirmed" when the handler's generator resumes,
+    which grpcio does once its polling thread has seen the send of the yielded reply complete.
     """
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._rows: list[tuple[int, ...]] = []
+        self._rows: list[StreamRow] = []
         self.recording = False
 
     @property
@@ -117,15 +131,16 @@ class StreamTimings:
         self.recording = True
         self.marker.touch()
 
-    def record(self, *moments: int) -> None:
+    def record(self, request_id: str, *moments: int) -> None:
         if self.recording:
-            self._rows.append(moments)  # list.append is atomic under the GIL
+            self._rows.append(StreamRow(request_id, moments))  # list.append is atomic under the GIL
 
     def stop(self) -> None:
         """Write what was recorded; the file appears whole (bench/run.py waits for it)."""
         self.recording = False
         partial = self._path.with_suffix(".partial")
-        partial.write_text("".join(" ".join(map(str, row)) + "\n" for row in self._rows))
+        lines = (" ".join([row.request_id or "-", *map(str, row.moments)]) + "\n" for row in self._rows)
+        partial.write_text("".join(lines))
         os.replace(partial, self._path)
         self.marker.unlink(missing_ok=True)
 
@@ -134,17 +149,43 @@ def recording_marker(timings: Path) -> Path:
     return timings.with_suffix(".recording")
 
 
-def read_timings(text: str) -> dict[str, list[float]]:
-    """The spans of each recorded stream, in microseconds, by span name."""
-    spans: dict[str, list[float]] = {name: [] for name, _, _ in SPANS}
+def read_timings(text: str) -> list[StreamRow]:
+    rows = []
     for line in text.splitlines():
-        fields = line.split()
+        request_id, *fields = line.split()
         if len(fields) != len(MOMENTS) or not all(field.isdigit() for field in fields):
-            raise ValueError(f"stream timings line {line!r}: expected {len(MOMENTS)} integer timestamps")
-        moments = [int(field) for field in fields]
+            raise ValueError(f"stream timings line {line!r}: expected a request id and {len(MOMENTS)} timestamps")
+        rows.append(StreamRow(request_id, tuple(int(field) for field in fields)))
+    return rows
+
+
+def spans(rows: Sequence[StreamRow], calls: Mapping[str, tuple[float, int]]) -> dict[str, list[float]]:
+    """Each span of each stream, in microseconds, by span name.
+
+    ``calls``: by request id, when Envoy began the request (Unix s) and how long its ext_proc call
+    took (us), from its access log; the spans that start or end in Envoy need the stream's request
+    there. Envoy starts the call once it has parsed the request headers, a few us after the logged
+    start, so the first span is that much long and the "Envoy has the reply" one that much short.
+    """
+    found: dict[str, list[float]] = {name: [] for name, _, _ in SPANS}
+    for row in rows:
+        moments = {moment: ns / 1000 for moment, ns in zip(MOMENTS, row.moments, strict=True)}
+        call = calls.get(row.request_id)
+        if call is not None:
+            moments[ENVOY_REQUEST] = call[0] * 1e6
+            moments[ENVOY_REPLY] = moments[ENVOY_REQUEST] + call[1]
         for name, begin, end in SPANS:
-            spans[name].append((moments[end] - moments[begin]) / 1000)
-    return spans
+            if begin in moments and end in moments:
+                found[name].append(moments[end] - moments[begin])
+    return found
+
+
+def _request_id(request: ep.ProcessingRequest) -> str:
+    for header in request.request_headers.headers.headers:
+        if header.key == "x-request-id":
+            value: str = header.raw_value.decode() or header.value
+            return value
+    return ""
 
 
 if TYPE_CHECKING:
@@ -165,7 +206,7 @@ class TimedNoopHandler(_GenericHandler):
     def service(self, details: grpc.HandlerCallDetails) -> _Handler | None:
         if details.method != PROCESS_METHOD:
             return None
-        dispatched = time.monotonic_ns()
+        dispatched = time.time_ns()
         return grpc.stream_stream_rpc_method_handler(
             functools.partial(self._process, dispatched),
             request_deserializer=ep.ProcessingRequest.FromString,
@@ -175,15 +216,19 @@ class TimedNoopHandler(_GenericHandler):
     def _process(
         self, dispatched: int, request_iterator: Iterator[ep.ProcessingRequest], _context: grpc.ServicerContext
     ) -> Iterator[ep.ProcessingResponse]:
-        started = time.monotonic_ns()
+        started = time.time_ns()
         first_message = 0
         for request in request_iterator:
             if first_message:
                 yield answer(request)
                 continue
-            first_message = time.monotonic_ns()
-            yield answer(request)
-            self._timings.record(dispatched, started, first_message, time.monotonic_ns())
+            first_message = time.time_ns()
+            reply = answer(request)
+            reply_yielded = time.time_ns()
+            yield reply
+            self._timings.record(
+                _request_id(request), dispatched, started, first_message, reply_yielded, time.time_ns()
+            )
 
 
 class AioNoopProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]

@@ -300,7 +300,7 @@ def spans_table(result: CaseResult) -> str:
     """The no-op's own stream spans next to the call as Envoy timed it, all from the half-peak run."""
     lines = ["| span | p50 ms | p99 ms |", "| --- | ---: | ---: |"]
     for name, (p50, p99) in (result.half_handler_spans or {}).items():
-        lines.append(f"| {name} (in the server) | {_ms(p50)} | {_ms(p99)} |")
+        lines.append(f"| {name} | {_ms(p50)} | {_ms(p99)} |")
     lines.append(f"| ext_proc call as Envoy timed it | - | {_ms(result.half_call_p99_us)} |")
     return "\n".join(lines) + "\n"
 

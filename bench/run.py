@@ -37,7 +37,7 @@ import yaml  # noqa: E402
 
 from bench import envoy_configs, loadgen, noop_server, procstat, profile, report  # noqa: E402
 from bench.cases import CASES, MEMORY_CASE, PROFILE_CASE, Case, Kind, server_config  # noqa: E402
-from bench.envoy_configs import ProxyFilter, proxy_bootstrap, upstream_bootstrap  # noqa: E402
+from bench.envoy_configs import CallRecord, ProxyFilter, proxy_bootstrap, upstream_bootstrap  # noqa: E402
 from bench.loadgen import LoadError, LoadResult  # noqa: E402
 from bench.noop_server import BENCH_PACKAGES  # noqa: E402
 from bench.report import CaseResult, MemoryResult, RateRun, Status  # noqa: E402
@@ -284,7 +284,8 @@ def _measure(case: Case, settings: Settings, running: Running, upstream: Managed
     half_window.stop()
     half_ended = time.time()
     _check(half, "half-peak run (wrk, paced)", running)
-    spans = _handler_spans(running)
+    calls = _logged_calls(running, half, half_started, half_ended)
+    spans = _handler_spans(running, calls)
     at_rates = tuple(
         _rate_run(case, settings, running, rate) for rate in settings.rates if rate <= RATE_HEADROOM * peak.rps
     )
@@ -301,7 +302,7 @@ def _measure(case: Case, settings: Settings, running: Running, upstream: Managed
         half=half,
         half_envoy_cpu_us=half_window.per_request_us("envoy", half.requests),
         half_server_cpu_us=half_window.per_request_us("server", half.requests),
-        half_call_p99_us=_call_p99_us(running, half, half_started, half_ended),
+        half_call_p99_us=_call_p99_us(calls),
         half_handler_spans=spans,
         body_bytes=case.body_bytes,
         at_rates=at_rates,
@@ -315,14 +316,16 @@ def _server(running: Running) -> ManagedProcess:
     return running.server
 
 
-def _handler_spans(running: Running) -> dict[str, tuple[float, float]] | None:
-    """p50 and p99 (us) of each span the no-op timed during the half-peak run, if it timed them."""
+def _handler_spans(running: Running, calls: list[CallRecord]) -> dict[str, tuple[float, float]] | None:
+    """p50 and p99 (us) of each span the no-op timed during the half-peak run, if it timed them,
+    with the spans before and after it from Envoy's log line of the same request."""
     if running.timings is None:
         return None
     os.kill(_pid(_server(running)), signal.SIGUSR2)
     timings = running.timings
     wait_until(timings.exists, 10.0, f"the no-op's stream timings in {timings}")
-    spans = noop_server.read_timings(timings.read_text())
+    by_request = {call.request_id: (call.started_s, call.latency_us) for call in calls if call.latency_us is not None}
+    spans = noop_server.spans(noop_server.read_timings(timings.read_text()), by_request)
     return {
         name: (loadgen.percentile(sorted(values), 0.5), loadgen.percentile(sorted(values), 0.99))
         for name, values in spans.items()
@@ -352,19 +355,24 @@ def _rate_run(case: Case, settings: Settings, running: Running, rate: float) -> 
     )
 
 
-def _call_p99_us(running: Running, result: LoadResult, start: float, end: float) -> float | None:
-    """p99 of the ext_proc call as Envoy timed it, over the requests of a run in [start, end)."""
+def _logged_calls(running: Running, result: LoadResult, start: float, end: float) -> list[CallRecord]:
+    """Envoy's call log lines of the requests of a run in [start, end) (none without the filter)."""
     log_path = running.call_log
     if log_path is None:
-        return None
+        return []
 
-    def logged() -> list[int | None]:
+    def logged() -> list[CallRecord]:
         return envoy_configs.parse_call_log(log_path.read_text() if log_path.exists() else "", start, end)
 
     # Envoy writes its access log out every 50 ms (envoy_argv); every request wrk counted gets a line.
     wait_until(lambda: len(logged()) >= result.requests, 10.0, "Envoy's ext_proc call log")
-    called = sorted(latency for latency in logged() if latency is not None)
-    return loadgen.percentile([float(latency) for latency in called], 0.99) if called else None
+    return logged()
+
+
+def _call_p99_us(calls: list[CallRecord]) -> float | None:
+    """p99 of the ext_proc call as Envoy timed it."""
+    called = sorted(float(call.latency_us) for call in calls if call.latency_us is not None)
+    return loadgen.percentile(called, 0.99) if called else None
 
 
 def run_case(case: Case, settings: Settings, upstream_port: int, upstream: ManagedProcess) -> CaseResult:

@@ -23,9 +23,13 @@ from tests.e2e.harness import REPO_ROOT, ManagedProcess, free_port, wait_for_por
 NOOP_SERVER = Path(noop_server.__file__)
 
 
-def _request_headers() -> ep.ProcessingRequest:
+def _request_headers(request_id: str = "") -> ep.ProcessingRequest:
     headers = HeaderMap(
-        headers=[HeaderValue(key=":path", raw_value=b"/"), HeaderValue(key=":method", raw_value=b"GET")]
+        headers=[
+            HeaderValue(key=":path", raw_value=b"/"),
+            HeaderValue(key=":method", raw_value=b"GET"),
+            HeaderValue(key="x-request-id", raw_value=request_id.encode()),
+        ]
     )
     return ep.ProcessingRequest(request_headers=ep.HttpHeaders(headers=headers, end_of_stream=True))
 
@@ -87,24 +91,42 @@ def test_timings_are_recorded_between_the_signals_and_written_whole(tmp_path: Pa
             list(stub.Process(iter([_request_headers()]), timeout=30))  # before recording: not counted
             os.kill(server.pid, signal.SIGUSR1)
             wait_until(noop_server.recording_marker(timings).exists, 10.0, "recording to start")
-            for _ in range(3):
-                assert len(list(stub.Process(iter([_request_headers()]), timeout=30))) == 1
+            for number in (1, 2, 3):
+                assert len(list(stub.Process(iter([_request_headers(f"req-{number}")]), timeout=30))) == 1
             os.kill(server.pid, signal.SIGUSR2)
             wait_until(timings.exists, 10.0, "the timings file")
     assert not noop_server.recording_marker(timings).exists()
-    rows = [[int(field) for field in line.split()] for line in timings.read_text().splitlines()]
+    rows = noop_server.read_timings(timings.read_text())
     assert len(rows) == 3
-    assert all(len(row) == len(noop_server.MOMENTS) and row == sorted(row) for row in rows)
-    spans = noop_server.read_timings(timings.read_text())
-    handoff, wait, answer_, total = spans.values()
-    assert [len(values) for values in spans.values()] == [3, 3, 3, 3]
-    for parts, whole in zip(zip(handoff, wait, answer_, strict=True), total, strict=True):
-        assert sum(parts) == pytest.approx(whole)
+    assert all(
+        len(row.moments) == len(noop_server.MOMENTS) and list(row.moments) == sorted(row.moments) for row in rows
+    )
+    assert [row.request_id for row in rows] == ["req-1", "req-2", "req-3"]
 
 
-@pytest.mark.parametrize("line", ["1 2 3", "1 2 3 4 5", "1 2 x 4"])
+def test_spans_inside_the_server_and_around_it_from_envoys_log() -> None:
+    us = 1000  # the moments are in ns
+    rows = [
+        noop_server.StreamRow("a", (100_000 * us, 100_200 * us, 100_500 * us, 100_550 * us, 101_000 * us)),
+        noop_server.StreamRow("b", (200_000 * us, 200_100 * us, 200_200 * us, 200_250 * us, 200_300 * us)),
+    ]
+    # Envoy began request "a" 400 us before the dispatch and had the reply 1450 us after it was
+    # yielded; request "b" is not in Envoy's log (e.g. it started before the window).
+    found = noop_server.spans(rows, {"a": (99_600 / 1e6, 3000)})
+    assert list(found.values()) == [
+        [pytest.approx(400)],
+        [200, 100],
+        [300, 100],
+        [50, 50],
+        [pytest.approx(2050)],
+        [450, 50],
+    ]
+    assert list(found) == [name for name, _, _ in noop_server.SPANS]
+
+
+@pytest.mark.parametrize("line", ["a 1 2 3 4", "a 1 2 3 4 5 6", "a 1 2 x 4 5", "1 2 3 4 5"])
 def test_a_malformed_timings_line_is_an_error(line: str) -> None:
-    with pytest.raises(ValueError, match="expected 4 integer timestamps"):
+    with pytest.raises(ValueError, match="expected a request id and 5 timestamps"):
         noop_server.read_timings(line)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from bench import report
 from bench.cases import CASES, KIB, Case, Kind
-from bench.envoy_configs import parse_call_log
+from bench.envoy_configs import CallRecord, parse_call_log
 from bench.loadgen import Load, LoadError, LoadResult, parse_h2load_log, parse_wrk, percentile
 from bench.profile import OTHER_LAYER, layer_of, parse_collapsed, parse_perf_report
 from bench.report import CaseResult, MemoryResult, RateRun, Status, Target, Verdict
@@ -188,8 +188,12 @@ def test_parse_perf_report() -> None:
 
 
 def test_call_log_keeps_the_window_and_marks_requests_without_a_call() -> None:
-    text = "99.500000 700\n100.000000 1200\n100.250000 -\n100.999999 900\n101.000000 5000\n"
-    assert parse_call_log(text, 100.0, 101.0) == [1200, None, 900]
+    text = "99.500000 700 a\n100.000000 1200 b\n100.250000 - c\n100.999999 900 d\n101.000000 5000 e\n"
+    assert parse_call_log(text, 100.0, 101.0) == [
+        CallRecord(100.0, 1200, "b"),
+        CallRecord(100.25, None, "c"),
+        CallRecord(100.999999, 900, "d"),
+    ]
     assert parse_call_log("", 100.0, 101.0) == []
 
 
@@ -207,7 +211,7 @@ def test_noop_spans_show_next_to_envoys_view_of_the_call() -> None:
     spans = {"handler start -> reply sent": (570.0, 3300.0)}
     noop = dataclasses.replace(ok("noop", 2600), half_handler_spans=spans, half_call_p99_us=9200.0)
     table = report.spans_table(noop)
-    assert "| handler start -> reply sent (in the server) | 0.57 | 3.30 |" in table
+    assert "| handler start -> reply sent | 0.57 | 3.30 |" in table
     assert "| ext_proc call as Envoy timed it | - | 9.20 |" in table
     text = report.markdown([noop, ok("header", 2000)], [], None, "# h\n")
     assert text.count("where a stream's time goes") == 1
