@@ -137,9 +137,10 @@ class CallRecord:
 
 
 def parse_call_log(text: str, start: float, end: float) -> list[CallRecord]:
-    """The requests that started in [start, end) (Unix seconds)."""
+    """The requests that started in [start, end) (Unix seconds), from the complete lines of ``text``
+    (Envoy may be writing the last one as it is read)."""
     records = []
-    for line in text.splitlines():
+    for line in text[: text.rfind("\n") + 1].splitlines():
         started, latency, request_id = line.split(" ")
         if start <= float(started) < end:
             records.append(CallRecord(float(started), int(latency) if latency.isdigit() else None, request_id))

@@ -129,6 +129,8 @@ class StreamTimings:
     def start(self) -> None:
         self._rows = []
         self.recording = True
+        # A file from an earlier recording must not pass for this one's.
+        self._path.unlink(missing_ok=True)
         self.marker.touch()
 
     def record(self, request_id: str, *moments: int) -> None:

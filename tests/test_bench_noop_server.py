@@ -89,8 +89,10 @@ def test_timings_are_recorded_between_the_signals_and_written_whole(tmp_path: Pa
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = ep_grpc.ExternalProcessorStub(channel)
             list(stub.Process(iter([_request_headers()]), timeout=30))  # before recording: not counted
+            timings.write_text("stale 1 2 3 4 5\n")  # an earlier recording's file is replaced
             os.kill(server.pid, signal.SIGUSR1)
             wait_until(noop_server.recording_marker(timings).exists, 10.0, "recording to start")
+            assert not timings.exists()
             for number in (1, 2, 3):
                 assert len(list(stub.Process(iter([_request_headers(f"req-{number}")]), timeout=30))) == 1
             os.kill(server.pid, signal.SIGUSR2)

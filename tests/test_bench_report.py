@@ -195,6 +195,7 @@ def test_call_log_keeps_the_window_and_marks_requests_without_a_call() -> None:
         CallRecord(100.999999, 900, "d"),
     ]
     assert parse_call_log("", 100.0, 101.0) == []
+    assert parse_call_log("100.5 1200 b\n100.6 90", 100.0, 101.0) == [CallRecord(100.5, 1200, "b")]
 
 
 def test_rates_option_parses_a_list_of_positive_rates() -> None:
