@@ -21,7 +21,8 @@ export class JsonValue {
 
   static null(): JsonValue { return new JsonValue(); }
   static bool(value: bool): JsonValue { const v = new JsonValue(); v.kind = JsonKind.Bool; v.flag = value; return v; }
-  static number(value: f64): JsonValue { return JsonValue.numberText(formatNumber(value)); }
+  /** A number; NaN and the infinities, which JSON cannot write, give null (as in JSON.stringify). */
+  static number(value: f64): JsonValue { return isFinite(value) ? JsonValue.numberText(formatNumber(value)) : JsonValue.null(); }
   static integer(value: i64): JsonValue { return JsonValue.numberText(value.toString()); }
   static numberText(text: string): JsonValue { const v = new JsonValue(); v.kind = JsonKind.Number; v.num = text; return v; }
   static string(value: string): JsonValue { const v = new JsonValue(); v.kind = JsonKind.String; v.str = value; return v; }
@@ -47,7 +48,7 @@ export class JsonValue {
     return v;
   }
 
-  /** Parses `text`; null when it is not one valid JSON document. */
+  /** Parses `text`; null when it is not one valid JSON document or nests deeper than MAX_DEPTH (512). */
   static parse(text: string): JsonValue | null {
     return JsonValue.parseBytes(Uint8Array.wrap(String.UTF8.encode(text)));
   }
@@ -192,6 +193,7 @@ function formatNumber(value: f64): string {
 
 // --- parsing --------------------------------------------------------------------------------
 
+/** The deepest a value may sit inside arrays and objects; deeper documents do not parse. */
 const MAX_DEPTH = 512;
 
 class Parser {
@@ -383,6 +385,19 @@ function scanPlain(b: Uint8Array, from: i32): i32 {
   return i;
 }
 
+/** Like scanPlain, also stopping at 0xED, the lead byte of a surrogate's (invalid) UTF-8 form. */
+function scanEscapable(b: Uint8Array, from: i32): i32 {
+  const ptr = b.dataStart;
+  const n = b.length;
+  let i = from;
+  while (i < n) {
+    const c = load<u8>(ptr + <usize>i);
+    if (c == 0x22 || c == 0x5c || c < 0x20 || c == 0xed) break;
+    i++;
+  }
+  return i;
+}
+
 // --- writing --------------------------------------------------------------------------------
 
 /** A growable byte buffer. */
@@ -483,14 +498,27 @@ export class JsonWriter {
   /** A JSON string literal from text. */
   string(s: string): void { this.stringBytes(Uint8Array.wrap(String.UTF8.encode(s))); }
 
-  /** A JSON string literal from UTF-8 bytes: escapes quote, backslash and control bytes only. */
+  /**
+   * A JSON string literal from UTF-8 bytes: escapes quote, backslash, control bytes, and lone
+   * surrogates (from a `\ud800` escape or a UTF-16 string), which UTF-8 cannot carry.
+   */
   stringBytes(b: Uint8Array): void {
     const out = this.out;
     out.writeByte(0x22);
     let run = 0;
     const n = b.length;
-    for (let i = scanPlain(b, 0); i < n; i = scanPlain(b, i + 1)) {
+    for (let i = scanEscapable(b, 0); i < n; i = scanEscapable(b, i + 1)) {
       const c = unchecked(b[i]);
+      if (c == 0xed) {
+        // ED A0..BF xx is U+D800..U+DFFF in the generalized UTF-8 that parsing and
+        // String.UTF8.encode produce for lone surrogates; other ED sequences are ordinary text.
+        if (i + 2 >= n || unchecked(b[i + 1]) < 0xa0 || unchecked(b[i + 1]) > 0xbf) continue;
+        out.writeRange(b, run, i);
+        this.escape(0xd000 | ((<i32>unchecked(b[i + 1]) & 0x3f) << 6) | (<i32>unchecked(b[i + 2]) & 0x3f));
+        i += 2;
+        run = i + 1;
+        continue;
+      }
       out.writeRange(b, run, i);
       run = i + 1;
       if (c == 0x22) out.writeAscii("\\\"");
@@ -498,14 +526,17 @@ export class JsonWriter {
       else if (c == 0x0a) out.writeAscii("\\n");
       else if (c == 0x0d) out.writeAscii("\\r");
       else if (c == 0x09) out.writeAscii("\\t");
-      else {
-        out.writeAscii("\\u00");
-        out.writeByte(<u8>HEX.charCodeAt(c >> 4));
-        out.writeByte(<u8>HEX.charCodeAt(c & 15));
-      }
+      else this.escape(c);
     }
     out.writeRange(b, run, b.length);
     out.writeByte(0x22);
+  }
+
+  /** `\u` and the four hex digits of the UTF-16 code unit `unit`. */
+  private escape(unit: i32): void {
+    const out = this.out;
+    out.writeAscii("\\u");
+    for (let shift = 12; shift >= 0; shift -= 4) out.writeByte(<u8>HEX.charCodeAt((unit >> shift) & 15));
   }
 
   raw(s: string): void { this.out.writeAscii(s); }
