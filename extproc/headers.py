@@ -19,9 +19,10 @@ class HeaderDiff:
 
     @property
     def touches_route(self) -> bool:
-        return not ROUTING_HEADERS.isdisjoint([name for name, _ in self.replaced]) or not ROUTING_HEADERS.isdisjoint(
-            self.removed
-        )
+        for name, _ in self.replaced:
+            if name in ROUTING_HEADERS:
+                return True
+        return not ROUTING_HEADERS.isdisjoint(self.removed)
 
 
 class HeaderList:
@@ -56,8 +57,8 @@ class HeaderList:
             pairs = [pair for pair in pairs if pair[0] not in gone]
         for name, value in changes.set:
             touched.add(name)
-            index = next((i for i, (key, _) in enumerate(pairs) if key == name), None)
-            if index is None:
+            index = _index(pairs, name)
+            if index < 0:
                 pairs.append((name, value))
             else:
                 # Keep the first occurrence's position so the header order stays stable.
@@ -79,15 +80,28 @@ class HeaderList:
             return HeaderDiff((), ())
         before = _values(self._original, self._touched)
         after = _values(self.pairs, self._touched)
-        replaced = tuple((name, values) for name, values in after.items() if before.get(name) != values)
-        removed = tuple(name for name in before if name not in after)
-        return HeaderDiff(replaced, removed)
+        # Loops rather than comprehensions: each comprehension makes a function object per call.
+        replaced = []
+        for name, values in after.items():
+            if before.get(name) != values:
+                replaced.append((name, values))
+        removed = () if before.keys() <= after.keys() else tuple([name for name in before if name not in after])
+        return HeaderDiff(tuple(replaced), removed)
+
+
+def _index(pairs: list[Pair], name: str) -> int:
+    """Where `name` first occurs, or -1 (a plain loop: a generator costs more to set up than the search)."""
+    for index, (key, _) in enumerate(pairs):
+        if key == name:
+            return index
+    return -1
 
 
 def _values(pairs: list[Pair], names: set[str]) -> dict[str, tuple[str, ...]]:
     """Every value of each of `names` present in `pairs`, in order."""
-    grouped: dict[str, list[str]] = {}
+    grouped: dict[str, tuple[str, ...]] = {}
     for name, value in pairs:
         if name in names:
-            grouped.setdefault(name, []).append(value)
-    return {name: tuple(values) for name, values in grouped.items()}
+            # Tuples built in place: a name rarely repeats, and no list-to-tuple pass is needed.
+            grouped[name] = grouped[name] + (value,) if name in grouped else (value,)
+    return grouped

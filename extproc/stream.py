@@ -101,10 +101,7 @@ class ExchangeStream:
         )
         if not selection.plugins:
             self.done = True
-            return ep.ProcessingResponse(
-                request_headers=_EMPTY_HEADERS_REPLY,
-                mode_override=envoy.mode_override(request_body=False, response_headers=False, response_body=False),
-            )
+            return envoy.headers_reply(request_body=False, response_headers=False, response_body=False)
         self._is_grpc = (headers.first("content-type") or "").startswith("application/grpc")
         exchange = Exchange(selection, headers, envoy.attributes(request), envoy.metadata_context(request))
         self._exchange = exchange
@@ -115,12 +112,10 @@ class ExchangeStream:
         if reply is not None:
             return self._immediate(reply)
         self.done = not (wait_for_body or selection.response_headers or selection.response_body)
-        response = ep.ProcessingResponse(
-            mode_override=envoy.mode_override(
-                request_body=wait_for_body,
-                response_headers=selection.response_headers,
-                response_body=selection.response_body,
-            ),
+        response = envoy.headers_reply(
+            request_body=wait_for_body,
+            response_headers=selection.response_headers,
+            response_body=selection.response_body,
         )
         self._fill_common(response.request_headers, exchange.request, route=True)
         self._attach_metadata(response)

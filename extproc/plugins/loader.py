@@ -124,7 +124,8 @@ class LoadedPlugin:
         self.host.begin_call()
         try:
             # The export itself is the name (a StrEnum): `.value` is a descriptor call per request.
-            raw = instance.call(export, data, host_context=self.host)
+            # parse=bytes: the wrapper's default is a lambda doing the same through one more frame.
+            raw = instance.call(export, data, parse=bytes, host_context=self.host)
         except extism.Error as exc:
             # A trapped or interrupted instance may hold half-updated state: never reuse it.
             self.pool.discard(instance)
