@@ -12,7 +12,6 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
-from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
 from extproc.contract import ImmediateReply, Pair
@@ -63,14 +62,13 @@ def _set_append(option: Any, append: bool) -> None:
     option.append_action = APPEND if append else OVERWRITE
 
 
-def _pairs_mutation(pairs: Iterable[Pair]) -> ep.HeaderMutation:
-    mutation = ep.HeaderMutation()
+def _fill_pairs(mutation: ep.HeaderMutation, pairs: Iterable[Pair]) -> None:
+    set_headers = mutation.set_headers
     for name, value in pairs:
-        option = mutation.set_headers.add()
+        option = set_headers.add()
         option.header.key = name
         option.header.raw_value = value.encode()
         _set_append(option, True)
-    return mutation
 
 
 # HTTP status -> gRPC status, after grpc/doc/http-grpc-status-mapping.md.
@@ -79,18 +77,22 @@ GRPC_UNKNOWN = 2
 
 
 def immediate_response(reply: ImmediateReply, is_grpc: bool) -> ep.ProcessingResponse:
-    response = ep.ImmediateResponse(
-        status=http_status_pb2.HttpStatus(code=reply.status),
-        headers=_pairs_mutation(reply.headers),
-        body=reply.body,
-        details=reply.details,
-    )
+    # Filled in place: constructing the nested messages first would copy each into its parent.
+    response = ep.ProcessingResponse()
+    immediate = response.immediate_response
+    immediate.status.code = reply.status
+    if reply.headers:
+        _fill_pairs(immediate.headers, reply.headers)
+    if reply.body:
+        immediate.body = reply.body
+    if reply.details:
+        immediate.details = reply.details
     if is_grpc:
         grpc_status = reply.grpc_status
         if grpc_status is None:
             grpc_status = 0 if reply.status == 200 else _GRPC_FROM_HTTP.get(reply.status, GRPC_UNKNOWN)
-        response.grpc_status.status = grpc_status
-    return ep.ProcessingResponse(immediate_response=response)
+        immediate.grpc_status.status = grpc_status
+    return response
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
