@@ -267,21 +267,18 @@ def _measure(case: Case, settings: Settings, running: Running, upstream: Managed
 
     half_window = _CpuWindow({"envoy": running.envoy, "server": running.server})
     half_started = time.time()
-    if running.timings is not None:
-        os.kill(_pid(_server(running)), signal.SIGUSR1)
-        marker = noop_server.recording_marker(running.timings)
-        wait_until(marker.exists, 10.0, f"the no-op to start timing streams ({marker})")
-    half_window.start()
-    # Half as long as the peak run: enough samples for a p99, and it keeps a full run under 10 minutes.
-    half = loadgen.run_wrk(
-        running.url,
-        case.load,
-        duration_s=settings.duration_s / 2,
-        connections=CONNECTIONS,
-        work_dir=work,
-        rate=peak.rps / 2,
-    )
-    half_window.stop()
+    with _stream_timings(running):
+        half_window.start()
+        # Half as long as the peak run: enough samples for a p99, and it keeps a full run under 10 minutes.
+        half = loadgen.run_wrk(
+            running.url,
+            case.load,
+            duration_s=settings.duration_s / 2,
+            connections=CONNECTIONS,
+            work_dir=work,
+            rate=peak.rps / 2,
+        )
+        half_window.stop()
     half_ended = time.time()
     _check(half, "half-peak run (wrk, paced)", running)
     calls = _logged_calls(running, half, half_started, half_ended)
@@ -316,16 +313,29 @@ def _server(running: Running) -> ManagedProcess:
     return running.server
 
 
+@contextlib.contextmanager
+def _stream_timings(running: Running) -> Iterator[None]:
+    """With --noop-timings, the no-op records its streams' moments while the block runs."""
+    timings = running.timings
+    if timings is None:
+        yield
+        return
+    pid = _pid(_server(running))
+    os.kill(pid, signal.SIGUSR1)
+    marker = noop_server.recording_marker(timings)
+    wait_until(marker.exists, 10.0, f"the no-op to start timing streams ({marker})")
+    yield
+    os.kill(pid, signal.SIGUSR2)
+    wait_until(timings.exists, 10.0, f"the no-op's stream timings in {timings}")
+
+
 def _handler_spans(running: Running, calls: list[CallRecord]) -> dict[str, tuple[float, float]] | None:
-    """p50 and p99 (us) of each span the no-op timed during the half-peak run, if it timed them,
-    with the spans before and after it from Envoy's log line of the same request."""
+    """p50 and p99 (us) of each span the no-op timed, if it timed them, with the spans before and
+    after it from Envoy's log line of the same request."""
     if running.timings is None:
         return None
-    os.kill(_pid(_server(running)), signal.SIGUSR2)
-    timings = running.timings
-    wait_until(timings.exists, 10.0, f"the no-op's stream timings in {timings}")
     by_request = {call.request_id: (call.started_s, call.latency_us) for call in calls if call.latency_us is not None}
-    spans = noop_server.spans(noop_server.read_timings(timings.read_text()), by_request)
+    spans = noop_server.spans(noop_server.read_timings(running.timings.read_text()), by_request)
     return {
         name: (loadgen.percentile(sorted(values), 0.5), loadgen.percentile(sorted(values), 0.99))
         for name, values in spans.items()
