@@ -236,8 +236,8 @@ def test_typed_getters(probe: extism.Plugin) -> None:
     assert got == {
         "s": row("string", getString="12"),
         "n": row("number", getString="-2.75", getNumber=-2.75, asInteger=-2),
-        # asNumber/asInteger go through f64: beyond 2^53 only the text is exact.
-        "big": row("number", getString="9007199254740993", getNumber=9007199254740992, asInteger=9007199254740992),
+        # asNumber goes through f64, so beyond 2^53 it rounds; asInteger reads integer text exactly.
+        "big": row("number", getString="9007199254740993", getNumber=9007199254740992, asInteger=9007199254740993),
         # Out of f64 range: an infinity (written as null, JSON having none) and a saturated integer.
         "huge": row("number", getString="1e400", getNumber=None, asInteger=2**63 - 1),
         "e": row("number", getString="1E+2", getNumber=100, asInteger=100),
@@ -249,6 +249,30 @@ def test_typed_getters(probe: extism.Plugin) -> None:
         "o": row("object", length=1),
         "absent": {**fallback, "kind": None, "has": False, "length": -1},
     }
+
+
+AS_INTEGER = [
+    ("beyond-2^53", b"9007199254740993", 9007199254740993),
+    ("i64-max", b"9223372036854775807", 2**63 - 1),
+    ("i64-min", b"-9223372036854775808", -(2**63)),
+    ("negative-zero", b"-0", 0),
+    # Not an integer i64 holds: through f64, truncated towards zero and saturated.
+    ("just-over-i64-max", b"9223372036854775808", 2**63 - 1),
+    ("just-under-i64-min", b"-9223372036854775809", -(2**63)),
+    ("twenty-three-digits", b"12345678901234567890123", 2**63 - 1),
+    ("fraction", b"12.7", 12),
+    ("negative-fraction", b"-2.75", -2),
+    ("exponent", b"1E+2", 100),
+    ("integer-valued-exponent-beyond-2^53", b"9007199254740993e0", 9007199254740992),
+    ("out-of-f64-range", b"-1e400", -(2**63)),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [case[1:] for case in AS_INTEGER], ids=[case[0] for case in AS_INTEGER])
+def test_as_integer_is_exact_for_integer_text_and_saturates_otherwise(
+    probe: extism.Plugin, text: bytes, expected: int
+) -> None:
+    assert strict_loads(call(probe, "typed", b'{"v":' + text + b"}"))["v"]["asInteger"] == expected
 
 
 def test_typed_rejects_a_document_that_is_not_an_object(probe: extism.Plugin) -> None:

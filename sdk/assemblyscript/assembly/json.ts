@@ -81,7 +81,15 @@ export class JsonValue {
 
   asBool(fallback: bool = false): bool { return this.kind == JsonKind.Bool ? this.flag : fallback; }
   asNumber(fallback: f64 = 0): f64 { return this.kind == JsonKind.Number ? parseFloat(this.num) : fallback; }
-  asInteger(fallback: i64 = 0): i64 { return this.kind == JsonKind.Number ? <i64>parseFloat(this.num) : fallback; }
+  /**
+   * The number as an integer: exact when its text is an integer i64 holds (ids, timestamps in ns,
+   * counters beyond 2^53); otherwise through f64, truncated and saturated at i64's bounds.
+   */
+  asInteger(fallback: i64 = 0): i64 {
+    if (this.kind != JsonKind.Number) return fallback;
+    const text = this.num;
+    return isI64Text(text) ? parseI64Text(text) : <i64>parseFloat(text);
+  }
   /** The string value; for a number its text; otherwise `fallback`. */
   asString(fallback: string = ""): string {
     if (this.kind == JsonKind.String) {
@@ -189,6 +197,34 @@ export class JsonValue {
 function formatNumber(value: f64): string {
   if (value == Math.floor(value) && Math.abs(value) < 9.007199254740992e15) return (<i64>value).toString();
   return value.toString();
+}
+
+// --- integers -------------------------------------------------------------------------------
+
+const I64_MAX_DIGITS = "9223372036854775807";
+const I64_MIN_DIGITS = "9223372036854775808"; // of -2^63, without the minus
+
+/** Whether `text` is an optional minus and digits whose value fits in i64. */
+function isI64Text(text: string): bool {
+  const start = text.startsWith("-") ? 1 : 0;
+  const digits = text.length - start;
+  if (digits < 1 || digits > I64_MAX_DIGITS.length) return false;
+  for (let i = start; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x30 || c > 0x39) return false;
+  }
+  if (digits < I64_MAX_DIGITS.length) return true;
+  // As long as the bound: digit strings of equal length compare like their values.
+  return text.substring(start) <= (start ? I64_MIN_DIGITS : I64_MAX_DIGITS);
+}
+
+/** The value of text that isI64Text accepted. */
+function parseI64Text(text: string): i64 {
+  const negative = text.startsWith("-");
+  // u64 holds every 19-digit magnitude, -2^63's included; negating it as i64 gives -2^63 back.
+  let magnitude: u64 = 0;
+  for (let i = negative ? 1 : 0; i < text.length; i++) magnitude = magnitude * 10 + <u64>(text.charCodeAt(i) - 0x30);
+  return negative ? -<i64>magnitude : <i64>magnitude;
 }
 
 // --- parsing --------------------------------------------------------------------------------
