@@ -408,27 +408,20 @@ class Parser {
 
 function isDigit(c: u8): bool { return c >= 0x30 && c <= 0x39; }
 
-/** The index of the first quote, backslash or control byte at or after `from` (or the length). */
-function scanPlain(b: Uint8Array, from: i32): i32 {
+/**
+ * The index of the first quote, backslash or control byte at or after `from` (or the length).
+ * With `stopAtED` also the first 0xED: the lead byte of a surrogate's (invalid) UTF-8 form, which
+ * the writer must escape; parsing passes false.
+ */
+function scanPlain(b: Uint8Array, from: i32, stopAtED: bool = false): i32 {
   const ptr = b.dataStart;
   const n = b.length;
+  // 0x100 matches no byte: without stopAtED the extra test never ends the scan.
+  const extra: u32 = stopAtED ? 0xed : 0x100;
   let i = from;
   while (i < n) {
     const c = load<u8>(ptr + <usize>i);
-    if (c == 0x22 || c == 0x5c || c < 0x20) break;
-    i++;
-  }
-  return i;
-}
-
-/** Like scanPlain, also stopping at 0xED, the lead byte of a surrogate's (invalid) UTF-8 form. */
-function scanEscapable(b: Uint8Array, from: i32): i32 {
-  const ptr = b.dataStart;
-  const n = b.length;
-  let i = from;
-  while (i < n) {
-    const c = load<u8>(ptr + <usize>i);
-    if (c == 0x22 || c == 0x5c || c < 0x20 || c == 0xed) break;
+    if (c == 0x22 || c == 0x5c || c < 0x20 || <u32>c == extra) break;
     i++;
   }
   return i;
@@ -543,7 +536,7 @@ export class JsonWriter {
     out.writeByte(0x22);
     let run = 0;
     const n = b.length;
-    for (let i = scanEscapable(b, 0); i < n; i = scanEscapable(b, i + 1)) {
+    for (let i = scanPlain(b, 0, true); i < n; i = scanPlain(b, i + 1, true)) {
       const c = unchecked(b[i]);
       if (c == 0xed) {
         // ED A0..BF xx is U+D800..U+DFFF in the generalized UTF-8 that parsing and
