@@ -22,15 +22,16 @@ class Status(enum.StrEnum):
 
 @dataclass(frozen=True)
 class RateRun:
-    """A run paced to a set request rate (``--rates``): what a request costs when every case
-    gets the same load, rather than each its own peak, where how saturated the machine is
-    changes how much each wake-up gets done."""
+    """A run paced to a set request rate: the half-peak run, and the ``--rates`` runs, which show
+    what a request costs when every case gets the same load rather than each its own peak (where
+    how saturated the machine is changes how much each wake-up gets done)."""
 
     rate: float
     result: LoadResult
     envoy_cpu_us: float | None
     server_cpu_us: float | None
     server_switches: float | None
+    other_load_pct: float = 0.0  # as CaseResult's
 
 
 @dataclass(frozen=True)

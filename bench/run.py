@@ -265,26 +265,14 @@ def _measure(case: Case, settings: Settings, running: Running, upstream: Managed
     if running.server is not None:
         rss = max(procstat.tree_rss_bytes(_pid(running.server)).values()) / MB
 
-    half_window = _CpuWindow({"envoy": running.envoy, "server": running.server})
     half_started = time.time()
     with _stream_timings(running):
-        half_window.start()
-        # Half as long as the peak run: enough samples for a p99, and it keeps a full run under 10 minutes.
-        half = loadgen.run_wrk(
-            running.url,
-            case.load,
-            duration_s=settings.duration_s / 2,
-            connections=CONNECTIONS,
-            work_dir=work,
-            rate=peak.rps / 2,
-        )
-        half_window.stop()
+        half = _paced_run(case, settings, running, peak.rps / 2)
     half_ended = time.time()
-    _check(half, "half-peak run (wrk, paced)", running)
-    calls = _logged_calls(running, half, half_started, half_ended)
+    calls = _logged_calls(running, half.result, half_started, half_ended)
     spans = _handler_spans(running, calls)
     at_rates = tuple(
-        _rate_run(case, settings, running, rate) for rate in settings.rates if rate <= RATE_HEADROOM * peak.rps
+        _paced_run(case, settings, running, rate) for rate in settings.rates if rate <= RATE_HEADROOM * peak.rps
     )
     return CaseResult(
         name=case.name,
@@ -296,14 +284,14 @@ def _measure(case: Case, settings: Settings, running: Running, upstream: Managed
         upstream_cpu_us=window.per_request_us("upstream", peak.requests),
         server_rss_mb=rss,
         server_switches=window.server_switches_per_request(peak.requests),
-        half=half,
-        half_envoy_cpu_us=half_window.per_request_us("envoy", half.requests),
-        half_server_cpu_us=half_window.per_request_us("server", half.requests),
+        half=half.result,
+        half_envoy_cpu_us=half.envoy_cpu_us,
+        half_server_cpu_us=half.server_cpu_us,
         half_call_p99_us=_call_p99_us(calls),
         half_handler_spans=spans,
         body_bytes=case.body_bytes,
         at_rates=at_rates,
-        other_load_pct=max(window.other_load_pct, half_window.other_load_pct),
+        other_load_pct=max(window.other_load_pct, half.other_load_pct, *(run.other_load_pct for run in at_rates)),
     )
 
 
@@ -343,7 +331,9 @@ def _handler_spans(running: Running, calls: list[CallRecord]) -> dict[str, tuple
     }
 
 
-def _rate_run(case: Case, settings: Settings, running: Running, rate: float) -> RateRun:
+def _paced_run(case: Case, settings: Settings, running: Running, rate: float) -> RateRun:
+    """wrk paced to ``rate``, half as long as the peak run: enough samples for a p99, and it keeps a
+    full run near 10 minutes."""
     window = _CpuWindow({"envoy": running.envoy, "server": running.server})
     window.start()
     result = loadgen.run_wrk(
@@ -355,13 +345,14 @@ def _rate_run(case: Case, settings: Settings, running: Running, rate: float) -> 
         rate=rate,
     )
     window.stop()
-    _check(result, f"run paced to {rate:g} req/s (wrk)", running)
+    _check(result, f"run paced to {rate:,.0f} req/s (wrk)", running)
     return RateRun(
         rate=rate,
         result=result,
         envoy_cpu_us=window.per_request_us("envoy", result.requests),
         server_cpu_us=window.per_request_us("server", result.requests),
         server_switches=window.server_switches_per_request(result.requests),
+        other_load_pct=window.other_load_pct,
     )
 
 
