@@ -34,7 +34,7 @@ class Exchange:
     response_body_changed: bool = False
     emitted_metadata: dict[str, Any] = field(default_factory=dict)
 
-    def run(self, export: Export) -> ImmediateReply | None:
+    async def run(self, export: Export) -> ImmediateReply | None:
         """Call `export` on every selected plugin that has it; stop at an immediate response."""
         for plugin in self.selection.plugins:
             if export not in plugin.exports:
@@ -54,7 +54,7 @@ class Exchange:
             )
             started = perf_counter()
             try:
-                output = plugin.call(export, payload)
+                output = await plugin.call(export, payload)
             except PluginCallError as exc:
                 plugin.metrics.record(export, perf_counter() - started, exc.kind)
                 fail_open = plugin.spec.on_error is FailurePolicy.FAIL_OPEN

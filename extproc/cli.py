@@ -12,6 +12,7 @@ from extproc.config import LOG_LEVELS, Config, ConfigError, ListenAddress, check
 from extproc.deploy import commands as deploy_commands
 from extproc.errors import ExtprocError
 from extproc.plugins.registry import PluginSet
+from extproc.plugins.runner import PluginThreads
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(config: Config) -> int:
-    plugins = PluginSet.load(config)
+    plugins = PluginSet.load(config, PluginThreads(config.server.plugin_threads))
     try:
         listen = config.server.listen_address
         print(f"{config.source}: ok, {len(config.plugins)} plugin(s), server listens on {listen}")

@@ -41,7 +41,10 @@ _TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TOP_KEYS: Final = ("server", "plugins", "state")
 _SERVER_KEYS: Final = (
     "listen",
-    "grpc_threads",
+    "plugin_threads",
+    "max_concurrent_streams",
+    "stream_idle_timeout_ms",
+    "inline_call_budget_us",
     "log_level",
     "max_body_bytes",
     "shutdown_grace_ms",
@@ -174,9 +177,18 @@ class TlsConfig:
 class ServerConfig:
     listen_host: str = "127.0.0.1"
     listen_port: int = 50051
-    # A stream holds its thread while plugins run and, when response phases are processed, through
-    # the upstream's latency, so this bounds concurrent exchanges per process.
-    grpc_threads: int = 128
+    # Threads for the plugin calls that do not run on the event loop (see plugins/runner.py): calls
+    # that wait on the network or were once slow. Streams themselves hold no thread.
+    plugin_threads: int = 32
+    # Open streams per worker process; beyond it a new stream is refused at once (RESOURCE_EXHAUSTED),
+    # so Envoy applies its failure mode instead of waiting.
+    max_concurrent_streams: int = 10_000
+    # A stream that gets no message from Envoy for this long is closed (0: never). An exchange with a
+    # response phase waits for the upstream's response between two messages, hence the generous default.
+    stream_idle_timeout_ms: int = 300_000
+    # A plugin call expected to take less runs on the event loop (cheaper than a thread handoff); a
+    # call that took more moves its plugin to the threads for good. 0: every call runs on a thread.
+    inline_call_budget_us: int = 1_000
     log_level: str = "info"
     max_body_bytes: int = 8 * 1024 * 1024
     # How long SIGTERM waits for in-flight streams before cancelling them.
@@ -266,7 +278,7 @@ class PluginConfig:
     timeout_ms: int = 100
     memory_limit_mb: int = 16
     encoding: Encoding = Encoding.JSON
-    pool_size: int | None = None  # None: twice the cores, at most server.grpc_threads (see loader)
+    pool_size: int | None = None  # None: twice the cores, at most server.plugin_threads (see loader)
     match: MatchRules = MatchRules()
     # Closed by default: a failed redaction or auth plugin must not let the request through unchanged.
     on_error: FailurePolicy = FailurePolicy.FAIL_CLOSED
@@ -494,13 +506,29 @@ def _listen_address(value: object, key: str) -> ListenAddress:
 
 
 def _server(value: object, key: str, base_dir: Path) -> ServerConfig:
+    if isinstance(value, Mapping) and "grpc_threads" in value:
+        raise _Invalid(
+            _child(key, "grpc_threads"),
+            "no longer used: streams hold no thread since the server runs on asyncio; limit open streams "
+            "with server.max_concurrent_streams, and size the threads for slow plugin calls with "
+            "server.plugin_threads",
+        )
     m = _mapping(value, key, _SERVER_KEYS)
     defaults = ServerConfig()
     address = _optional(m, key, "listen", _listen_address, ListenAddress(defaults.listen_host, defaults.listen_port))
     server = ServerConfig(
         listen_host=address.host,
         listen_port=address.port,
-        grpc_threads=_optional(m, key, "grpc_threads", _positive_int, defaults.grpc_threads),
+        plugin_threads=_optional(m, key, "plugin_threads", _positive_int, defaults.plugin_threads),
+        max_concurrent_streams=_optional(
+            m, key, "max_concurrent_streams", _positive_int, defaults.max_concurrent_streams
+        ),
+        stream_idle_timeout_ms=_optional(
+            m, key, "stream_idle_timeout_ms", _non_negative_int, defaults.stream_idle_timeout_ms
+        ),
+        inline_call_budget_us=_optional(
+            m, key, "inline_call_budget_us", _non_negative_int, defaults.inline_call_budget_us
+        ),
         log_level=_optional(m, key, "log_level", lambda v, k: _one_of(v, k, LOG_LEVELS), defaults.log_level),
         max_body_bytes=_optional(m, key, "max_body_bytes", _positive_int, defaults.max_body_bytes),
         shutdown_grace_ms=_optional(m, key, "shutdown_grace_ms", _non_negative_int, defaults.shutdown_grace_ms),

@@ -12,6 +12,7 @@ code and tests can tell our metrics apart; the process and platform collectors a
 
 from __future__ import annotations
 
+import enum
 import platform
 import threading
 from bisect import bisect_left
@@ -60,15 +61,17 @@ PlatformCollector(registry=REGISTRY)
 
 
 class PhaseMetrics:
-    """Calls of one export of one plugin: latency buckets, their sum, failures by kind."""
+    """Calls of one export of one plugin: latency buckets, their sum, failures by kind, and calls
+    abandoned because their stream ended first (neither a success nor a failure)."""
 
-    __slots__ = ("_buckets", "_failures", "_lock", "_sum")
+    __slots__ = ("_buckets", "_cancelled", "_failures", "_lock", "_sum")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
         self._sum = 0.0
         self._failures = dict.fromkeys(FailureKind, 0)
+        self._cancelled = 0
 
     def record(self, seconds: float, failure: FailureKind | None = None) -> None:
         index = bisect_left(LATENCY_BUCKETS, seconds)  # first bound >= seconds: Prometheus' "le"
@@ -78,9 +81,13 @@ class PhaseMetrics:
             if failure is not None:
                 self._failures[failure] += 1
 
-    def snapshot(self) -> tuple[list[int], float, dict[FailureKind, int]]:
+    def cancelled(self) -> None:
         with self._lock:
-            return list(self._buckets), self._sum, dict(self._failures)
+            self._cancelled += 1
+
+    def snapshot(self) -> tuple[list[int], float, dict[FailureKind, int], int]:
+        with self._lock:
+            return list(self._buckets), self._sum, dict(self._failures), self._cancelled
 
 
 class PluginMetrics:
@@ -95,33 +102,46 @@ class PluginMetrics:
     def record(self, export: Export, seconds: float, failure: FailureKind | None = None) -> None:
         self.phases[export].record(seconds, failure)
 
+    def cancelled(self, export: Export) -> None:
+        self.phases[export].cancelled()
+
+
+class StreamEnd(enum.StrEnum):
+    """Why an ext_proc stream ended."""
+
+    DONE = "done"  # Envoy or the server closed it after the last phase
+    CANCELLED = "cancelled"  # Envoy reset it (message timeout, client gone, ...) before that
+    IDLE = "idle"  # no message from Envoy within server.stream_idle_timeout_ms
+    ERROR = "error"  # a bug of ours; answered with 500
+    REFUSED = "refused"  # server.max_concurrent_streams were open: RESOURCE_EXHAUSTED at once
+
 
 class StreamMetrics:
-    """ext_proc streams (one per HTTP exchange) and the immediate responses sent on them."""
+    """ext_proc streams (one per HTTP exchange), how they ended, and the immediate responses sent on them."""
 
-    __slots__ = ("_finished", "_immediate", "_lock", "_started")
+    __slots__ = ("_ended", "_immediate", "_lock", "_started")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._started = 0
-        self._finished = 0
+        self._ended = dict.fromkeys(StreamEnd, 0)
         self._immediate: dict[int, int] = {}
 
     def started(self) -> None:
         with self._lock:
             self._started += 1
 
-    def finished(self) -> None:
+    def ended(self, how: StreamEnd) -> None:
         with self._lock:
-            self._finished += 1
+            self._ended[how] += 1
 
     def immediate_response(self, status: int) -> None:
         with self._lock:
             self._immediate[status] = self._immediate.get(status, 0) + 1
 
-    def snapshot(self) -> tuple[int, int, dict[int, int]]:
+    def snapshot(self) -> tuple[int, dict[StreamEnd, int], dict[int, int]]:
         with self._lock:
-            return self._started, self._finished, dict(self._immediate)
+            return self._started, dict(self._ended), dict(self._immediate)
 
 
 class _RequestCollector(Collector):
@@ -152,13 +172,20 @@ class _RequestCollector(Collector):
             "Wall time of a plugin call: encode, instance, Wasm run, decode, retries",
             labels=("plugin", "phase"),
         )
+        cancelled_calls = CounterMetricFamily(
+            "extproc_plugin_calls_cancelled",
+            "Plugin calls abandoned because Envoy ended their stream first (not failures)",
+            labels=("plugin", "phase"),
+        )
         for plugin in plugins:
             for export, phase in plugin.phases.items():
-                buckets, total, failed = phase.snapshot()
+                buckets, total, failed, cancelled = phase.snapshot()
+                labels = [plugin.name, export.value]
+                if cancelled:
+                    cancelled_calls.add_metric(labels, cancelled)
                 count = sum(buckets)
                 if count == 0:
                     continue  # exports the plugin lacks (or never ran) would be noise
-                labels = [plugin.name, export.value]
                 calls.add_metric(labels, count)
                 cumulative = 0
                 bounds: list[tuple[str, float]] = []
@@ -169,11 +196,18 @@ class _RequestCollector(Collector):
                 for kind, n in failed.items():
                     if n:
                         failures.add_metric([*labels, kind.value], n)
-        started, finished, immediate = self.streams.snapshot()
+        started, ended, immediate = self.streams.snapshot()
         streams = CounterMetricFamily("extproc_streams", "ext_proc streams (HTTP exchanges) begun")
         streams.add_metric([], started)
+        endings = CounterMetricFamily(
+            "extproc_streams_ended",
+            "ext_proc streams ended, by how: done, cancelled (by Envoy), idle, error, refused (over the limit)",
+            labels=("how",),
+        )
+        for how, n in ended.items():
+            endings.add_metric([how.value], n)
         active = GaugeMetricFamily("extproc_active_streams", "ext_proc streams in progress")
-        active.add_metric([], started - finished)
+        active.add_metric([], started - sum(n for how, n in ended.items() if how is not StreamEnd.REFUSED))
         replies = CounterMetricFamily(
             "extproc_immediate_responses",
             "Exchanges answered by the server instead of the upstream, by HTTP status",
@@ -181,7 +215,7 @@ class _RequestCollector(Collector):
         )
         for status, n in sorted(immediate.items()):
             replies.add_metric([str(status)], n)
-        yield from (calls, failures, latency, streams, active, replies)
+        yield from (calls, failures, cancelled_calls, latency, streams, endings, active, replies)
 
     def describe(self) -> Iterable[Metric]:
         # Returning nothing here keeps registration from calling collect() before any data exists.

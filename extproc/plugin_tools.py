@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import gc
 import json
 import os
@@ -21,6 +23,7 @@ from extproc.contract import Export, MessageView, build_input
 from extproc.errors import ExtprocError
 from extproc.plugins.host import MemoryStore
 from extproc.plugins.loader import LoadedPlugin, load_plugin
+from extproc.plugins.runner import invoke, shared_threads
 from extproc.testing import CasesError, plugin_config, run_cases
 
 PHASES: dict[str, Export] = {
@@ -155,21 +158,14 @@ def bench(
         pool_size=MEMORY_SAMPLE_INSTANCES + 1,
     )
     spec = server_config.plugins[0]
-    plugin = load_plugin(spec, 1, MemoryStore(), max_body_bytes=max(body_size * 2, 1024 * 1024))
+    server = dataclasses.replace(server_config.server, max_body_bytes=max(body_size * 2, 1024 * 1024))
+    plugin = load_plugin(spec, server, shared_threads(), MemoryStore())
     try:
         export = _choose_export(plugin, phase)
         payload = bench_payload(export, body_size, plugin.name)
-        for _ in range(10):  # warm-up: first calls grow memory and fill caches
-            plugin.call(export, payload)
-        timings: list[int] = []
-        deadline = time.perf_counter() + seconds
-        started = time.perf_counter()
-        while time.perf_counter() < deadline:
-            before = time.perf_counter_ns()
-            plugin.call(export, payload)
-            timings.append(time.perf_counter_ns() - before)
-        elapsed = time.perf_counter() - started
-        memory = _instance_memory(plugin, export, payload)
+        with asyncio.Runner() as runner:
+            timings, elapsed = runner.run(_timed_calls(plugin, export, payload, seconds))
+            memory = runner.run(_instance_memory(plugin, export, payload))
     finally:
         plugin.close()
     timings.sort()
@@ -207,15 +203,34 @@ def _rss_bytes() -> int:
         return int(statm.read().split()[1]) * _PAGE_BYTES
 
 
-def _instance_memory(plugin: LoadedPlugin, export: Export, payload: Mapping[str, Any]) -> int:
+async def _timed_calls(
+    plugin: LoadedPlugin, export: Export, payload: Mapping[str, Any], seconds: float
+) -> tuple[list[int], float]:
+    """Nanoseconds per call for `seconds`, and the seconds it really took; on the loop, as the server calls."""
+    for _ in range(10):  # warm-up: first calls grow memory and fill caches
+        await plugin.call(export, payload)
+    timings: list[int] = []
+    deadline = time.perf_counter() + seconds
+    started = time.perf_counter()
+    while time.perf_counter() < deadline:
+        before = time.perf_counter_ns()
+        await plugin.call(export, payload)
+        timings.append(time.perf_counter_ns() - before)
+    return timings, time.perf_counter() - started
+
+
+async def _instance_memory(plugin: LoadedPlugin, export: Export, payload: Mapping[str, Any]) -> int:
     """Resident memory one warm instance adds: RSS growth over several pool instances, each called once."""
     data = plugin.encode(payload)
     gc.collect()
     before = _rss_bytes()
-    instances = [plugin.pool.acquire(1.0) for _ in range(MEMORY_SAMPLE_INSTANCES)]
+    instances = []
     try:
+        for _ in range(MEMORY_SAMPLE_INSTANCES):
+            instance = await plugin.pool.acquire(1.0)
+            instances.append(plugin.pool.factory() if instance is None else instance)
         for instance in instances:
-            instance.call(export.value, data, host_context=plugin.host)
+            invoke(instance, export, data, plugin.host)
         return max(0, (_rss_bytes() - before) // MEMORY_SAMPLE_INSTANCES)
     finally:
         for instance in instances:

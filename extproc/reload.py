@@ -16,6 +16,7 @@ from extproc import metrics
 from extproc.config import Config, ConfigError, load_config
 from extproc.errors import ExtprocError
 from extproc.plugins.registry import PluginSet
+from extproc.plugins.runner import PluginThreads
 
 log = logging.getLogger("extproc.reload")
 
@@ -50,9 +51,10 @@ def _fingerprint(config: Config) -> tuple[tuple[str, int, int], ...]:
 class Reloader:
     """Owns the current plugin set and replaces it on request. Thread-safe; one reload at a time."""
 
-    def __init__(self, plugins: PluginSet, install: Callable[[PluginSet], None]) -> None:
+    def __init__(self, plugins: PluginSet, install: Callable[[PluginSet], None], threads: PluginThreads) -> None:
         self._current = plugins
         self._install = install
+        self._threads = threads
         self._lock = threading.Lock()
         self._fingerprint = _fingerprint(plugins.config)
         self.hash = config_hash(plugins)
@@ -71,7 +73,7 @@ class Reloader:
             fingerprint = _fingerprint(self._current.config)
             try:
                 config = load_config(source)
-                plugins = PluginSet.load(config)
+                plugins = PluginSet.load(config, self._threads)
             except (ConfigError, ExtprocError, OSError) as exc:
                 self._fingerprint = fingerprint
                 log.error("reload failed, still serving the previous configuration: %s", exc)

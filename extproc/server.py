@@ -1,130 +1,141 @@
-"""The gRPC side: the ExternalProcessor service, the listener and its lifecycle."""
+"""The gRPC server's lifecycle: the listener, its event loop, health, drain and stop.
+
+The data path runs on one asyncio event loop in a thread of its own ("extproc-loop"): every stream
+is a coroutine there (service.py), plugin calls run on that loop or on the plugin threads
+(plugins/runner.py). The caller's thread keeps the control path: signals, reloads, the admin endpoint.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import signal
+import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent import futures
+from collections.abc import Callable, Coroutine
 from types import FrameType
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 
-from extproc import envoy, logs, metrics
+from extproc import metrics
 from extproc.admin import AdminServer, describe_plugins, registry_text
 from extproc.config import Config, ListenAddress
-from extproc.contract import ImmediateReply
 from extproc.plugins.registry import PluginSet
+from extproc.plugins.runner import PluginThreads
 from extproc.reload import FileWatcher, Reloader
-from extproc.stream import ExchangeStream
+from extproc.service import ExternalProcessor
 from extproc.tls import server_credentials
 
 log = logging.getLogger("extproc.server")
 
 # "" is the whole server, as Kubernetes' gRPC probe and Envoy's health check ask by default.
-_HEALTH_SERVICES = ("", ep.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name)
+_HEALTH_SERVICES: Final = ("", ep.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name)
+# Room beside the largest body in one ext_proc message: headers, attributes, metadata.
+_MESSAGE_OVERHEAD_BYTES: Final = 1024 * 1024
 
-_INTERNAL_ERROR = ImmediateReply(
-    status=500,
-    headers=(("content-type", "text/plain"),),
-    body=b"Internal Server Error\n",
-    details="extproc_error",
-)
-
-
-class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    """Serves each stream with the plugin set current when the stream began."""
-
-    def __init__(self, plugins: PluginSet) -> None:
-        self.plugins = plugins
-
-    def Process(
-        self, request_iterator: Iterator[ep.ProcessingRequest], context: grpc.ServicerContext
-    ) -> Iterator[ep.ProcessingResponse]:
-        plugins = self.plugins
-        stream = ExchangeStream(plugins, plugins.config.server.max_body_bytes)
-        streams = metrics.STREAMS
-        streams.started()
-        bound = False
-        try:
-            for request in request_iterator:
-                if not bound:
-                    logs.bind_stream(request)  # records of this stream get its x-request-id
-                    bound = True
-                try:
-                    yield stream.handle(request)
-                except Exception:
-                    # A bug of ours must not hang Envoy's request: answer it, then end the stream.
-                    log.exception("failed to process %s", request.WhichOneof("request"))
-                    streams.immediate_response(_INTERNAL_ERROR.status)
-                    yield envoy.immediate_response(_INTERNAL_ERROR, is_grpc=False)
-                    return
-                if stream.done:
-                    # Envoy goes on without us after a clean end. Envoy 1.40 would reset the stream
-                    # itself once it expects nothing more; grpcio's cancellation path costs more.
-                    return
-        finally:
-            streams.finished()
-            if bound:
-                logs.unbind_stream()
+_T = TypeVar("_T")
 
 
 class Server:
-    """A started gRPC listener; `port` is the bound port (useful with port 0)."""
+    """A gRPC listener with its event loop running; `port` is the bound port (useful with port 0).
+
+    Made and driven from an ordinary thread: the constructor starts the loop thread and binds,
+    start() begins serving, stop() ends both.
+    """
 
     def __init__(self, config: Config, host: str, port: int, admin: ListenAddress | None = None) -> None:
-        self.plugins = PluginSet.load(config)
-        self.servicer = ExternalProcessor(self.plugins)
-        self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.server.grpc_threads, thread_name_prefix="extproc"),
-            maximum_concurrent_rpcs=None,
-        )
-        ep_grpc.add_ExternalProcessorServicer_to_server(self.servicer, self._grpc)
-        # grpc.health.v1 on the same port, for Envoy's cluster health checks and Kubernetes gRPC probes.
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        tls = config.server.tls
-        if tls is None:
-            self.port = self._grpc.add_insecure_port(address)
-        else:
-            self.port = self._grpc.add_secure_port(address, server_credentials(tls, config.source))
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
+        self.config = config
+        self.threads = PluginThreads(config.server.plugin_threads)
+        self.plugins = PluginSet.load(config, self.threads)
+        self.processor = ExternalProcessor(self.plugins, config.server)
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="extproc-loop", daemon=True)
+        self._loop_thread.start()
+        self._idle_watch: asyncio.Task[None] | None = None
+        try:
+            self._grpc, self.health, self.port = self._on_loop(self._bind(host, port))
+        except BaseException:
+            self._close_loop()
+            self.plugins.close()
+            raise
         self.address = f"{host}:{self.port}"
         self.draining = False
         self.admin = AdminServer(admin, self) if admin is not None else None
 
+    def _on_loop(self, work: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+
+    async def _bind(self, host: str, port: int) -> tuple[grpc.aio.Server, HealthServicer, int]:
+        max_message = self.config.server.max_body_bytes + _MESSAGE_OVERHEAD_BYTES
+        server = grpc.aio.server(
+            options=[
+                # A buffered body arrives in one message; grpcio's default limit is 4 MiB.
+                ("grpc.max_receive_message_length", max_message),
+                ("grpc.max_send_message_length", max_message),
+            ]
+        )
+        ep_grpc.add_ExternalProcessorServicer_to_server(self.processor, server)
+        # grpc.health.v1 on the same port, for Envoy's cluster health checks and Kubernetes gRPC probes.
+        health_servicer = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        tls = self.config.server.tls
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, server_credentials(tls, self.config.source))
+        if bound == 0:
+            raise OSError(f"cannot listen on {address}")
+        return server, health_servicer, bound
+
     def install(self, plugins: PluginSet) -> None:
         """New streams use `plugins`; running streams keep the set they started with."""
-        self.servicer.plugins = plugins
+        self.processor.plugins = plugins  # one attribute store: atomic for the loop thread
         self.plugins = plugins
 
     def start(self) -> None:
-        self._grpc.start()
-        for service in _HEALTH_SERVICES:
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._on_loop(self._start())
         if self.admin is not None:
             self.admin.start()
         log.info("listening on %s with %d plugin(s)", self.address, len(self.plugins.plugins))
 
+    async def _start(self) -> None:
+        await self._grpc.start()
+        for service in _HEALTH_SERVICES:
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._idle_watch = asyncio.create_task(self.processor.close_idle_streams())
+
     def drain(self) -> None:
         """Tell health checkers to send no new streams; the listener still takes them until stop()."""
-        self.draining = True
-        self.health.enter_graceful_shutdown()  # every service NOT_SERVING, and it stays so
+        if not self.draining:
+            self.draining = True
+            self._on_loop(self.health.enter_graceful_shutdown())  # every service NOT_SERVING, and it stays so
 
     def stop(self, grace_seconds: float) -> None:
+        """Stop taking streams, give those in flight `grace_seconds`, then cancel them and stop."""
         self.drain()
-        self._grpc.stop(grace_seconds).wait()
+        self._on_loop(self._stop(grace_seconds))
+        self._close_loop()
+        self.threads.close()
         self.plugins.close()
         if self.admin is not None:
             self.admin.stop()
+
+    async def _stop(self, grace_seconds: float) -> None:
+        await self._grpc.stop(grace_seconds)
+        if self._idle_watch is not None:
+            self._idle_watch.cancel()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join()
+        self._loop.close()
 
     # --- what the admin endpoint reports ----------------------------------------------------
 
@@ -154,7 +165,7 @@ def serve(
     then the listener stops taking new streams and in-flight ones get `shutdown_grace_ms`.
     """
     server = Server(config, host, port, admin)
-    reloader = Reloader(server.plugins, server.install)
+    reloader = Reloader(server.plugins, server.install, server.threads)
     metrics.config_loaded(reloader.hash)
     if server.admin is not None:
         server.admin.reload = reloader.reload

@@ -69,16 +69,16 @@ class ExchangeStream:
         # Envoy then goes on without it (it would only get empty replies from here on).
         self.done = False
 
-    def handle(self, request: ep.ProcessingRequest) -> ep.ProcessingResponse:
+    async def handle(self, request: ep.ProcessingRequest) -> ep.ProcessingResponse:
         kind = request.WhichOneof("request")
         if kind == "request_headers":
-            return self._request_headers(request)
+            return await self._request_headers(request)
         if kind == "request_body":
-            return self._body(request.request_body, Export.REQUEST_BODY)
+            return await self._body(request.request_body, Export.REQUEST_BODY)
         if kind == "response_headers":
-            return self._response_headers(request.response_headers)
+            return await self._response_headers(request.response_headers)
         if kind == "response_body":
-            return self._body(request.response_body, Export.RESPONSE_BODY)
+            return await self._body(request.response_body, Export.RESPONSE_BODY)
         if kind == "request_trailers":
             return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
         if kind == "response_trailers":
@@ -87,7 +87,7 @@ class ExchangeStream:
 
     # --- phases ----------------------------------------------------------------------------
 
-    def _request_headers(self, request: ep.ProcessingRequest) -> ep.ProcessingResponse:
+    async def _request_headers(self, request: ep.ProcessingRequest) -> ep.ProcessingResponse:
         message = request.request_headers
         pairs = envoy.header_pairs(message.headers)
         headers = HeaderList(pairs)
@@ -105,10 +105,10 @@ class ExchangeStream:
         self._is_grpc = (headers.first("content-type") or "").startswith("application/grpc")
         exchange = Exchange(selection, headers, envoy.attributes(request), envoy.metadata_context(request))
         self._exchange = exchange
-        reply = exchange.run(Export.REQUEST_HEADERS)
+        reply = await exchange.run(Export.REQUEST_HEADERS)
         wait_for_body = selection.request_body and not message.end_of_stream
         if reply is None and selection.generate_response and not wait_for_body:
-            reply = exchange.run(Export.GENERATE_RESPONSE)
+            reply = await exchange.run(Export.GENERATE_RESPONSE)
         if reply is not None:
             return self._immediate(reply)
         self.done = not (wait_for_body or selection.response_headers or selection.response_body)
@@ -121,12 +121,12 @@ class ExchangeStream:
         self._attach_metadata(response)
         return response
 
-    def _response_headers(self, message: ep.HttpHeaders) -> ep.ProcessingResponse:
+    async def _response_headers(self, message: ep.HttpHeaders) -> ep.ProcessingResponse:
         exchange = self._exchange
         if exchange is None:
             return ep.ProcessingResponse(response_headers=_EMPTY_HEADERS_REPLY)
         exchange.response = HeaderList(envoy.header_pairs(message.headers))
-        reply = exchange.run(Export.RESPONSE_HEADERS)
+        reply = await exchange.run(Export.RESPONSE_HEADERS)
         if reply is not None:
             return self._immediate(reply)
         self.done = not exchange.selection.response_body
@@ -135,7 +135,7 @@ class ExchangeStream:
         self._attach_metadata(response)
         return response
 
-    def _body(self, message: ep.HttpBody, export: Export) -> ep.ProcessingResponse:
+    async def _body(self, message: ep.HttpBody, export: Export) -> ep.ProcessingResponse:
         field = "request_body" if export is Export.REQUEST_BODY else "response_body"
         exchange = self._exchange
         buffer = self._bodies.get(field) or self._bodies.setdefault(field, BodyBuffer())
@@ -151,13 +151,13 @@ class ExchangeStream:
         headers = exchange.request if export is Export.REQUEST_BODY else exchange.response
         if export is Export.REQUEST_BODY:
             exchange.request_body = body
-            reply = exchange.run(export)
+            reply = await exchange.run(export)
             if reply is None and exchange.selection.generate_response:
-                reply = exchange.run(Export.GENERATE_RESPONSE)
+                reply = await exchange.run(Export.GENERATE_RESPONSE)
             changed, new_body = exchange.request_body_changed, exchange.request_body
         else:
             exchange.response_body = body
-            reply = exchange.run(export)
+            reply = await exchange.run(export)
             changed, new_body = exchange.response_body_changed, exchange.response_body
         if reply is not None:
             return self._immediate(reply)

@@ -14,6 +14,7 @@ body mutations, honour mode overrides, stop at an immediate response.
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +35,7 @@ from extproc.contract import Pair
 from extproc.plugins.host import KeyValueStore, MemoryStore
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.registry import PluginSet
+from extproc.plugins.runner import shared_threads
 from extproc.stream import ExchangeStream
 
 HeadersLike: TypeAlias = Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]]
@@ -241,15 +243,20 @@ class _Modes:
 
 
 def exchange(plugins: PluginSet, req: HttpRequest, resp: HttpResponse | None = None) -> Result:
-    """Run one HTTP exchange through the server's stream code."""
+    """Run one HTTP exchange through the server's stream code (on an event loop of its own)."""
+    return asyncio.run(exchange_async(plugins, req, resp))
+
+
+async def exchange_async(plugins: PluginSet, req: HttpRequest, resp: HttpResponse | None = None) -> Result:
+    """`exchange` for callers already on an event loop."""
     stream = ExchangeStream(plugins, plugins.config.server.max_body_bytes)
     modes = _Modes()
     phases: list[str] = []
     metadata: dict[str, Any] = {}
 
-    def send(message: ep.ProcessingRequest) -> ep.ProcessingResponse:
+    async def send(message: ep.ProcessingRequest) -> ep.ProcessingResponse:
         phases.append(str(message.WhichOneof("request")))
-        reply = stream.handle(message)
+        reply = await stream.handle(message)
         if reply.HasField("dynamic_metadata"):
             metadata.update(envoy.struct_to_dict(reply.dynamic_metadata).get(envoy.METADATA_NAMESPACE, {}))
         modes.override(reply)
@@ -264,12 +271,12 @@ def exchange(plugins: PluginSet, req: HttpRequest, resp: HttpResponse | None = N
         request_headers=ep.HttpHeaders(headers=_header_map(req.headers), end_of_stream=not req.body),
         attributes={_ATTRIBUTES_FILTER: attributes},
     )
-    reply = send(headers_message)
+    reply = await send(headers_message)
     if reply.HasField("immediate_response"):
         return finish(reply.immediate_response, None)
     pairs, body = _apply_common(list(req.headers), req.body, reply.request_headers.response)
     if req.body and modes.request_body:
-        reply = send(ep.ProcessingRequest(request_body=ep.HttpBody(body=body, end_of_stream=True)))
+        reply = await send(ep.ProcessingRequest(request_body=ep.HttpBody(body=body, end_of_stream=True)))
         if reply.HasField("immediate_response"):
             return finish(reply.immediate_response, None)
         pairs, body = _apply_common(pairs, body, reply.request_body.response)
@@ -279,7 +286,7 @@ def exchange(plugins: PluginSet, req: HttpRequest, resp: HttpResponse | None = N
 
     pairs, body = list(resp.headers), resp.body
     if modes.response_headers:
-        reply = send(
+        reply = await send(
             ep.ProcessingRequest(
                 response_headers=ep.HttpHeaders(headers=_header_map(pairs), end_of_stream=not resp.body)
             )
@@ -288,7 +295,7 @@ def exchange(plugins: PluginSet, req: HttpRequest, resp: HttpResponse | None = N
             return finish(reply.immediate_response, upstream)
         pairs, body = _apply_common(pairs, body, reply.response_headers.response)
         if resp.body and modes.response_body:
-            reply = send(ep.ProcessingRequest(response_body=ep.HttpBody(body=body, end_of_stream=True)))
+            reply = await send(ep.ProcessingRequest(response_body=ep.HttpBody(body=body, end_of_stream=True)))
             if reply.HasField("immediate_response"):
                 return finish(reply.immediate_response, upstream)
             pairs, body = _apply_common(pairs, body, reply.response_body.response)
@@ -333,8 +340,7 @@ class PluginHarness:
         self.config = plugin_config(wasm, name=name, config=config, source=source, **settings)
         self.store: KeyValueStore = MemoryStore() if store is None else store
         spec = self.config.plugins[0]
-        server = self.config.server
-        loaded = load_plugin(spec, server.grpc_threads, self.store, max_body_bytes=server.max_body_bytes)
+        loaded = load_plugin(spec, self.config.server, shared_threads(), self.store)
         self.plugins = PluginSet(self.config, [loaded])
 
     @property

@@ -29,7 +29,10 @@ from extproc.config import (
 FULL = """\
 server:
   listen: "[::1]:6000"
-  grpc_threads: 4
+  plugin_threads: 4
+  max_concurrent_streams: 500
+  stream_idle_timeout_ms: 60000
+  inline_call_budget_us: 0
   log_level: debug
   max_body_bytes: 1024
 plugins:
@@ -77,7 +80,14 @@ def test_full_config(tmp_path: Path, wasm_dir: Path) -> None:
 
     assert config == Config(
         server=ServerConfig(
-            listen_host="::1", listen_port=6000, grpc_threads=4, log_level="debug", max_body_bytes=1024
+            listen_host="::1",
+            listen_port=6000,
+            plugin_threads=4,
+            max_concurrent_streams=500,
+            stream_idle_timeout_ms=60_000,
+            inline_call_budget_us=0,
+            log_level="debug",
+            max_body_bytes=1024,
         ),
         plugins=(
             PluginConfig(
@@ -111,7 +121,10 @@ def test_full_config(tmp_path: Path, wasm_dir: Path) -> None:
 def test_defaults(tmp_path: Path, wasm_dir: Path) -> None:
     config = load_config(write(tmp_path, "plugins:\n  - {name: a, path: plugins/a.wasm}\n"))
 
-    assert config.server == ServerConfig("127.0.0.1", 50051, 128, "info", 8 * 1024 * 1024)
+    assert config.server == ServerConfig("127.0.0.1", 50051)
+    assert (config.server.plugin_threads, config.server.max_concurrent_streams) == (32, 10_000)
+    assert (config.server.stream_idle_timeout_ms, config.server.inline_call_budget_us) == (300_000, 1000)
+    assert (config.server.log_level, config.server.max_body_bytes) == ("info", 8 * 1024 * 1024)
     assert config.server.listen_address == "127.0.0.1:50051"
     [plugin] = config.plugins
     assert plugin.config == {}
@@ -191,14 +204,14 @@ def test_any_json_plugin_config_round_trips(data: dict[str, object]) -> None:
 
 
 def test_error_str_and_attributes(tmp_path: Path) -> None:
-    path = write(tmp_path, "plugins: []\nserver: {grpc_threads: -5}\n")
+    path = write(tmp_path, "plugins: []\nserver: {plugin_threads: -5}\n")
 
     with pytest.raises(ConfigError) as info:
         load_config(path)
 
-    assert (info.value.file, info.value.key) == (path, "server.grpc_threads")
+    assert (info.value.file, info.value.key) == (path, "server.plugin_threads")
     assert info.value.reason == "must be a positive integer, got -5"
-    assert str(info.value) == f"{path}: server.grpc_threads: must be a positive integer, got -5"
+    assert str(info.value) == f"{path}: server.plugin_threads: must be a positive integer, got -5"
     assert isinstance(info.value, ValueError)
 
 
@@ -213,7 +226,7 @@ def test_yaml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
 
 
 def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
-    path = write(tmp_path, "plugins: []\nserver: {grpc_threads: 1}\nserver: {grpc_threads: 2}\n")
+    path = write(tmp_path, "plugins: []\nserver: {plugin_threads: 1}\nserver: {plugin_threads: 2}\n")
 
     with pytest.raises(ConfigError, match=r":3:1: invalid YAML: duplicate key 'server'"):
         load_config(path)
@@ -288,7 +301,21 @@ BAD = [
     ("negative grace", "server: {shutdown_grace_ms: -1}\nplugins: []\n", "server.shutdown_grace_ms", "non-negative"),
     ("zero memory", plugin("memory_limit_mb: 0\n"), "plugins[0].memory_limit_mb", "got 0"),
     ("zero pool", plugin("pool_size: 0\n"), "plugins[0].pool_size", "got 0"),
-    ("zero threads", "server: {grpc_threads: 0}\nplugins: []\n", "server.grpc_threads", "got 0"),
+    ("zero threads", "server: {plugin_threads: 0}\nplugins: []\n", "server.plugin_threads", "got 0"),
+    ("zero streams", "server: {max_concurrent_streams: 0}\nplugins: []\n", "server.max_concurrent_streams", "got 0"),
+    (
+        "negative idle limit",
+        "server: {stream_idle_timeout_ms: -1}\nplugins: []\n",
+        "server.stream_idle_timeout_ms",
+        "non-negative",
+    ),
+    ("float budget", "server: {inline_call_budget_us: 0.5}\nplugins: []\n", "server.inline_call_budget_us", "0.5"),
+    (
+        "thread per stream is gone",
+        "server: {grpc_threads: 16}\nplugins: []\n",
+        "server.grpc_threads",
+        "no longer used: streams hold no thread",
+    ),
     ("bool body limit", "server: {max_body_bytes: no}\nplugins: []\n", "server.max_body_bytes", "false"),
     ("string enabled", plugin("enabled: 'yes'\n"), "plugins[0].enabled", "must be true or false, got 'yes'"),
     ("list for config", plugin("config: [1]\n"), "plugins[0].config", "must be a mapping, got a list"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
 from extproc.config import parse_config
+from extproc.metrics import REGISTRY
 from extproc.server import Server
+from tests.e2e.harness import wait_until
 
 Stub = Any
 
@@ -25,12 +29,12 @@ def connect(tmp_path: Path) -> Iterator[Any]:
     servers: list[Server] = []
     channels: list[grpc.Channel] = []
 
-    def start(*plugins: dict[str, Any], **server: Any) -> Stub:
+    def start(*plugins: dict[str, Any], client_options: list[tuple[str, Any]] | None = None, **server: Any) -> Stub:
         config = parse_config({"server": server, "plugins": list(plugins)}, tmp_path / "extproc.yaml")
         running = Server(config, "127.0.0.1", 0)
         running.start()
         servers.append(running)
-        channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+        channel = grpc.insecure_channel(f"127.0.0.1:{running.port}", options=client_options)
         channels.append(channel)
         return ep_grpc.ExternalProcessorStub(channel)
 
@@ -39,6 +43,10 @@ def connect(tmp_path: Path) -> Iterator[Any]:
         channel.close()
     for running in servers:
         running.stop(0)
+
+
+def metric_value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def headers(*pairs: tuple[str, str], end_of_stream: bool = False, **kwargs: Any) -> ep.ProcessingRequest:
@@ -191,3 +199,83 @@ def test_dynamic_metadata_is_namespaced_by_plugin(connect: Any, plugin_dir: Path
     assert reply.dynamic_metadata.fields["extproc"].struct_value.fields["s"].struct_value.fields[
         "decision"
     ].string_value == ("allow")
+
+
+# --- stream limits, over a real channel --------------------------------------------------------
+
+
+def idle_call(stub: Stub) -> Any:
+    """A stream that has begun (the server holds it) and sends nothing until cancelled."""
+    waiting = threading.Event()
+
+    def nothing() -> Iterator[ep.ProcessingRequest]:
+        waiting.wait()
+        return
+        yield  # a generator that never yields
+
+    open_before = metric_value("extproc_active_streams")
+    call = stub.Process(nothing(), timeout=30)
+    call.add_done_callback(lambda _: waiting.set())
+    # The server sends no metadata before its first reply, so its stream count tells when it has the stream.
+    wait_until(lambda: metric_value("extproc_active_streams") > open_before, 10, "the server to hold the stream")
+    return call
+
+
+def test_a_stream_over_the_limit_is_refused_at_once(connect: Any, plugin_dir: Path) -> None:
+    stub = connect(scripted(plugin_dir, process_request_headers={}), max_concurrent_streams=2)
+    held = [idle_call(stub) for _ in range(2)]
+    refused_before = metric_value("extproc_streams_ended_total", how="refused")
+    with pytest.raises(grpc.RpcError) as info:
+        exchange(stub, headers(*REQUEST))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_concurrent_streams (2)" in (info.value.details() or "")
+    assert metric_value("extproc_streams_ended_total", how="refused") == refused_before + 1
+    held[0].cancel()
+    wait_until(lambda: metric_value("extproc_active_streams") <= 1, 10, "the cancelled stream to end")
+    [reply] = exchange(stub, headers(*REQUEST))  # room again
+    assert reply.HasField("request_headers")
+    held[1].cancel()
+
+
+def test_a_stream_idle_past_the_limit_is_closed(connect: Any, plugin_dir: Path) -> None:
+    stub = connect(scripted(plugin_dir, process_response_headers={}), stream_idle_timeout_ms=200)
+    idle_before = metric_value("extproc_streams_ended_total", how="idle")
+
+    def headers_then_nothing() -> Iterator[ep.ProcessingRequest]:
+        yield headers(*REQUEST)
+        threading.Event().wait(5)  # Envoy waiting for an upstream that never answers
+
+    call = stub.Process(headers_then_nothing(), timeout=10)
+    first = next(call)
+    assert first.HasField("request_headers")
+    with pytest.raises(grpc.RpcError) as info:
+        next(call)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no message from Envoy for 200 ms" in (info.value.details() or "")
+    assert metric_value("extproc_streams_ended_total", how="idle") == idle_before + 1
+
+
+def test_messages_larger_than_grpcio_default_are_received(connect: Any, plugin_dir: Path) -> None:
+    plugin = {"name": "t", "path": str(plugin_dir / "transform.wasm"), "config": {"suffix": "!"}}
+    plugin |= {"execution_points": ["request_body"], "memory_limit_mb": 256, "timeout_ms": 10_000}
+    payload = b"y" * (5 * 1024 * 1024)
+    stub = connect(plugin, client_options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    _, second = exchange(stub, headers(*REQUEST), body(payload, end_of_stream=True))
+    assert second.request_body.response.body_mutation.body == payload + b"!"
+
+
+def test_a_slow_plugin_call_does_not_hold_up_other_streams(connect: Any, plugin_dir: Path) -> None:
+    slow = {"name": "slow", "path": str(plugin_dir / "loop.wasm"), "timeout_ms": 3000, "on_error": "fail_open"}
+    slow["match"] = {"path_prefix": "/slow"}
+    quick = scripted(plugin_dir, process_request_headers={})
+    stub = connect(slow, quick, inline_call_budget_us=0)
+    open_before = metric_value("extproc_active_streams")
+    spinning = stub.Process(iter([headers((":path", "/slow/1"), *REQUEST[:1])]), timeout=30)
+    wait_until(lambda: metric_value("extproc_active_streams") > open_before, 10, "the slow stream to start")
+    started = time.monotonic()
+    for _ in range(20):
+        [reply] = exchange(stub, headers(*REQUEST))
+        assert reply.HasField("request_headers")
+    assert time.monotonic() - started < 2.5  # well inside the slow call's 3 s
+    assert spinning.is_active()
+    spinning.cancel()

@@ -14,6 +14,7 @@ from extproc.config import ConfigError, parse_config
 from extproc.plugins import loader
 from extproc.plugins.host import MemoryStore, PluginHost, StoreError
 from extproc.plugins.loader import load_plugin
+from extproc.plugins.runner import shared_threads
 from extproc.testing import PluginHarness, request
 from tests.examples_build import example_wasm
 
@@ -169,13 +170,13 @@ def test_allowed_hosts_reach_the_extism_manifest_only_when_listed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manifests: list[dict[str, Any]] = []
-    real = loader.CompiledPlugin
+    real = loader.FuelLimitedModule
 
-    def capture(manifest: dict[str, Any], **kwargs: Any) -> Any:
+    def capture(manifest: dict[str, Any], *args: Any) -> Any:
         manifests.append(manifest)
-        return real(manifest, **kwargs)
+        return real(manifest, *args)
 
-    monkeypatch.setattr(loader, "CompiledPlugin", capture)
+    monkeypatch.setattr(loader, "FuelLimitedModule", capture)
     wasm = str(example_wasm("api-key"))
     config = parse_config(
         {
@@ -187,7 +188,7 @@ def test_allowed_hosts_reach_the_extism_manifest_only_when_listed(
         tmp_path / "c.yaml",
     )
     for spec in config.plugins:
-        load_plugin(spec, 1).close()
+        load_plugin(spec, config.server, shared_threads()).close()
     assert manifests[0]["allowed_hosts"] == ["api.example.com", "*.internal"]
     assert "allowed_hosts" not in manifests[1]  # Extism's HTTP client then refuses every host
 

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from extproc import metrics
 from extproc.contract import Export
 from extproc.errors import FailureKind
+from extproc.metrics import StreamEnd
 from extproc.workers import _MergedMetrics
 
 
@@ -57,14 +58,19 @@ def test_streams_and_immediate_responses() -> None:
     before = sample("extproc_streams_total") or 0
     active = sample("extproc_active_streams") or 0
     teapots = sample("extproc_immediate_responses_total", status="418") or 0
+    ended = {how: sample("extproc_streams_ended_total", how=how.value) or 0 for how in StreamEnd}
     metrics.STREAMS.started()
     metrics.STREAMS.started()
-    metrics.STREAMS.finished()
+    metrics.STREAMS.ended(StreamEnd.CANCELLED)
+    metrics.STREAMS.ended(StreamEnd.REFUSED)  # a refused stream never started
     metrics.STREAMS.immediate_response(418)
     assert sample("extproc_streams_total") == before + 2
     assert sample("extproc_active_streams") == active + 1
     assert sample("extproc_immediate_responses_total", status="418") == teapots + 1
-    metrics.STREAMS.finished()
+    assert sample("extproc_streams_ended_total", how="cancelled") == ended[StreamEnd.CANCELLED] + 1
+    assert sample("extproc_streams_ended_total", how="refused") == ended[StreamEnd.REFUSED] + 1
+    metrics.STREAMS.ended(StreamEnd.DONE)
+    assert sample("extproc_active_streams") == active
 
 
 def test_breaker_state_is_one_hot() -> None:

@@ -25,6 +25,7 @@ import yaml
 from extproc.config import Config, ConfigError, ListenAddress, PluginConfig
 from extproc.envoy import METADATA_NAMESPACE
 from extproc.plugins.registry import PluginSet, Selection
+from extproc.plugins.runner import PluginThreads
 
 EXT_PROC_FILTER: Final = "envoy.filters.http.ext_proc"
 EXTPROC_CLUSTER: Final = "extproc"
@@ -148,7 +149,7 @@ class Proxy:
 def phase_needs(config: Config) -> Selection:
     """The phases the enabled plugins export, all together. Loads (compiles) every enabled plugin,
     because which exports a module has is only known from the module."""
-    plugins = PluginSet.load(config)
+    plugins = PluginSet.load(config, PluginThreads(config.server.plugin_threads))
     try:
         return Selection.of(plugins.plugins)
     finally:

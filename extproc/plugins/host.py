@@ -57,6 +57,10 @@ class KeyValueStore(Protocol):
     backend raises StoreUnavailable when it cannot answer, StoreError when the operation is wrong.
     """
 
+    # True when an operation waits on the network, so the calls of a plugin using the store never run
+    # on the event loop.
+    remote: bool
+
     def get(self, key: bytes) -> bytes | None: ...
 
     def set(self, key: bytes, value: bytes, ttl_ms: int) -> None: ...
@@ -89,6 +93,8 @@ class MemoryStore:
     evicted: losing a rate-limit counter lets a few extra requests through, running out of memory
     takes the server down.
     """
+
+    remote = False
 
     def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
         if max_keys <= 0:

@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from http import HTTPStatus
-from typing import Any
+from time import thread_time
+from typing import Any, Final
 
 import extism
+import extism.extism as extism_internals
 from extism.extism import CompiledPlugin
 
 from extproc import contract, metrics
-from extproc.config import Encoding, ExecutionPoint, PluginConfig
+from extproc.config import Encoding, ExecutionPoint, PluginConfig, ServerConfig
 from extproc.contract import Export, ImmediateReply, PluginOutput
 from extproc.errors import FailureKind, OutputError, PluginCallError, PluginLoadError
 from extproc.metrics import PluginMetrics, plugin_metrics
-from extproc.plugins.breaker import CircuitBreaker
+from extproc.plugins.breaker import Admission, CircuitBreaker
 from extproc.plugins.host import HOST_FUNCTIONS, KeyValueStore, PluginHost, default_store
 from extproc.plugins.pool import InstancePool, PoolExhausted
+from extproc.plugins.runner import Instance, PluginThreads, RawResult, ThreadedCall, invoke
+from extproc.plugins.wasm import WASM_MAGIC, WasmFormatError
+from extproc.plugins.wasm import imports as wasm_imports
 
 log = logging.getLogger("extproc.plugins")
 
-WASM_MAGIC = b"\x00asm"
 WASM_PAGE_BYTES = 64 * 1024
 
 POINT_OF_EXPORT = {
@@ -57,23 +62,61 @@ def extism_config(spec: PluginConfig) -> dict[str, str]:
 
 def classify(error: Exception) -> FailureKind:
     message = str(error).lower()
-    if "timeout" in message or "timed out" in message or "interrupt" in message:
+    # "out of fuel": the instruction budget backing up the timeout (FuelLimitedModule).
+    if "timeout" in message or "timed out" in message or "interrupt" in message or "out of fuel" in message:
         return FailureKind.TIMEOUT
     if "memory" in message or "oom" in message or "out of bounds memory" in message:
         return FailureKind.MEMORY
     return FailureKind.TRAP
 
 
+# A call with a larger input (a body) runs on a thread without looking at the budget: reading and
+# writing that much JSON alone takes a good part of a millisecond.
+INLINE_INPUT_MAX_BYTES: Final = 32 * 1024
+
+# Wasm instructions a call may run per millisecond of its timeout: far above what any CPU executes
+# (about 12 million per ms for a tight loop on the reference machine), so fuel never ends a call
+# the wall-clock timeout would let finish.
+FUEL_PER_MS: Final = 50_000_000
+
+
+class FuelLimitedModule(CompiledPlugin):  # type: ignore[misc]
+    """A compiled module whose every call also stops after a budget of Wasm instructions.
+
+    The budget is a backstop for Extism's wall-clock timeout, which under concurrent calls now and
+    then misses its interrupt and leaves a spinning call running for good (seen with Extism 1.41:
+    about one timeout in 300 with two threads). Fuel is counted by each instance itself, so it
+    cannot be missed. The Python binding has no parameter for it, hence the C call here.
+    """
+
+    def __init__(self, manifest: Mapping[str, Any], functions: Sequence[extism.Function], fuel: int) -> None:
+        wasm = extism_internals._wasm(dict(manifest))
+        self.functions = list(functions)
+        registered = [extism_internals._ExtismFunctionMetadata(function) for function in self.functions]
+        pointers = extism_internals._ffi.new("ExtismFunction*[]", [entry.pointer for entry in registered])
+        error = extism_internals._ffi.new("char**")
+        self.pointer = extism_internals._lib.extism_compiled_plugin_new_with_fuel_limit(
+            wasm, len(wasm), pointers, len(registered), False, fuel, error
+        )
+        if self.pointer == extism_internals._ffi.NULL:
+            message = extism_internals._ffi.string(error[0]).decode()
+            extism_internals._lib.extism_plugin_new_error_free(error[0])
+            raise extism.Error(message)
+
+
 @dataclass(eq=False)
 class LoadedPlugin:
-    """A compiled plugin ready to serve calls. Immutable once built; instances live in `pool`."""
+    """A compiled plugin ready to serve calls; instances live in `pool`.
+
+    Its calls run on the event loop while `inline` holds, otherwise on `threads` (see runner.py).
+    """
 
     spec: PluginConfig
     sha256: str
     module_exports: frozenset[Export]
     exports: frozenset[Export]
     wants_request_body: bool
-    pool: InstancePool[extism.Plugin] = field(repr=False)
+    pool: InstancePool[Instance] = field(repr=False)
     encode: Encoder = field(repr=False)
     decode: Decoder = field(repr=False)
     host: PluginHost = field(repr=False)
@@ -81,63 +124,121 @@ class LoadedPlugin:
     # What fail_closed answers; built once so a failing plugin costs no allocation per request.
     failure_reply: ImmediateReply = field(repr=False)
     max_body_bytes: int = field(repr=False)
+    threads: PluginThreads = field(repr=False)
+    # Why the plugin's calls never run on the event loop, or "" while they may.
+    runs_on_threads: str = ""
+    # An inline call that takes longer moves the plugin's calls to the threads for good (see _demote).
+    inline_budget_seconds: float = 0.001
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def inline(self) -> bool:
+        return not self.runs_on_threads
 
     @cached_property
     def metrics(self) -> PluginMetrics:
         # Shared by every load of a plugin of this name, so counters carry on across reloads.
         return plugin_metrics(self.name)
 
-    def call(self, export: Export, payload: Mapping[str, Any]) -> PluginOutput | None:
+    async def call(self, export: Export, payload: Mapping[str, Any]) -> PluginOutput | None:
         """Run one export within the plugin's limits, retries and circuit breaker.
 
-        Every failure, including a call refused by an open breaker, becomes a PluginCallError.
+        Every failure, including a call refused by an open breaker, becomes a PluginCallError. A call
+        abandoned because its stream ended (asyncio.CancelledError) is counted as cancelled and
+        leaves the breaker as it was.
         """
-        if not self.breaker.allow():
+        breaker = self.breaker
+        admission = breaker.admit()
+        if admission is Admission.REFUSED:
             raise PluginCallError(self.name, export.value, FailureKind.CIRCUIT_OPEN, "circuit breaker is open")
-        data = self.encode(payload)
-        attempts = self.spec.retries + 1
-        for attempt in range(1, attempts + 1):
-            try:
-                output = self._call_once(export, data)
-            except PluginCallError as exc:
-                if attempt < attempts and exc.kind not in _NOT_RETRIED:
-                    log.warning("%s; retry %d of %d", exc, attempt, self.spec.retries, extra={"plugin": self.name})
-                    continue
-                self.breaker.record_failure()
-                raise
-            self.breaker.record_success()
-            return output
-        raise AssertionError("the last attempt returns or raises")
-
-    def _call_once(self, export: Export, data: bytes) -> PluginOutput | None:
+        settled = False
         try:
-            instance = self.pool.acquire(self.spec.timeout_ms / 1000)
+            data = self.encode(payload)
+            attempts = self.spec.retries + 1
+            for attempt in range(1, attempts + 1):
+                try:
+                    output = await self._call_once(export, data)
+                except PluginCallError as exc:
+                    if attempt < attempts and exc.kind not in _NOT_RETRIED:
+                        log.warning("%s; retry %d of %d", exc, attempt, self.spec.retries, extra={"plugin": self.name})
+                        continue
+                    settled = True
+                    breaker.record_failure()
+                    raise
+                settled = True
+                breaker.record_success()
+                return output
+            raise AssertionError("the last attempt returns or raises")
+        except asyncio.CancelledError:
+            self.metrics.cancelled(export)
+            raise
+        finally:
+            if not settled:
+                # Neither outcome (cancelled, or a bug of ours before the call): a probe must not
+                # leave the breaker half open for good.
+                breaker.record_abandoned(admission)
+
+    async def _call_once(self, export: Export, data: bytes) -> PluginOutput | None:
+        if not self.runs_on_threads and len(data) <= INLINE_INPUT_MAX_BYTES:
+            instance = self.pool.take_idle()
+            if instance is not None:
+                return self._output(export, self._call_inline(instance, export, data))
+        try:
+            instance = await self.pool.acquire(self.spec.timeout_ms / 1000)
         except PoolExhausted as exc:
             raise PluginCallError(self.name, export.value, FailureKind.POOL_EXHAUSTED, str(exc)) from None
-        except extism.Error as exc:
-            # A new instance runs the module's start code under the same limits, and can fail too.
-            raise PluginCallError(self.name, export.value, classify(exc), f"new instance: {exc}") from None
-        self.host.begin_call()
-        try:
-            # The export itself is the name (a StrEnum): `.value` is a descriptor call per request.
-            # parse=bytes: the wrapper's default is a lambda doing the same through one more frame.
-            raw = instance.call(export, data, parse=bytes, host_context=self.host)
-        except extism.Error as exc:
+        call = ThreadedCall(instance, self.pool.factory, export, data, self.host, self._settle)
+        result = await self.threads.run(call)
+        if result is None:
+            raise AssertionError("a call the caller still waits for always runs")
+        return self._output(export, result)
+
+    def _call_inline(self, instance: Instance, export: Export, data: bytes) -> RawResult:
+        # CPU time of this thread: what the call itself costs the loop, without waits for the GIL.
+        started = thread_time()
+        result = invoke(instance, export, data, self.host)
+        elapsed = thread_time() - started
+        if result.error is None:
+            self.pool.release(instance)
+        else:
             # A trapped or interrupted instance may hold half-updated state: never reuse it.
             self.pool.discard(instance)
-            raise PluginCallError(self.name, export.value, classify(exc), str(exc)) from None
-        finally:
-            state_failure = self.host.end_call()
-        # The guest saw ordinary failure values, so the instance is sound; only its output is not.
-        self.pool.release(instance)
-        if state_failure is not None:
-            raise PluginCallError(self.name, export.value, FailureKind.STATE_UNAVAILABLE, str(state_failure))
+        if elapsed > self.inline_budget_seconds:
+            self._demote(export, elapsed)
+        return result
+
+    def _demote(self, export: Export, elapsed: float) -> None:
+        """Every further call runs on the threads: a plugin that was slow once may be slow again, and
+        on the loop it would hold up every other stream of this worker meanwhile."""
+        self.runs_on_threads = f"{export.value} took {elapsed * 1000:.1f} ms of CPU on the event loop"
+        log.warning(
+            "plugin %r: %s (budget %.1f ms); its calls run on plugin threads from now on",
+            self.name,
+            self.runs_on_threads,
+            self.inline_budget_seconds * 1000,
+            extra={"plugin": self.name},
+        )
+
+    def _settle(self, call: ThreadedCall) -> None:
+        """On the loop, when a threaded call is over: the instance (or the slot) goes back to the pool."""
+        result = call.result
+        # A call skipped because its caller left (None) never touched the instance.
+        sound = result is None or (isinstance(result, RawResult) and result.error is None)
+        if call.instance is not None and sound and not call.interrupted:
+            self.pool.release(call.instance)
+        else:
+            self.pool.discard(call.instance)
+
+    def _output(self, export: Export, result: RawResult) -> PluginOutput | None:
+        if result.error is not None:
+            raise PluginCallError(self.name, export.value, classify(result.error), str(result.error))
+        if result.state_failure is not None:
+            raise PluginCallError(self.name, export.value, FailureKind.STATE_UNAVAILABLE, str(result.state_failure))
         try:
-            output = self.decode(raw)
+            output = self.decode(result.output or b"")
             if output is not None:
                 contract.check_for_export(output, export)
                 contract.check_body_sizes(output, self.max_body_bytes)
@@ -151,18 +252,18 @@ class LoadedPlugin:
 
 def load_plugin(
     spec: PluginConfig,
-    default_pool_size: int,
+    server: ServerConfig,
+    threads: PluginThreads,
     store: KeyValueStore | None = None,
-    *,
-    max_body_bytes: int = 8 * 1024 * 1024,
 ) -> LoadedPlugin:
-    """Compile the module once, check it against the contract, and seed its instance pool."""
+    """Compile the module, check it against the contract, and seed its instance pool."""
     try:
         wasm = spec.path.read_bytes()
     except OSError as exc:
         raise PluginLoadError(spec.name, spec.path, f"cannot read file: {exc.strerror}") from None
     if not wasm.startswith(WASM_MAGIC):
         raise PluginLoadError(spec.name, spec.path, "not a WebAssembly module (missing \\0asm header)")
+    store = default_store() if store is None else store
     manifest = {
         "wasm": [{"data": wasm}],
         "timeout_ms": spec.timeout_ms,
@@ -177,22 +278,25 @@ def load_plugin(
         # what is left of timeout_ms.
         manifest["allowed_hosts"] = list(spec.allowed_hosts)
     config = extism_config(spec)
+
+    fuel = spec.timeout_ms * FUEL_PER_MS
+
+    def new_instance() -> Instance:
+        # Compiled per instance (about a millisecond): see runner.Instance.
+        plugin = extism.Plugin(FuelLimitedModule(manifest, HOST_FUNCTIONS, fuel), config=config, functions=[])
+        return Instance(plugin, plugin.cancel_handle())
+
     try:
-        compiled = CompiledPlugin(manifest, wasi=False, functions=list(HOST_FUNCTIONS))
-        first = extism.Plugin(compiled, config=config, functions=[])
+        first = new_instance()
     except extism.Error as exc:
         raise PluginLoadError(spec.name, spec.path, f"cannot instantiate: {exc}") from None
-    module_exports = frozenset(export for export in Export if first.function_exists(export.value))
+    module_exports = frozenset(export for export in Export if first.plugin.function_exists(export.value))
     if not module_exports:
         names = ", ".join(export.value for export in Export)
         raise PluginLoadError(spec.name, spec.path, f"exports none of the plugin functions ({names})")
     exports, wants_request_body = _active_exports(spec, module_exports)
-
-    def new_instance() -> extism.Plugin:
-        return extism.Plugin(compiled, config=config, functions=[])
-
-    pool_size = spec.pool_size or _pool_size(spec, default_pool_size)
-    pool: InstancePool[extism.Plugin] = InstancePool(new_instance, pool_size)
+    pool_size = spec.pool_size or _pool_size(spec, threads.max_threads)
+    pool: InstancePool[Instance] = InstancePool(new_instance, pool_size)
     pool.add_idle(first)
     encode, decode = _CODECS[spec.encoding]
     return LoadedPlugin(
@@ -204,16 +308,38 @@ def load_plugin(
         pool=pool,
         encode=encode,
         decode=decode,
-        host=PluginHost(
-            spec.name,
-            default_store() if store is None else store,
-            timeout_ms=spec.timeout_ms,
-            state_failure=spec.state_failure,
-        ),
+        host=PluginHost(spec.name, store, timeout_ms=spec.timeout_ms, state_failure=spec.state_failure),
         breaker=CircuitBreaker(spec.name, spec.circuit_breaker, on_change=metrics.breaker_state),
         failure_reply=failure_reply(spec.error_status),
-        max_body_bytes=max_body_bytes,
+        max_body_bytes=server.max_body_bytes,
+        threads=threads,
+        runs_on_threads=_threads_only_reason(wasm, store, server),
+        inline_budget_seconds=server.inline_call_budget_us / 1_000_000,
     )
+
+
+# Host functions that wait on the network. A plugin importing one never runs on the event loop.
+_NETWORK_IMPORTS: Final = frozenset({("extism:host/env", "http_request"), ("extism:host/user", "extproc_http_request")})
+# The key-value host functions wait on the network only with a remote store.
+_STATE_IMPORTS: Final = frozenset(
+    ("extism:host/user", name)
+    for name in ("extproc_kv_get", "extproc_kv_set", "extproc_kv_delete", "extproc_kv_incr", "extproc_kv_cas")
+)
+
+
+def _threads_only_reason(wasm: bytes, store: KeyValueStore, server: ServerConfig) -> str:
+    """Why this plugin's calls must never run on the event loop, or "" when they may."""
+    if not server.inline_call_budget_us:
+        return "server.inline_call_budget_us is 0"
+    try:
+        imported = wasm_imports(wasm)
+    except WasmFormatError as exc:
+        return f"its imports cannot be read ({exc})"
+    if not imported.isdisjoint(_NETWORK_IMPORTS):
+        return "it makes HTTP calls"
+    if store.remote and not imported.isdisjoint(_STATE_IMPORTS):
+        return "it uses the key-value store, which is remote"
+    return ""
 
 
 def failure_reply(status: int) -> ImmediateReply:
@@ -235,7 +361,7 @@ def _pool_size(spec: PluginConfig, threads: int) -> int:
 
     A call holds the CPU the whole time, so more instances than twice the cores only cost memory
     (one linear memory each). A plugin that makes HTTP calls waits on the network and may use
-    one instance per serving thread.
+    one instance per plugin thread.
     """
     if spec.allowed_hosts:
         return threads

@@ -1,9 +1,14 @@
-"""A bounded pool of plugin instances, so that no two concurrent calls share one."""
+"""A bounded pool of plugin instances, so that no two concurrent calls share one.
+
+The pool lives on the event loop: only the loop's thread takes and returns instances (a call that
+runs on a plugin thread gets its instance from the loop and hands it back through the loop), so it
+needs no lock, and a caller over the limit waits on a future instead of holding a thread.
+"""
 
 from __future__ import annotations
 
-import threading
-import time
+import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -15,86 +20,99 @@ class PoolExhausted(Exception):
 
 
 class InstancePool(Generic[T]):
-    """Creates instances on demand up to `max_size`; a caller over the limit waits for a free one.
+    """Up to `max_size` instances of one plugin.
 
-    Taking and returning an idle instance costs no lock: `list.pop()` and `list.append()` are
-    atomic, and on the request path there is almost always an idle instance. The lock guards the
-    size count and the waiters only.
+    `acquire()` answers an idle instance, or None when the caller has been granted a new slot and
+    must create the instance itself with `factory` (about a millisecond, so it happens where the
+    call runs rather than on the loop). Every instance or slot handed out comes back through
+    exactly one of `release()` and `discard()`.
     """
 
     def __init__(self, factory: Callable[[], T], max_size: int) -> None:
-        self._factory = factory
-        self._max_size = max_size
+        self.factory = factory
+        self.max_size = max_size
         self._idle: list[T] = []
         self._size = 0
-        self._waiters = 0
-        self._cond = threading.Condition(threading.Lock())
+        self._waiters: deque[asyncio.Future[T | None]] = deque()
 
     @property
     def size(self) -> int:
+        """Instances in existence or being created."""
         return self._size
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
 
     def add_idle(self, instance: T) -> None:
         """Adopt an instance created outside the pool (the one used to inspect the module)."""
-        with self._cond:
-            self._size += 1
-            self._idle.append(instance)
+        self._size += 1
+        self._release(instance)
 
-    def acquire(self, wait_seconds: float) -> T:
-        try:
+    def take_idle(self) -> T | None:
+        """An idle instance without waiting or creating one, or None."""
+        idle = self._idle
+        return idle.pop() if idle else None
+
+    async def acquire(self, wait_seconds: float) -> T | None:
+        """An idle instance, None for a new slot, or PoolExhausted after `wait_seconds`."""
+        if self._idle:
             return self._idle.pop()
-        except IndexError:
-            pass
-        deadline = time.monotonic() + wait_seconds
-        with self._cond:
-            # Counted before looking at the idle list, so that release() either sees this waiter
-            # or appended its instance before the look.
-            self._waiters += 1
-            try:
-                while True:
-                    try:
-                        return self._idle.pop()
-                    except IndexError:
-                        pass
-                    if self._size < self._max_size:
-                        self._size += 1
-                        break
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise PoolExhausted(f"all {self._max_size} instances busy for {wait_seconds:.3f}s")
-                    self._cond.wait(remaining)
-            finally:
-                self._waiters -= 1
+        if self._size < self.max_size:
+            self._size += 1
+            return None
+        waiter: asyncio.Future[T | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        received = False
         try:
-            # Instantiation takes about a millisecond: do it outside the lock.
-            return self._factory()
-        except BaseException:
-            self._forget()
-            raise
+            async with asyncio.timeout(wait_seconds):
+                granted = await waiter
+            received = True
+            return granted
+        except TimeoutError:
+            raise PoolExhausted(f"all {self.max_size} instances busy for {wait_seconds:.3f}s") from None
+        finally:
+            if not received:
+                self._abandon(waiter)
+
+    def _abandon(self, waiter: asyncio.Future[T | None]) -> None:
+        """A waiter whose caller gave up (timeout or cancellation): what was handed to it goes back."""
+        if not waiter.done():
+            waiter.cancel()
+            self._waiters.remove(waiter)
+        elif not waiter.cancelled():
+            # Granted just before the caller gave up, so nobody received it.
+            granted = waiter.result()
+            if granted is None:
+                self.discard()
+            else:
+                self._release(granted)
 
     def release(self, instance: T) -> None:
-        self._idle.append(instance)
-        if self._waiters:
-            with self._cond:
-                self._cond.notify()
+        """Give back an instance whose state is sound."""
+        self._release(instance)
 
-    def discard(self, instance: T) -> None:
-        """Drop an instance whose state can no longer be trusted (after a trap or timeout)."""
+    def discard(self, instance: T | None = None) -> None:
+        """Drop an instance that can no longer be trusted (after a trap, a timeout or a cancellation),
+        or a slot whose instance could not be created."""
         del instance
-        self._forget()
+        self._size -= 1
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._size += 1
+                waiter.set_result(None)  # the waiter creates the replacement
+                return
 
-    def _forget(self) -> None:
-        with self._cond:
-            self._size -= 1
-            self._cond.notify()
+    def _release(self, instance: T) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(instance)
+                return
+        self._idle.append(instance)
 
     def clear(self) -> None:
         """Drop the idle instances (at shutdown; instances still busy go with the pool itself)."""
-        with self._cond:
-            # One pop at a time: an instance is either taken here or by a concurrent acquire(), never both.
-            while True:
-                try:
-                    self._idle.pop()
-                except IndexError:
-                    return
-                self._size -= 1
+        self._size -= len(self._idle)
+        self._idle.clear()

@@ -71,6 +71,8 @@ def redacted(url: str) -> str:
 class RedisStore:
     """A `KeyValueStore` in Redis. Thread-safe: redis-py's pool gives each command its own connection."""
 
+    remote = True
+
     def __init__(
         self,
         url: str,
@@ -86,7 +88,7 @@ class RedisStore:
         # Connect plus one reply: the longest a command can take.
         self._budget_s = 2 * timeout
         self._clock = clock
-        # A full pool raises at once instead of waiting: with one connection per gRPC thread it never fills.
+        # A full pool raises at once instead of waiting: with one connection per plugin thread it never fills.
         self._client = redis.Redis.from_url(
             url,
             socket_timeout=timeout,

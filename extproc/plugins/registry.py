@@ -9,6 +9,7 @@ from extproc.config import Config, StateBackend
 from extproc.contract import Export, Pair
 from extproc.plugins.host import KeyValueStore, default_store
 from extproc.plugins.loader import LoadedPlugin, load_plugin
+from extproc.plugins.runner import PluginThreads
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +40,8 @@ def state_store(config: Config) -> KeyValueStore:
         return default_store()
     from extproc.plugins.redis_store import shared_store  # redis is imported only when configured
 
-    # Plugin calls run on gRPC threads, each needing at most one connection at a time.
-    return shared_store(config.state, config.server.grpc_threads)
+    # Calls of plugins that use a remote store run on plugin threads, each needing one connection at a time.
+    return shared_store(config.state, config.server.plugin_threads)
 
 
 class PluginSet:
@@ -57,17 +58,14 @@ class PluginSet:
         self._everything = Selection.of(self.plugins)
 
     @classmethod
-    def load(cls, config: Config) -> PluginSet:
+    def load(cls, config: Config, threads: PluginThreads) -> PluginSet:
+        """Load every enabled plugin; their calls that leave the event loop run on `threads`."""
         loaded: list[LoadedPlugin] = []
         store = state_store(config)
         try:
             for spec in config.plugins:
                 if spec.enabled:
-                    loaded.append(
-                        load_plugin(
-                            spec, config.server.grpc_threads, store, max_body_bytes=config.server.max_body_bytes
-                        )
-                    )
+                    loaded.append(load_plugin(spec, config.server, threads, store))
         except BaseException:
             for plugin in loaded:
                 plugin.close()

@@ -1,0 +1,198 @@
+"""Open streams cost no capacity: idle and stalled streams, the stream limit, abandoned calls, large bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+
+from .conftest import StackFactory
+from .harness import Stack, free_port, metric, request, scrape_metrics, wait_until
+from .load import run_load
+
+pytestmark = pytest.mark.e2e
+
+MARKER = {"headers": {"set": [{"name": "x-marker", "value": "1"}]}}
+
+
+def marker(plugin_dir: Path, **fields: Any) -> dict[str, Any]:
+    """A header plugin on request and response headers, as the README configures one."""
+    return {
+        "name": "marker",
+        "path": str(plugin_dir / "scripted.wasm"),
+        "config": {"process_request_headers": json.dumps(MARKER), "process_response_headers": "{}"},
+        **fields,
+    }
+
+
+def with_admin(*plugins: dict[str, Any], **server: Any) -> tuple[str, str]:
+    """A config with the admin endpoint on a free port, and that endpoint's URL."""
+    admin_port = free_port()
+    config = {"server": {"admin_listen": f"127.0.0.1:{admin_port}", **server}, "plugins": list(plugins)}
+    return json.dumps(config), f"http://127.0.0.1:{admin_port}"
+
+
+def marked(stack: Stack, path: str) -> bool:
+    response = request("GET", f"{stack.url}{path}")
+    assert response.status == 200, response
+    return dict(json.loads(response.body)["headers"]).get("x-marker") == "1"
+
+
+@contextlib.contextmanager
+def idle_streams(port: int, count: int) -> Iterator[None]:
+    """`count` ext_proc streams opened straight at the server that send nothing (a client thread each
+    would be the client's limit, not the server's, so they share one event loop)."""
+    ready = threading.Event()
+    stop: asyncio.Event | None = None
+    loop = asyncio.new_event_loop()
+
+    async def hold() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = ep_grpc.ExternalProcessorStub(channel)
+            calls = [stub.Process() for _ in range(count)]
+            # A call starts when its metadata is sent; waiting for it proves the server has the stream.
+            await asyncio.gather(*(call.wait_for_connection() for call in calls))
+            ready.set()
+            await stop.wait()
+            for call in calls:
+                call.cancel()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(hold(),), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(30), "the idle streams did not open"
+        yield
+    finally:
+        assert stop is not None
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        loop.close()
+
+
+@contextlib.contextmanager
+def stalled_bodies(port: int, count: int) -> Iterator[None]:
+    """`count` clients that announce a 1 MB request body, send 10 bytes of it, and wait."""
+    sockets = []
+    try:
+        for index in range(count):
+            client = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sockets.append(client)
+            head = f"POST /stalled/{index} HTTP/1.1\r\nHost: test\r\nContent-Length: 1000000\r\n\r\n"
+            client.sendall(head.encode() + b"0123456789")
+        yield
+    finally:
+        for client in sockets:
+            client.close()
+
+
+def test_idle_streams_do_not_block_others(plugin_dir: Path, make_stack: StackFactory) -> None:
+    config, admin_url = with_admin(marker(plugin_dir))
+    with make_stack(config) as stack, idle_streams(stack.extproc_port, 300):
+        assert metric(scrape_metrics(admin_url), "extproc_active_streams") >= 300
+        outcomes = run_load(stack.url, 40, 8, lambda i: (f"/during/{i}", []))
+    assert [o.error for o in outcomes if o.error] == []
+    assert all(o.response is not None and o.response.status == 200 for o in outcomes)
+
+
+def test_stalled_request_bodies_do_not_block_others(plugin_dir: Path, make_stack: StackFactory) -> None:
+    body_plugin = {
+        "name": "t",
+        "path": str(plugin_dir / "transform.wasm"),
+        "execution_points": ["request_body"],
+        "config": {"suffix": "!"},
+    }
+    config, admin_url = with_admin(body_plugin, marker(plugin_dir))
+    with make_stack(config) as stack, stalled_bodies(stack.listen_port, 150):
+        # Each stalled request holds an ext_proc stream that waits for its body.
+        wait_until(
+            lambda: metric(scrape_metrics(admin_url), "extproc_active_streams") >= 150, 30, "150 streams waiting"
+        )
+        outcomes = run_load(stack.url, 40, 8, lambda i: (f"/during/{i}", []))
+        posted = request("POST", f"{stack.url}/post", body=b"hello")
+    assert [o.error for o in outcomes if o.error] == []
+    assert all(o.response is not None and o.response.status == 200 for o in outcomes)
+    assert json.loads(posted.body)["body"] == "hello!"
+
+
+@pytest.mark.parametrize(("failure_mode_allow", "status"), [(True, 200), (False, 500)])
+def test_streams_over_the_limit_are_refused_at_once(
+    plugin_dir: Path, make_stack: StackFactory, failure_mode_allow: bool, status: int
+) -> None:
+    config, admin_url = with_admin(marker(plugin_dir), max_concurrent_streams=20)
+    with make_stack(config, failure_mode_allow=failure_mode_allow, message_timeout_ms=5000) as stack:
+        assert marked(stack, "/before")
+        with idle_streams(stack.extproc_port, 20):
+            started = time.monotonic()
+            response = request("GET", f"{stack.url}/over")
+            elapsed = time.monotonic() - started
+        after = marked(stack, "/after")
+        refused = metric(scrape_metrics(admin_url), "extproc_streams_ended_total", how="refused")
+    # Envoy applies its failure mode at once instead of waiting out its 5 s message timeout.
+    assert elapsed < 2.5
+    assert response.status == status
+    if failure_mode_allow:
+        assert "x-marker" not in dict(json.loads(response.body)["headers"])  # passed through unprocessed
+    assert refused >= 1
+    assert after  # the streams that were held went away, and the server serves again
+
+
+def test_abandoned_calls_are_cancelled_and_leave_the_breaker_closed(plugin_dir: Path, make_stack: StackFactory) -> None:
+    # A plugin that runs until its 3 s timeout, behind an Envoy that waits 300 ms and then goes on without it.
+    spinner = {
+        "name": "spinner",
+        "path": str(plugin_dir / "loop.wasm"),
+        "timeout_ms": 3000,
+        "pool_size": 2,
+        "circuit_breaker": {"failures": 1, "cooldown_ms": 60_000},
+    }
+    config, admin_url = with_admin(spinner, inline_call_budget_us=0)
+    with make_stack(config, failure_mode_allow=True, message_timeout_ms=300) as stack:
+        outcomes = run_load(stack.url, 12, 4, lambda i: (f"/abandoned/{i}", []))
+        phase = {"plugin": "spinner", "phase": "process_request_headers"}
+        wait_until(
+            lambda: metric(scrape_metrics(admin_url), "extproc_plugin_calls_cancelled_total", **phase) == 12,
+            30,
+            "every abandoned call to be counted as cancelled",
+        )
+        samples = scrape_metrics(admin_url)
+        server_log = stack.server_log()
+    assert [o.response.status if o.response else o.error for o in outcomes] == [200] * 12
+    # With only two instances, calls that ran to their timeout would have left the later ones waiting for
+    # an instance past Envoy's patience (pool_exhausted) and opened the breaker at the first failure.
+    failures = [value for (name, _), value in samples.items() if name == "extproc_plugin_failures_total"]
+    assert failures == []
+    assert metric(samples, "extproc_plugin_circuit_breaker_state", plugin="spinner", state="closed") == 1
+    assert metric(samples, "extproc_streams_ended_total", how="cancelled") >= 12
+    assert "circuit" not in server_log
+
+
+def test_five_mebibyte_bodies_round_trip_through_body_plugins(plugin_dir: Path, make_stack: StackFactory) -> None:
+    both = {
+        "name": "t",
+        "path": str(plugin_dir / "transform.wasm"),
+        "execution_points": ["request_body", "response_body"],
+        "config": {"suffix": "!", "prefix": ">"},
+        # The SDK holds a body many times over (docs/writing-plugins.md); the echoed response is JSON.
+        "memory_limit_mb": 512,
+        "timeout_ms": 10_000,
+    }
+    body = b"x" * (5 * 1024 * 1024)
+    with make_stack(json.dumps({"plugins": [both]})) as stack:
+        response = request("POST", f"{stack.url}/big", body=body)
+        assert response.status == 200, response.body[:200]
+    assert response.body.startswith(b">")
+    echoed = json.loads(response.body[1:])
+    assert echoed["body_length"] == len(body) + 1
+    assert echoed["body"].endswith("x!")
