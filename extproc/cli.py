@@ -12,6 +12,7 @@ from extproc.config import LOG_LEVELS, Config, ConfigError, ListenAddress, check
 from extproc.deploy import commands as deploy_commands
 from extproc.errors import ExtprocError
 from extproc.plugins.registry import PluginSet
+from extproc.redaction import redact_url
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,6 +62,9 @@ def _check(config: Config) -> int:
     try:
         listen = config.server.listen_address
         print(f"{config.source}: ok, {len(config.plugins)} plugin(s), server listens on {listen}")
+        state = config.state
+        if state.url is not None:
+            print(f"  state: {state.backend.value} at {redact_url(state.url)}, key_prefix {state.key_prefix!r}")
         loaded = {plugin.name: plugin for plugin in plugins.plugins}
         for spec in config.plugins:
             plugin = loaded.get(spec.name)

@@ -23,6 +23,8 @@ from typing import Any, Final, TypeVar
 
 import yaml
 
+from extproc.redaction import redact_url
+
 # Far above any real configuration; it only stops a wrong path (a log file, a device) from being slurped.
 MAX_CONFIG_BYTES: Final = 1024 * 1024
 
@@ -629,19 +631,21 @@ def _state(value: object, key: str) -> StateConfig:
 
 def _redis_url(value: object, key: str) -> str:
     text = _non_empty_string(value, key)
+    # Errors quote the URL, and a config error is printed, logged and answered to POST /reload.
+    shown = repr(redact_url(text))
     try:
         parts = urllib.parse.urlsplit(text)
         port = parts.port  # raises ValueError when not a number from 0 to 65535
     except ValueError as e:
-        raise _Invalid(key, f"invalid URL {text!r}: {e}") from None
+        raise _Invalid(key, f"invalid URL {shown}: {e}") from None
     if parts.scheme not in _REDIS_SCHEMES:
-        raise _Invalid(key, f"must start with {', '.join(s + '://' for s in _REDIS_SCHEMES)}, got {text!r}")
+        raise _Invalid(key, f"must start with {', '.join(s + '://' for s in _REDIS_SCHEMES)}, got {shown}")
     if parts.scheme == "unix" and not parts.path:
-        raise _Invalid(key, f"a unix:// URL needs a socket path, got {text!r}")
+        raise _Invalid(key, f"a unix:// URL needs a socket path, got {shown}")
     if parts.scheme != "unix" and not parts.hostname:
-        raise _Invalid(key, f"needs a host, as in 'redis://127.0.0.1:6379/0', got {text!r}")
+        raise _Invalid(key, f"needs a host, as in 'redis://127.0.0.1:6379/0', got {shown}")
     if port == 0:
-        raise _Invalid(key, f"port must be from 1 to 65535, got {text!r}")
+        raise _Invalid(key, f"port must be from 1 to 65535, got {shown}")
     return text
 
 
