@@ -99,7 +99,7 @@ class Server:
             raise OSError(f"cannot listen on {address}")
         self.address = f"{host}:{self.port}"
         self.draining = False
-        self.admin = AdminServer(admin, self) if admin is not None else None
+        self.admin = AdminServer(admin, self, token=config.server.admin_token) if admin is not None else None
 
     def install(self, plugins: PluginSet) -> None:
         """New streams use `plugins`; running streams keep the set they started with."""
