@@ -198,8 +198,8 @@ class _Handler(BaseHTTPRequestHandler):
             shown = "no Host header" if not hosts else f"Host {', '.join(map(repr, hosts))}"
             return self._refuse(HTTPStatus.FORBIDDEN, f"{shown} does not name this admin endpoint ({address})")
         origins = self.headers.get_all("Origin") or []
-        # Only a page served from this endpoint would be same-origin, and it serves none: in practice any
-        # Origin is a browser carrying another site's request.
+        # Browsers send Origin with cross-site POSTs and fetches; one that is not this endpoint's own marks a
+        # request another site's page made.
         if origins and (len(origins) > 1 or origins[0].lower() != f"http://{hosts[0].lower()}"):
             return self._refuse(HTTPStatus.FORBIDDEN, f"requests from Origin {origins[0]!r} are refused")
         return True

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from extproc.cli import main
+from extproc.deploy import envoy_config as ec
 
 
 @pytest.fixture
@@ -158,7 +159,7 @@ def test_a_message_timeout_shorter_than_the_chain_warns(
     assert shown in err
 
 
-@pytest.mark.parametrize("timeout", ["0.600s", "2s", {"seconds": 1}])
+@pytest.mark.parametrize("timeout", ["0.600s", "0.6s", "0.600000000s", "2s", {"seconds": 1}, {"nanos": 600_000_000}])
 def test_a_message_timeout_covering_the_chain_says_so(
     workdir: Path, capsys: pytest.CaptureFixture[str], timeout: object
 ) -> None:
@@ -226,3 +227,13 @@ def test_a_closed_stdout_ends_the_command_quietly(args: list[str]) -> None:
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (128 + signal.SIGPIPE, "")
+
+
+@pytest.mark.parametrize(
+    ("timeout", "ms"),
+    [("2.007s", 2007), ("0.0001s", 1), ("1.5s", 1500), ({"seconds": 2, "nanos": 7_000_000}, 2007), ("0s", 0)],
+)
+def test_durations_are_read_exactly(tmp_path: Path, timeout: object, ms: int) -> None:
+    envoy = tmp_path / "envoy.yaml"
+    envoy.write_text(envoy_fragment(message_timeout=timeout))
+    assert [found.message_timeout_ms for found in ec.read_filter_timeouts(envoy)] == [ms]

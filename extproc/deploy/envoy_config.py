@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -51,7 +50,7 @@ _MESSAGE_OVERHEAD_MS: Final = 250
 _WAITS_PER_ATTEMPT: Final = 2
 # The exports one Envoy message can run, as extproc/stream.py answers it: generate_response follows the
 # request headers, or the request body when its plugin waits for the body.
-MESSAGE_EXPORTS: Final = {
+_MESSAGE_EXPORTS: Final = {
     "request headers": frozenset({Export.REQUEST_HEADERS, Export.GENERATE_RESPONSE}),
     "request body": frozenset({Export.REQUEST_BODY, Export.GENERATE_RESPONSE}),
     "response headers": frozenset({Export.RESPONSE_HEADERS}),
@@ -263,7 +262,7 @@ class MessageBudget:
     """The longest the server may take to answer one Envoy message, and the plugins that make it so."""
 
     ms: int
-    message: str  # a key of MESSAGE_EXPORTS
+    message: str  # a key of _MESSAGE_EXPORTS
     plugins: tuple[str, ...]
 
     @property
@@ -286,7 +285,7 @@ def worst_message(plugins: Sequence[LoadedPlugin]) -> MessageBudget:
     worst = MessageBudget(0, "request headers", ())
     for path in (None, *sorted(prefixes)):
         together = [p for p in plugins if _may_run_on(p.spec.match.path_prefix, path)]
-        for message, exports in MESSAGE_EXPORTS.items():
+        for message, exports in _MESSAGE_EXPORTS.items():
             costs = {p.spec.name: _call_ms(p.spec) * len(p.exports & exports) for p in together}
             ms = sum(costs.values())
             if ms > worst.ms:
@@ -367,16 +366,21 @@ def _duration_ms(path: Path, key: str, value: object) -> int | None:
     """A google.protobuf.Duration as Envoy reads it from YAML: "1.5s", or {seconds: 1, nanos: 500000000}."""
     if value is None:
         return None
-    seconds: float | None = None
+    seconds: int | None = None
+    nanos = 0
     if isinstance(value, str) and _DURATION_RE.fullmatch(value):
-        seconds = float(value[:-1])
-    elif isinstance(value, Mapping) and set(value) <= {"seconds", "nanos"}:
-        parts = [value.get("seconds", 0), value.get("nanos", 0)]
-        if all(isinstance(part, int) and not isinstance(part, bool) and part >= 0 for part in parts):
-            seconds = parts[0] + parts[1] / 1e9
-    if seconds is None:
+        whole, _, fraction = value[:-1].partition(".")
+        seconds, nanos = int(whole), int(fraction.ljust(9, "0"))
+    elif isinstance(value, Mapping) and set(value) <= {"seconds", "nanos"} and all(map(_is_count, value.values())):
+        seconds, nanos = value.get("seconds", 0), value.get("nanos", 0)
+    if seconds is None or nanos >= 1_000_000_000:
         raise ConfigError(path, key, f"must be a duration such as '0.250s' or {{seconds: 1}}, got {value!r}")
-    return math.ceil(seconds * 1000)
+    # In integers: as a float, 2.007 s is 2007.0000000000002 ms, which would round up.
+    return seconds * 1000 - (-nanos // 1_000_000)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def ext_proc_filter(config: Config, needs: Selection, options: Options) -> dict[str, Any]:
