@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,9 +12,11 @@ from pathlib import Path
 from extproc import __version__, plugin_tools
 from extproc.config import LOG_LEVELS, Config, ConfigError, ListenAddress, check_plaintext, load_config
 from extproc.deploy import commands as deploy_commands
+from extproc.deploy import envoy_config as ec
 from extproc.errors import ExtprocError
 from extproc.plugins.registry import PluginSet
 from extproc.plugins.runner import PluginThreads
+from extproc.redaction import redact_url
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +38,15 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate the config and load every plugin, then exit")
     check.add_argument("--config", required=True, type=Path, help="YAML config file")
+    check.add_argument(
+        "--envoy-config",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="an Envoy config with the ext_proc filter: warn if its message_timeout is shorter than the "
+        "slowest plugin chain can take (repeat for several)",
+    )
 
     deploy_commands.add_commands(commands)
     plugin_tools.add_commands(commands)
@@ -41,6 +54,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _run(argv)
+        # Here rather than at exit, so that a closed stdout is met by the handler below.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped early (`extproc check ... | head -1`): end quietly, with the status of a process
+        # SIGPIPE ended. Python flushes stdout again at exit, so it must point somewhere that takes the rest.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "plugin":
         # No server config: a plugin is tested or measured on its own.
@@ -48,20 +74,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         if args.command == "check":
-            return _check(config)
+            return _check(config, args.envoy_config)
         if args.command in deploy_commands.COMMANDS:
             return deploy_commands.run(args, config, sys.argv[1:] if argv is None else argv)
         return _serve(config, args)
+    except BrokenPipeError:
+        raise  # not an error of the command: main() handles it
     except (ConfigError, ExtprocError, OSError) as exc:
         print(f"extproc: error: {exc}", file=sys.stderr)
         return 1
 
 
-def _check(config: Config) -> int:
+def _check(config: Config, envoy_configs: Sequence[Path]) -> int:
     plugins = PluginSet.load(config, PluginThreads(config.server.plugin_threads))
     try:
+        # Read before printing anything: a file that cannot be read is an error, not half a report.
+        envoy = [(path, ec.read_filter_timeouts(path)) for path in envoy_configs]
         listen = config.server.listen_address
         print(f"{config.source}: ok, {len(config.plugins)} plugin(s), server listens on {listen}")
+        state = config.state
+        if state.url is not None:
+            print(f"  state: {state.backend.value} at {redact_url(state.url)}, key_prefix {state.key_prefix!r}")
         loaded = {plugin.name: plugin for plugin in plugins.plugins}
         for spec in config.plugins:
             plugin = loaded.get(spec.name)
@@ -70,9 +103,31 @@ def _check(config: Config) -> int:
                 continue
             exports = ", ".join(sorted(export.value for export in plugin.exports))
             print(f"  {spec.name}: {spec.path} sha256:{plugin.sha256[:16]} calls: {exports}")
+        worst = ec.worst_message(plugins.plugins)
+        for path, filters in envoy:
+            for found in filters:
+                _check_message_timeout(path, found, worst)
     finally:
         plugins.close()
     return 0
+
+
+def _check_message_timeout(path: Path, found: ec.FilterTimeouts, worst: ec.MessageBudget) -> None:
+    """Warn when Envoy would stop waiting for a reply the server may still be working on."""
+    where = f"{path}: {found.key}.message_timeout"
+    if found.message_timeout_ms >= worst.ms:
+        print(f"  envoy: {where} {found.message_timeout_ms} ms covers the slowest message: {worst}")
+        return
+    # The server never sends override_message_timeout, so max_message_timeout cannot lengthen a wait.
+    unused = (
+        "" if found.max_message_timeout_ms is None else " (max_message_timeout does not help: the server never asks)"
+    )
+    print(
+        f"extproc: warning: {where} is {found.message_timeout_ms} ms, shorter than the slowest message: {worst}. "
+        "Envoy would give up (504, or the request goes on unprocessed with failure_mode_allow) while the server "
+        f"still works{unused}; `extproc envoy-config` derives {worst.envoy_timeout_ms} ms.",
+        file=sys.stderr,
+    )
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:

@@ -23,6 +23,8 @@ from typing import Any, Final, TypeVar
 
 import yaml
 
+from extproc.redaction import redact_url
+
 # Far above any real configuration; it only stops a wrong path (a log file, a device) from being slurped.
 MAX_CONFIG_BYTES: Final = 1024 * 1024
 
@@ -51,11 +53,17 @@ _SERVER_KEYS: Final = (
     "reload_poll_ms",
     "drain_ms",
     "admin_listen",
+    "admin_token_file",
     "log_format",
     "tls",
     "allow_plaintext_off_loopback",
 )
 _TLS_KEYS: Final = ("cert_file", "key_file", "client_ca_file")
+# A shorter token could be guessed over the network; the upper bound only catches a wrong file.
+_MIN_ADMIN_TOKEN_CHARS: Final = 16
+_MAX_ADMIN_TOKEN_BYTES: Final = 4096
+# It travels in an Authorization header.
+_ADMIN_TOKEN_RE: Final = re.compile(rb"[\x21-\x7e]+")
 LOG_FORMATS: Final = ("text", "json")
 _PLUGIN_KEYS: Final = (
     "name",
@@ -199,6 +207,9 @@ class ServerConfig:
     # that health checkers (Envoy, Kubernetes) stop sending new streams first.
     drain_ms: int = 0
     admin_listen: ListenAddress | None = None  # None: no admin HTTP endpoint
+    # From server.admin_token_file: POST /reload needs it as a bearer token. Kept out of repr, which ends up
+    # in logs and tracebacks.
+    admin_token: str | None = dataclasses.field(default=None, repr=False)
     log_format: str = "text"
     tls: TlsConfig | None = None
     # Plaintext gRPC and the admin endpoint listen on loopback only, unless this says otherwise.
@@ -535,6 +546,9 @@ def _server(value: object, key: str, base_dir: Path) -> ServerConfig:
         reload_poll_ms=_optional(m, key, "reload_poll_ms", _non_negative_int, defaults.reload_poll_ms),
         drain_ms=_optional(m, key, "drain_ms", _non_negative_int, defaults.drain_ms),
         admin_listen=_optional(m, key, "admin_listen", _listen_address, defaults.admin_listen),
+        admin_token=_optional(
+            m, key, "admin_token_file", lambda v, k: _admin_token(v, k, base_dir), defaults.admin_token
+        ),
         log_format=_optional(m, key, "log_format", lambda v, k: _one_of(v, k, LOG_FORMATS), defaults.log_format),
         tls=_optional(m, key, "tls", lambda v, k: _tls(v, k, base_dir), defaults.tls),
         allow_plaintext_off_loopback=_optional(
@@ -579,6 +593,28 @@ def check_plaintext(server: ServerConfig, address: ListenAddress, *, tls_applies
     plaintext = not tls_applies or server.tls is None
     if plaintext and not server.allow_plaintext_off_loopback and not is_loopback(address.host):
         raise PlaintextRefused(address, admin=not tls_applies)
+
+
+def _admin_token(value: object, key: str, base_dir: Path) -> str:
+    path = _existing_file(value, key, base_dir)
+    try:
+        with path.open("rb") as f:
+            raw = f.read(_MAX_ADMIN_TOKEN_BYTES + 1)
+    except OSError as e:
+        raise _Invalid(key, f"cannot read {path}: {e.strerror or e}") from None
+    # No message quotes the file's content: it is the secret.
+    if len(raw) > _MAX_ADMIN_TOKEN_BYTES:
+        raise _Invalid(key, f"{path} is larger than {_MAX_ADMIN_TOKEN_BYTES} bytes; it should hold one token")
+    token = raw.strip()  # a trailing newline is how editors and `echo` leave it
+    if not _ADMIN_TOKEN_RE.fullmatch(token):
+        raise _Invalid(key, f"{path} must hold one token of printable ASCII characters without spaces")
+    if len(token) < _MIN_ADMIN_TOKEN_CHARS:
+        raise _Invalid(
+            key,
+            f"the token in {path} has {len(token)} characters, fewer than {_MIN_ADMIN_TOKEN_CHARS}; "
+            "make one with `openssl rand -hex 32`",
+        )
+    return token.decode("ascii")
 
 
 def _tls(value: object, key: str, base_dir: Path) -> TlsConfig:
@@ -657,19 +693,21 @@ def _state(value: object, key: str) -> StateConfig:
 
 def _redis_url(value: object, key: str) -> str:
     text = _non_empty_string(value, key)
+    # Errors quote the URL, and a config error is printed, logged and answered to POST /reload.
+    shown = repr(redact_url(text))
     try:
         parts = urllib.parse.urlsplit(text)
         port = parts.port  # raises ValueError when not a number from 0 to 65535
     except ValueError as e:
-        raise _Invalid(key, f"invalid URL {text!r}: {e}") from None
+        raise _Invalid(key, f"invalid URL {shown}: {e}") from None
     if parts.scheme not in _REDIS_SCHEMES:
-        raise _Invalid(key, f"must start with {', '.join(s + '://' for s in _REDIS_SCHEMES)}, got {text!r}")
+        raise _Invalid(key, f"must start with {', '.join(s + '://' for s in _REDIS_SCHEMES)}, got {shown}")
     if parts.scheme == "unix" and not parts.path:
-        raise _Invalid(key, f"a unix:// URL needs a socket path, got {text!r}")
+        raise _Invalid(key, f"a unix:// URL needs a socket path, got {shown}")
     if parts.scheme != "unix" and not parts.hostname:
-        raise _Invalid(key, f"needs a host, as in 'redis://127.0.0.1:6379/0', got {text!r}")
+        raise _Invalid(key, f"needs a host, as in 'redis://127.0.0.1:6379/0', got {shown}")
     if port == 0:
-        raise _Invalid(key, f"port must be from 1 to 65535, got {text!r}")
+        raise _Invalid(key, f"port must be from 1 to 65535, got {shown}")
     return text
 
 

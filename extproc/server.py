@@ -66,7 +66,7 @@ class Server:
             raise
         self.address = f"{host}:{self.port}"
         self.draining = False
-        self.admin = AdminServer(admin, self) if admin is not None else None
+        self.admin = AdminServer(admin, self, token=config.server.admin_token) if admin is not None else None
 
     def _on_loop(self, work: Coroutine[Any, Any, _T]) -> _T:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result()

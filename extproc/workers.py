@@ -39,7 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from extproc import logs, metrics
-from extproc.admin import AdminServer, registry_text
+from extproc.admin import AdminServer, auth_headers, registry_text
 from extproc.config import Config, ListenAddress, load_config
 from extproc.reload import ReloadResult
 
@@ -113,7 +113,8 @@ class Supervisor:
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
         self._stopping = threading.Event()
-        self.admin = AdminServer(admin, self, reload=self.reload) if admin is not None else None
+        token = config.server.admin_token
+        self.admin = AdminServer(admin, self, reload=self.reload, token=token) if admin is not None else None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -207,7 +208,8 @@ class Supervisor:
             if url is None:
                 yield worker, 0, b"starting"
                 continue
-            request = urllib.request.Request(url, method=method)
+            # The workers load the same config, so their endpoints want the same token.
+            request = urllib.request.Request(url, method=method, headers=auth_headers(self.config.server.admin_token))
             try:
                 with urllib.request.urlopen(request, timeout=_ASK_TIMEOUT_S) as response:
                     yield worker, response.status, response.read()

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from extproc.cli import main
+from extproc.deploy import envoy_config as ec
 
 
 @pytest.fixture
 def workdir(tmp_path: Path, plugin_dir: Path) -> Path:
-    for name in ("scripted", "echo", "noexports"):
+    for name in ("scripted", "echo", "noexports", "transform"):
         shutil.copy(plugin_dir / f"{name}.wasm", tmp_path / f"{name}.wasm")
     (tmp_path / "not-wasm.wasm").write_text("hello")
     return tmp_path
@@ -104,3 +108,132 @@ def test_check_runs_as_a_command(workdir: Path) -> None:
     )
     assert result.returncode == 1
     assert "plugin 'a'" in result.stderr and "noexports.wasm" in result.stderr
+
+
+# --- --envoy-config: does Envoy wait as long as the plugins may take? ---------------------------------
+
+# transform.wasm runs once per message; 3 attempts of a wait plus a run of 100 ms: 600 ms.
+SLOW_CHAIN = "plugins:\n  - name: slow\n    path: transform.wasm\n    timeout_ms: 100\n    retries: 2\n"
+EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+
+
+def envoy_fragment(**timeouts: object) -> str:
+    typed = {"@type": EXT_PROC, "grpc_service": {"envoy_grpc": {"cluster_name": "extproc"}}, **timeouts}
+    return yaml.safe_dump({"http_filters": [{"name": "envoy.filters.http.ext_proc", "typed_config": typed}]})
+
+
+def run_check_with_envoy(
+    workdir: Path, envoy_text: str, capsys: pytest.CaptureFixture[str], config_text: str = SLOW_CHAIN
+) -> tuple[int, str, str]:
+    envoy = workdir / "envoy.yaml"
+    envoy.write_text(envoy_text)
+    config = workdir / "extproc.yaml"
+    config.write_text(config_text)
+    code = main(["check", "--config", str(config), "--envoy-config", str(envoy)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+KEY = "http_filters[0].typed_config.message_timeout"
+
+
+@pytest.mark.parametrize(
+    ("timeouts", "shown"),
+    [
+        ({"message_timeout": "0.250s"}, "250 ms"),
+        ({}, "200 ms"),  # Envoy's default
+        ({"message_timeout": {"seconds": 0, "nanos": 599_000_000}}, "599 ms"),
+        ({"message_timeout": "0.3s", "max_message_timeout": "10s"}, "max_message_timeout does not help"),
+    ],
+    ids=["short", "unset", "seconds-nanos", "max-does-not-help"],
+)
+def test_a_message_timeout_shorter_than_the_chain_warns(
+    workdir: Path, capsys: pytest.CaptureFixture[str], timeouts: dict[str, object], shown: str
+) -> None:
+    code, out, err = run_check_with_envoy(workdir, envoy_fragment(**timeouts), capsys)
+    assert code == 0  # a warning, not a failure
+    assert "ok, 1 plugin(s)" in out
+    assert f"extproc: warning: {workdir / 'envoy.yaml'}: {KEY} is" in err
+    assert "shorter than the slowest message: request headers, 600 ms (slow)" in err
+    assert "derives 850 ms" in err
+    assert shown in err
+
+
+@pytest.mark.parametrize("timeout", ["0.600s", "0.6s", "0.600000000s", "2s", {"seconds": 1}, {"nanos": 600_000_000}])
+def test_a_message_timeout_covering_the_chain_says_so(
+    workdir: Path, capsys: pytest.CaptureFixture[str], timeout: object
+) -> None:
+    code, out, err = run_check_with_envoy(workdir, envoy_fragment(message_timeout=timeout), capsys)
+    assert (code, err) == (0, "")
+    assert f"{KEY} " in out and "covers the slowest message: request headers, 600 ms (slow)" in out
+
+
+def test_every_filter_of_every_document_is_checked(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    istio_like = {"kind": "EnvoyFilter", "spec": {"patch": {"value": {"typed_config": {"@type": EXT_PROC}}}}}
+    text = envoy_fragment(message_timeout="1s") + "---\n" + yaml.safe_dump(istio_like)
+    code, out, err = run_check_with_envoy(workdir, text, capsys)
+    assert code == 0
+    assert f"(document 1) {KEY} 1000 ms covers" in out
+    assert "(document 2) spec.patch.value.typed_config.message_timeout is 200 ms" in err
+
+
+@pytest.mark.parametrize(
+    ("envoy_text", "expected"),
+    [
+        (None, "cannot read the Envoy config"),
+        ("static_resources: {listeners: [}\n", "invalid YAML"),
+        ("static_resources: {}\n", "no ext_proc filter in it"),
+        (envoy_fragment(message_timeout="fast"), f"{KEY}: must be a duration"),
+        (envoy_fragment(message_timeout="-1s"), f"{KEY}: must be a duration"),
+        (envoy_fragment(max_message_timeout={"seconds": "1"}), "typed_config.max_message_timeout: must be a duration"),
+    ],
+    ids=["missing", "bad-yaml", "no-filter", "bad-duration", "negative", "bad-max"],
+)
+def test_a_bad_envoy_config_is_an_error(
+    workdir: Path, capsys: pytest.CaptureFixture[str], envoy_text: str | None, expected: str
+) -> None:
+    config = workdir / "extproc.yaml"
+    config.write_text(SLOW_CHAIN)
+    envoy = workdir / "envoy.yaml"
+    if envoy_text is not None:
+        envoy.write_text(envoy_text)
+    code = main(["check", "--config", str(config), "--envoy-config", str(envoy)])
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, "")
+    assert f"extproc: error: {envoy}" in err and expected in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "--config", "envoy/demo/extproc.yaml"],
+        ["envoy-config", "--config", "envoy/demo/extproc.yaml", "--bootstrap", "--upstream", "127.0.0.1:80"],
+    ],
+    ids=["check", "envoy-config"],
+)
+def test_a_closed_stdout_ends_the_command_quietly(args: list[str]) -> None:
+    # What `extproc check ... | head -1` leaves: a pipe nobody reads any more.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "extproc", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (128 + signal.SIGPIPE, "")
+
+
+@pytest.mark.parametrize(
+    ("timeout", "ms"),
+    [("2.007s", 2007), ("0.0001s", 1), ("1.5s", 1500), ({"seconds": 2, "nanos": 7_000_000}, 2007), ("0s", 0)],
+)
+def test_durations_are_read_exactly(tmp_path: Path, timeout: object, ms: int) -> None:
+    envoy = tmp_path / "envoy.yaml"
+    envoy.write_text(envoy_fragment(message_timeout=timeout))
+    assert [found.message_timeout_ms for found in ec.read_filter_timeouts(envoy)] == [ms]

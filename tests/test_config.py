@@ -661,3 +661,40 @@ plugins: []
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+GOOD_TOKEN = b"0123456789abcdef0123"
+
+
+def test_admin_token_file_is_read_and_kept_out_of_repr(tmp_path: Path) -> None:
+    (tmp_path / "admin.token").write_bytes(GOOD_TOKEN + b"\n")
+    config = load_config(write(tmp_path, "server: {admin_token_file: admin.token}\nplugins: []\n"))
+    assert config.server.admin_token == GOOD_TOKEN.decode()
+    assert GOOD_TOKEN.decode() not in repr(config)
+    assert load_config(write(tmp_path, "plugins: []\n")).server.admin_token is None
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "file not found"),
+        (b"", "printable ASCII"),
+        (b"\n\n", "printable ASCII"),
+        (b"0123456789abcdef 0123456789abcdef", "without spaces"),
+        (b"0123456789abcdef\n0123456789abcdef", "without spaces"),
+        ("0123456789abcdefé".encode(), "printable ASCII"),
+        (b"short-token", "11 characters, fewer than 16"),
+        (b"x" * 5000, "larger than 4096 bytes"),
+        (7, "must be a string"),
+    ],
+    ids=["missing", "empty", "blank", "space", "two-lines", "non-ascii", "short", "huge", "not-a-path"],
+)
+def test_bad_admin_token_file(tmp_path: Path, content: bytes | int | None, fragment: str) -> None:
+    value = content if isinstance(content, int) else "admin.token"
+    if isinstance(content, bytes):
+        (tmp_path / "admin.token").write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"server: {{admin_token_file: {value}}}\nplugins: []\n"))
+    assert info.value.key == "server.admin_token_file"
+    assert fragment in info.value.reason
+    assert "0123456789abcdef" not in str(info.value)  # the file's content is the secret

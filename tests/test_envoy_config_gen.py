@@ -222,14 +222,73 @@ def test_filter_matches_the_proto_and_carries_the_options(plugin_dir: Path, tmp_
     )
     assert derived.grpc_service.envoy_grpc.cluster_name == ec.EXTPROC_CLUSTER
     assert derived.allow_mode_override and not derived.failure_mode_allow
-    # 4 waits of timeout_ms per plugin (instance + run, twice) plus the gRPC overhead.
-    assert derived.message_timeout.ToMilliseconds() == 250 + 4 * (100 + 50)
+    # Each message runs one export of each plugin: a wait for an instance plus the run, and the gRPC overhead.
+    assert derived.message_timeout.ToMilliseconds() == 250 + 2 * (100 + 50)
     assert list(derived.metadata_options.receiving_namespaces.untyped) == ["extproc"]
     assert derived.mutation_rules.allow_all_routing.value
     custom = options(failure_mode_allow=True, allow_mode_override=False, message_timeout_ms=750)
     message = parse_message(ec.ext_proc_filter(config, needs, custom)["typed_config"], ext_proc_pb2.ExternalProcessor())
     assert message.failure_mode_allow and not message.allow_mode_override
     assert message.message_timeout.ToMilliseconds() == 750
+
+
+WORST_MESSAGE: dict[str, tuple[list[dict[str, Any]], ec.MessageBudget]] = {
+    "retries-multiply": (
+        [
+            {"name": "a", "wasm": "transform.wasm", "timeout_ms": 100},
+            {"name": "b", "wasm": "transform.wasm", "timeout_ms": 50, "retries": 1},
+        ],
+        ec.MessageBudget(2 * 100 + 2 * 50 * 2, "request headers", ("a", "b")),
+    ),
+    "disjoint-prefixes-never-add-up": (
+        [
+            {"name": "a", "wasm": "transform.wasm", "timeout_ms": 100, "match": {"path_prefix": "/a/"}},
+            {"name": "b", "wasm": "transform.wasm", "timeout_ms": 300, "match": {"path_prefix": "/b/"}},
+        ],
+        ec.MessageBudget(2 * 300, "request headers", ("b",)),
+    ),
+    "nested-prefixes-and-no-prefix-add-up": (
+        [
+            {"name": "api", "wasm": "transform.wasm", "timeout_ms": 100, "match": {"path_prefix": "/api"}},
+            {"name": "v1", "wasm": "transform.wasm", "timeout_ms": 100, "match": {"path_prefix": "/api/v1"}},
+            {"name": "other", "wasm": "transform.wasm", "timeout_ms": 140, "match": {"path_prefix": "/other"}},
+            {"name": "all", "wasm": "transform.wasm", "timeout_ms": 100, "match": {"methods": ["GET"]}},
+        ],
+        ec.MessageBudget(2 * 100 * 3, "request headers", ("api", "v1", "all")),
+    ),
+    "generate-response-follows-request-headers": (
+        [{"name": "s", "wasm": "scripted.wasm", "timeout_ms": 100}],
+        ec.MessageBudget(2 * 100 * 2, "request headers", ("s",)),
+    ),
+    "response-phase-only": (
+        [
+            {"name": "t", "wasm": "transform.wasm", "timeout_ms": 100, "execution_points": ["response_body"]},
+            {"name": "e", "wasm": "echo.wasm", "timeout_ms": 50},
+            {"name": "off", "wasm": "transform.wasm", "timeout_ms": 5000, "enabled": False},
+        ],
+        ec.MessageBudget(2 * 100, "response body", ("t",)),
+    ),
+    "no-plugins": ([], ec.MessageBudget(0, "request headers", ())),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WORST_MESSAGE))
+def test_worst_message(plugin_dir: Path, tmp_path: Path, name: str) -> None:
+    specs, expected = WORST_MESSAGE[name]
+    plugins = [plugin(plugin_dir / s["wasm"], **{k: v for k, v in s.items() if k != "wasm"}) for s in specs]
+    config = make_config(tmp_path, *plugins)
+    needs = ec.phase_needs(config)
+    assert ec.worst_message(needs.plugins) == expected
+    typed = ec.ext_proc_filter(config, needs, options())["typed_config"]
+    message = parse_message(typed, ext_proc_pb2.ExternalProcessor())
+    assert message.message_timeout.ToMilliseconds() == 250 + expected.ms
+
+
+def test_generated_message_timeout_outlasts_every_retry(plugin_dir: Path, tmp_path: Path) -> None:
+    config = make_config(tmp_path, plugin(plugin_dir / "transform.wasm", timeout_ms=100, retries=3))
+    typed = ec.ext_proc_filter(config, ec.phase_needs(config), options())["typed_config"]
+    # Four attempts, each of which may wait 100 ms for an instance and run 100 ms.
+    assert parse_message(typed, ext_proc_pb2.ExternalProcessor()).message_timeout.ToMilliseconds() > 4 * 2 * 100
 
 
 def test_cluster_is_http2_health_checked_and_lists_every_server(plugin_dir: Path, tmp_path: Path) -> None:
@@ -341,6 +400,16 @@ def test_demo_runs_the_checked_in_local_config(plugin_dir: Path) -> None:
     assert demo_bootstrap(config, ec.phase_needs(config), DemoPorts()) == local
 
 
+def test_route_cluster_names_where_the_fragment_routes_go(
+    plugin_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    assert cli.main(["envoy-config", "--config", "envoy/demo/extproc.yaml", "--route-cluster", "mine"]) == 0
+    text = capsys.readouterr().out
+    assert {route["route"]["cluster"] for route in yaml.safe_load(text)["routes"]} == {"mine"}
+    assert "server_header_transformation: PASS_THROUGH" in text  # said in a comment: the HCM is the user's
+
+
 def test_json_format(plugin_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     assert cli.main(["envoy-config", "--config", "envoy/demo/extproc.yaml", "--format", "json"]) == 0
@@ -355,6 +424,14 @@ def test_json_format(plugin_dir: Path, capsys: pytest.CaptureFixture[str], monke
         (["--server", "extproc"], 1, "--server"),
         (["--bootstrap", "--upstream", "u:80", "--listen", "envoy:10000"], 1, "--listen: Envoy binds IP addresses"),
         (["--message-timeout-ms", "0"], 1, "--message-timeout-ms"),
+        # Options that would be ignored are refused.
+        (
+            ["--bootstrap", "--upstream", "u:80", "--route-cluster", "mine"],
+            2,
+            "--route-cluster does not apply with --bootstrap",
+        ),
+        (["--upstream", "u:80"], 2, "--upstream applies only with --bootstrap"),
+        (["--listen", "127.0.0.1:1", "--admin", "127.0.0.1:2"], 2, "--listen, --admin applies only with --bootstrap"),
     ],
 )
 def test_bad_options_are_reported(
@@ -375,7 +452,8 @@ def test_bad_options_are_reported(
 
 @pytest.mark.e2e
 def test_unmatched_routes_never_open_a_stream(plugin_dir: Path, tmp_path: Path) -> None:
-    tagged = '{"headers": {"set": [{"name": "x-tagged", "value": "yes"}]}}'
+    # The plugin also sets `server`, which Envoy's default server_header_transformation would overwrite.
+    tagged = '{"headers": {"set": [{"name": "x-tagged", "value": "yes"}, {"name": "server", "value": "plugin"}]}}'
     scripted = plugin_dir / "scripted.wasm"
     server_port, listen_port, admin_port = free_port(), free_port(), free_port()
     config_path = tmp_path / "extproc.yaml"
@@ -443,4 +521,5 @@ def test_unmatched_routes_never_open_a_stream(plugin_dir: Path, tmp_path: Path) 
                 response = request("GET", base + path)
                 assert response.status == 200, (path, server.log_text(), envoy.log_text())
                 assert (response.header("x-tagged") == "yes") is through, path
+                assert (response.header("server") == "plugin") is through, path
                 assert streams() - before == (1 if through else 0), path

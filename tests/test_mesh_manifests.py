@@ -351,7 +351,7 @@ def test_envoy_gateway_policy_matches_the_plugins() -> None:
     assert mode.get("response", {}).get("body") == ("Buffered" if needs.response_body else None)
     assert {mode["request"].get("body"), mode.get("response", {}).get("body")} - {None} <= ENUMS["ExtProc.body"]
     assert GATEWAY_DURATION.match(ext_proc["messageTimeout"])
-    assert ext_proc["messageTimeout"] == f"{ec.derived_message_timeout_ms(config.plugins)}ms"
+    assert ext_proc["messageTimeout"] == f"{ec.derived_message_timeout_ms(needs.plugins)}ms"
     assert ext_proc["metadata"]["writableNamespaces"] == ["extproc"]
 
     assert grant["metadata"]["namespace"] == backend["namespace"]

@@ -3,6 +3,7 @@ stores (as across processes), and what plugins see when Redis is down under each
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from extproc import metrics
 from extproc.config import FailurePolicy, StateBackend, StateConfig, parse_config
 from extproc.plugins import redis_store
 from extproc.plugins.host import PluginHost, StoreError, StoreUnavailable
-from extproc.plugins.redis_store import RETRY_AFTER_S, RedisStore, redacted, shared_store
+from extproc.plugins.redis_store import RETRY_AFTER_S, RedisStore, shared_store
 from extproc.plugins.registry import state_store
 from extproc.testing import PluginHarness, request
 from tests.examples_build import example_wasm
@@ -165,10 +166,18 @@ def test_no_command_starts_without_time_for_it_in_the_plugin_call(redis_server: 
     assert store.get(b"k") is None  # outside a plugin call there is no deadline; Redis was never marked down
 
 
-def test_redacted_url_hides_the_password() -> None:
-    assert redacted("redis://:s3cret@h:6379/0") == "redis://***@h:6379/0"
-    assert redacted("redis://user:s3cret@h/1") == "redis://user:***@h/1"
-    assert redacted("redis://h:6379") == "redis://h:6379"
+def test_messages_and_logs_name_redis_without_the_password(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The test Redis has no password, so AUTH fails: the store's failure message and log line name the URL.
+    url = f"redis://user:s3cret@127.0.0.1:{redis_server.port}/0?password=s3cret"
+    store = RedisStore(url, key_prefix="t:", timeout_ms=200, max_connections=4)
+    with caplog.at_level(logging.WARNING, logger="extproc.state"), pytest.raises(StoreUnavailable) as caught:
+        store.get(b"k")
+    shown = f"redis://user:***@127.0.0.1:{redis_server.port}/0?password=***"
+    assert f"Redis at {shown}" in str(caught.value)
+    assert [shown in r.getMessage() for r in caplog.records] == [True]
+    assert "s3cret" not in str(caught.value) + caplog.text
 
 
 def test_state_config_and_the_shared_store(tmp_path: Path) -> None:

@@ -14,6 +14,9 @@ from extproc.deploy import envoy_config as ec
 
 COMMANDS: Final = ("envoy-config", "demo")
 DEFAULT_DEMO_CONFIG: Final = Path("envoy/demo/extproc.yaml")
+# Envoy's own listeners in a generated bootstrap.
+_LISTEN: Final = "127.0.0.1:10000"
+_ADMIN: Final = "127.0.0.1:9901"
 
 
 def add_commands(commands: Any) -> None:
@@ -26,15 +29,18 @@ def add_commands(commands: Any) -> None:
     )
     gen.add_argument("--config", required=True, type=Path, help="the server's YAML config file")
     gen.add_argument("--bootstrap", action="store_true", help="print a complete bootstrap (needs --upstream)")
-    gen.add_argument("--upstream", help="HOST:PORT of the service behind Envoy (with --bootstrap)")
-    gen.add_argument("--listen", default="127.0.0.1:10000", help="Envoy's HTTP listener (default %(default)s)")
-    gen.add_argument("--admin", default="127.0.0.1:9901", help="Envoy's admin listener (default %(default)s)")
+    gen.add_argument("--upstream", help="HOST:PORT of the service behind Envoy (--bootstrap only)")
+    gen.add_argument("--listen", help=f"Envoy's HTTP listener (--bootstrap only; default {_LISTEN})")
+    gen.add_argument("--admin", help=f"Envoy's admin listener (--bootstrap only; default {_ADMIN})")
     gen.add_argument(
         "--server",
         action="append",
         help="HOST:PORT where Envoy reaches the ext_proc server; repeat for several (default: server.listen)",
     )
-    gen.add_argument("--route-cluster", default=ec.UPSTREAM_CLUSTER, help="cluster the routes forward to")
+    gen.add_argument(
+        "--route-cluster",
+        help=f"cluster of yours the routes forward to (not with --bootstrap; default {ec.UPSTREAM_CLUSTER})",
+    )
     gen.add_argument("--failure-mode-allow", action="store_true", help="let requests through when the server fails")
     gen.add_argument("--no-mode-override", action="store_true", help="ignore the server's per-request mode override")
     gen.add_argument("--message-timeout-ms", type=int, help="default: derived from the plugins' timeout_ms")
@@ -65,6 +71,10 @@ def run(args: argparse.Namespace, config: Config, argv: Sequence[str]) -> int:
 
 
 def _envoy_config(args: argparse.Namespace, config: Config, argv: Sequence[str]) -> int:
+    misused = _misused_options(args)
+    if misused is not None:
+        print(f"extproc envoy-config: error: {misused}", file=sys.stderr)
+        return 2
     servers = tuple(ec.Endpoint.parse(text, "--server") for text in args.server or ())
     if not servers:
         servers = (ec.Endpoint(config.server.listen_host, config.server.listen_port).dialable(),)
@@ -74,7 +84,7 @@ def _envoy_config(args: argparse.Namespace, config: Config, argv: Sequence[str])
         allow_mode_override=not args.no_mode_override,
         message_timeout_ms=_positive(args.message_timeout_ms, "--message-timeout-ms"),
         health_check=not args.no_health_check,
-        route_cluster=args.route_cluster,
+        route_cluster=args.route_cluster or ec.UPSTREAM_CLUSTER,
     )
     needs = ec.phase_needs(config)
     plan = ec.plan_routes(config.plugins)
@@ -84,21 +94,45 @@ def _envoy_config(args: argparse.Namespace, config: Config, argv: Sequence[str])
     ]
     if plan.everything:
         header.append(f"Every path goes through ext_proc: {plan.reason}.")
+    if options.message_timeout_ms is None:
+        worst = ec.worst_message(needs.plugins)
+        margin = worst.envoy_timeout_ms - worst.ms
+        header.append(
+            f"message_timeout {worst.envoy_timeout_ms} ms: {margin} ms more than the slowest message: {worst}."
+        )
     if args.bootstrap:
-        if not args.upstream:
-            print("extproc envoy-config: error: --bootstrap needs --upstream HOST:PORT", file=sys.stderr)
-            return 2
         proxy = ec.Proxy(
-            listen=ec.Endpoint.parse(args.listen, "--listen"),
-            admin=ec.Endpoint.parse(args.admin, "--admin"),
+            listen=ec.Endpoint.parse(args.listen or _LISTEN, "--listen"),
+            admin=ec.Endpoint.parse(args.admin or _ADMIN, "--admin"),
             upstream=ec.Endpoint.parse(args.upstream, "--upstream"),
         )
         document = ec.bootstrap(config, needs, options, proxy)
     else:
         document = ec.fragment(config, needs, options)
         header.append("Add http_filters ahead of your router, routes to your virtual host, clusters to yours.")
+        header.append(
+            "Set server_header_transformation: PASS_THROUGH in your http_connection_manager, or Envoy "
+            "replaces any server header a plugin sets."
+        )
     sys.stdout.write(ec.render(document, args.format, header))
     return 0
+
+
+def _misused_options(args: argparse.Namespace) -> str | None:
+    """Why the options do not go together, or None. An option that would be ignored is refused instead."""
+    if args.bootstrap:
+        if not args.upstream:
+            return "--bootstrap needs --upstream HOST:PORT"
+        if args.route_cluster is not None:
+            return "--route-cluster does not apply with --bootstrap, whose routes forward to --upstream"
+        return None
+    given = [f"--{name}" for name in ("upstream", "listen", "admin") if getattr(args, name) is not None]
+    if given:
+        return (
+            f"{', '.join(given)} applies only with --bootstrap; without it, the routes forward to "
+            f"--route-cluster (a cluster of yours, default {ec.UPSTREAM_CLUSTER!r})"
+        )
+    return None
 
 
 def _positive(value: int | None, option: str) -> int | None:

@@ -16,14 +16,17 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
 
 from extproc.config import Config, ConfigError, ListenAddress, PluginConfig
+from extproc.contract import Export
 from extproc.envoy import METADATA_NAMESPACE
+from extproc.plugins.loader import LoadedPlugin
 from extproc.plugins.registry import PluginSet, Selection
 from extproc.plugins.runner import PluginThreads
 
@@ -38,11 +41,22 @@ FORMATS: Final = ("yaml", "json")
 
 _TYPE: Final = "type.googleapis.com/"
 _PER_ROUTE_TYPE: Final = _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+_EXT_PROC_TYPE: Final = _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+# What Envoy waits for each reply when the filter sets no message_timeout.
+ENVOY_MESSAGE_TIMEOUT_MS: Final = 200
+_DURATION_RE: Final = re.compile(r"[0-9]+(?:\.[0-9]{1,9})?s")
 # Time for one gRPC round trip and scheduling, on top of what the plugins may take.
 _MESSAGE_OVERHEAD_MS: Final = 250
-# A message can run two exports per plugin (request headers, then generate_response), and each call
-# may wait up to timeout_ms for a pooled instance before running up to timeout_ms.
-_WORST_CASE_TIMEOUTS_PER_PLUGIN: Final = 4
+# Each attempt of a call may wait up to timeout_ms for a pooled instance, then run up to timeout_ms.
+_WAITS_PER_ATTEMPT: Final = 2
+# The exports one Envoy message can run, as extproc/stream.py answers it: generate_response follows the
+# request headers, or the request body when its plugin waits for the body.
+_MESSAGE_EXPORTS: Final = {
+    "request headers": frozenset({Export.REQUEST_HEADERS, Export.GENERATE_RESPONSE}),
+    "request body": frozenset({Export.REQUEST_BODY, Export.GENERATE_RESPONSE}),
+    "response headers": frozenset({Export.RESPONSE_HEADERS}),
+    "response body": frozenset({Export.RESPONSE_BODY}),
+}
 _ACCESS_LOG_FORMAT: Final = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
     "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% %BYTES_SENT% "
@@ -244,12 +258,53 @@ def re2_incompatibility(pattern: str) -> str | None:
     return None
 
 
-def derived_message_timeout_ms(specs: Iterable[PluginConfig]) -> int:
-    """An Envoy message timeout above the worst case of the server's own plugin timeouts, so that a slow
-    plugin ends in the server's 503 (logged, attributed to the plugin) rather than in Envoy's timeout."""
-    return _MESSAGE_OVERHEAD_MS + sum(
-        _WORST_CASE_TIMEOUTS_PER_PLUGIN * spec.timeout_ms for spec in specs if spec.enabled
-    )
+@dataclasses.dataclass(frozen=True)
+class MessageBudget:
+    """The longest the server may take to answer one Envoy message, and the plugins that make it so."""
+
+    ms: int
+    message: str  # a key of _MESSAGE_EXPORTS
+    plugins: tuple[str, ...]
+
+    @property
+    def envoy_timeout_ms(self) -> int:
+        """A message timeout for Envoy above this, so that a slow plugin ends in the server's 503 (logged,
+        attributed to the plugin) rather than in Envoy's timeout."""
+        return _MESSAGE_OVERHEAD_MS + self.ms
+
+    def __str__(self) -> str:
+        return f"{self.message}, {self.ms} ms ({', '.join(self.plugins)})" if self.plugins else "no plugin runs"
+
+
+def worst_message(plugins: Sequence[LoadedPlugin]) -> MessageBudget:
+    """The slowest Envoy message the plugins can make, each call taking all its attempts at their limits.
+
+    Plugins with path prefixes that exclude each other never run in one request: only those whose prefixes
+    lie on one chain ("/", "/api", "/api/v1") add up, plus every plugin without a prefix.
+    """
+    prefixes = {p.spec.match.path_prefix for p in plugins if p.spec.match.path_prefix is not None}
+    worst = MessageBudget(0, "request headers", ())
+    for path in (None, *sorted(prefixes)):
+        together = [p for p in plugins if _may_run_on(p.spec.match.path_prefix, path)]
+        for message, exports in _MESSAGE_EXPORTS.items():
+            costs = {p.spec.name: _call_ms(p.spec) * len(p.exports & exports) for p in together}
+            ms = sum(costs.values())
+            if ms > worst.ms:
+                worst = MessageBudget(ms, message, tuple(name for name, cost in costs.items() if cost))
+    return worst
+
+
+def _may_run_on(prefix: str | None, path: str | None) -> bool:
+    """Whether a plugin with path_prefix ``prefix`` may run on requests whose path starts with ``path``."""
+    return prefix is None or (path is not None and path.startswith(prefix))
+
+
+def _call_ms(spec: PluginConfig) -> int:
+    return _WAITS_PER_ATTEMPT * spec.timeout_ms * (spec.retries + 1)
+
+
+def derived_message_timeout_ms(plugins: Sequence[LoadedPlugin]) -> int:
+    return worst_message(plugins).envoy_timeout_ms
 
 
 # --- the pieces -----------------------------------------------------------------------------------
@@ -260,13 +315,82 @@ def _duration(ms: int) -> str:
     return f"{ms // 1000}.{ms % 1000:03d}s"
 
 
+# --- reading an Envoy config back ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterTimeouts:
+    """The message timeouts of one ext_proc filter in an Envoy config file."""
+
+    key: str  # where the filter's typed_config sits in the file
+    message_timeout_ms: int
+    max_message_timeout_ms: int | None
+
+
+def read_filter_timeouts(path: Path) -> list[FilterTimeouts]:
+    """Every ext_proc filter in the Envoy config at ``path`` (YAML or JSON; a bootstrap, the output of
+    `extproc envoy-config`, or Kubernetes documents that embed a filter, like Istio's EnvoyFilter)."""
+    try:
+        documents = [document for document in yaml.safe_load_all(path.read_bytes()) if document is not None]
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read the Envoy config: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(path, "", f"invalid YAML: {e}") from None
+    found: list[FilterTimeouts] = []
+    for index, document in enumerate(documents):
+        where = f"(document {index + 1}) " if len(documents) > 1 else ""
+        for key, typed in _typed_configs(document, ""):
+            if typed.get("@type") != _EXT_PROC_TYPE:
+                continue
+            key = where + key
+            message = _duration_ms(path, f"{key}.message_timeout", typed.get("message_timeout"))
+            most = _duration_ms(path, f"{key}.max_message_timeout", typed.get("max_message_timeout"))
+            found.append(FilterTimeouts(key, ENVOY_MESSAGE_TIMEOUT_MS if message is None else message, most))
+    if not found:
+        raise ConfigError(path, "", f"no ext_proc filter in it (a typed_config of type {_EXT_PROC_TYPE})")
+    return found
+
+
+def _typed_configs(node: object, key: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Every mapping with an ``@type`` under ``node``, with its key path."""
+    if isinstance(node, Mapping):
+        if "@type" in node:
+            yield key, node
+        for name, value in node.items():
+            yield from _typed_configs(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _typed_configs(value, f"{key}[{index}]")
+
+
+def _duration_ms(path: Path, key: str, value: object) -> int | None:
+    """A google.protobuf.Duration as Envoy reads it from YAML: "1.5s", or {seconds: 1, nanos: 500000000}."""
+    if value is None:
+        return None
+    seconds: int | None = None
+    nanos = 0
+    if isinstance(value, str) and _DURATION_RE.fullmatch(value):
+        whole, _, fraction = value[:-1].partition(".")
+        seconds, nanos = int(whole), int(fraction.ljust(9, "0"))
+    elif isinstance(value, Mapping) and set(value) <= {"seconds", "nanos"} and all(map(_is_count, value.values())):
+        seconds, nanos = value.get("seconds", 0), value.get("nanos", 0)
+    if seconds is None or nanos >= 1_000_000_000:
+        raise ConfigError(path, key, f"must be a duration such as '0.250s' or {{seconds: 1}}, got {value!r}")
+    # In integers: as a float, 2.007 s is 2007.0000000000002 ms, which would round up.
+    return seconds * 1000 - (-nanos // 1_000_000)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def ext_proc_filter(config: Config, needs: Selection, options: Options) -> dict[str, Any]:
     """The ``envoy.filters.http.ext_proc`` HTTP filter entry."""
-    timeout_ms = options.message_timeout_ms or derived_message_timeout_ms(config.plugins)
+    timeout_ms = options.message_timeout_ms or derived_message_timeout_ms(needs.plugins)
     return {
         "name": EXT_PROC_FILTER,
         "typed_config": {
-            "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "@type": _EXT_PROC_TYPE,
             "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
             "stat_prefix": EXT_PROC_STAT_PREFIX,
             "failure_mode_allow": options.failure_mode_allow,
@@ -385,6 +509,10 @@ def connection_manager(name: str, routes: list[dict[str, Any]], http_filters: li
         "stat_prefix": HCM_STAT_PREFIX,
         "codec_type": "AUTO",
         "generate_request_id": True,
+        # Envoy's default (OVERWRITE) would replace a `server` header a plugin set or removed, and any
+        # plugin can set one (every export may answer with an immediate response). The price: without a
+        # plugin that sets or removes it, clients see the upstream's own `server` header, not "envoy".
+        "server_header_transformation": "PASS_THROUGH",
         "access_log": [
             {
                 "name": "envoy.access_loggers.stdout",

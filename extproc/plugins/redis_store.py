@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from typing import Final, TypeVar, cast
 
@@ -28,6 +27,7 @@ from redis.retry import Retry
 from extproc import metrics
 from extproc.config import StateConfig
 from extproc.plugins.host import StoreError, StoreUnavailable, time_left
+from extproc.redaction import redact_url
 
 log = logging.getLogger("extproc.state")
 
@@ -58,16 +58,6 @@ _NOT_AN_INTEGER: Final = "not an integer"
 _T = TypeVar("_T")
 
 
-def redacted(url: str) -> str:
-    """The URL without its password, for logs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:***@" if parts.username else "***@"
-    return urllib.parse.urlunsplit(parts._replace(netloc=user + netloc))
-
-
 class RedisStore:
     """A `KeyValueStore` in Redis. Thread-safe: redis-py's pool gives each command its own connection."""
 
@@ -83,7 +73,8 @@ class RedisStore:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         timeout = timeout_ms / 1000
-        self.url = redacted(url)
+        # Every message and log line of the store names it by this: the URL may carry the password.
+        self.url = redact_url(url)
         self._prefix = key_prefix.encode()
         # Connect plus one reply: the longest a command can take.
         self._budget_s = 2 * timeout

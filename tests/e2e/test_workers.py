@@ -16,7 +16,17 @@ from typing import Any
 import pytest
 
 from .conftest import StackFactory
-from .harness import MetricKey, Stack, free_port, metric, request, scrape_metrics, wait_until
+from .harness import (
+    ManagedProcess,
+    MetricKey,
+    Stack,
+    free_port,
+    metric,
+    request,
+    scrape_metrics,
+    wait_for_http_ready,
+    wait_until,
+)
 from .test_operations import HEALTH_CHECKED
 
 pytestmark = pytest.mark.e2e
@@ -149,3 +159,22 @@ def test_two_workers_share_streams_and_survive_a_killed_worker(plugin_dir: Path,
     assert per_worker(samples, "extproc_worker_up") == [1.0] * WORKERS
     # The replacement's counters started at zero: the one stream it counts is new.
     assert per_worker(samples, "extproc_streams_total")[1] == 1
+
+
+def test_reload_through_the_supervisor_carries_the_admin_token(plugin_dir: Path, tmp_path: Path) -> None:
+    token = "c2f0e1d9b8a7c6d5e4f3a2b1"
+    (tmp_path / "admin.token").write_text(token + "\n")
+    admin = free_port()
+    config = tmp_path / "extproc.yaml"
+    server = {"listen": f"127.0.0.1:{consecutive_free_ports(WORKERS)}", "admin_listen": f"127.0.0.1:{admin}"}
+    plugin = {"name": "t", "path": str(plugin_dir / "transform.wasm")}
+    config.write_text(json.dumps({"server": {**server, "admin_token_file": "admin.token"}, "plugins": [plugin]}))
+    argv = [sys.executable, "-m", "extproc", "serve", "--config", str(config), "--workers", str(WORKERS)]
+    url = f"http://127.0.0.1:{admin}"
+    with ManagedProcess("server", argv, tmp_path / "server.log") as process:
+        wait_for_http_ready(f"{url}/readyz", 60, process=process)
+        refused = request("POST", f"{url}/reload")
+        # The supervisor passes the token on to each worker's own admin endpoint, which wants it too.
+        reloaded = request("POST", f"{url}/reload", [("Authorization", f"Bearer {token}")])
+    assert refused.status == 401
+    assert (reloaded.status, reloaded.json()["message"]) == (200, f"reloaded {WORKERS} worker(s)"), process.log_text()
