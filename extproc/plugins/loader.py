@@ -21,6 +21,7 @@ from extproc.errors import FailureKind, OutputError, PluginCallError, PluginLoad
 from extproc.metrics import PluginMetrics, plugin_metrics
 from extproc.plugins.breaker import CircuitBreaker
 from extproc.plugins.host import HOST_FUNCTIONS, KeyValueStore, PluginHost, default_store
+from extproc.plugins.http_calls import HttpPolicy
 from extproc.plugins.pool import InstancePool, PoolExhausted
 
 log = logging.getLogger("extproc.plugins")
@@ -166,16 +167,11 @@ def load_plugin(
     manifest = {
         "wasm": [{"data": wasm}],
         "timeout_ms": spec.timeout_ms,
-        "memory": {
-            "max_pages": spec.memory_limit_mb * 1024 * 1024 // WASM_PAGE_BYTES,
-            "max_http_response_bytes": spec.max_http_response_bytes,
-        },
-        # No allowed_paths: the sandbox never has a filesystem.
+        "memory": {"max_pages": spec.memory_limit_mb * 1024 * 1024 // WASM_PAGE_BYTES},
+        # No allowed_paths: the sandbox never has a filesystem. No allowed_hosts either: Extism's own
+        # http_request then refuses every host (it would follow redirects to hosts nobody allowed);
+        # plugins call extproc_http_request, which checks every hop against spec.allowed_hosts.
     }
-    if spec.allowed_hosts:
-        # Extism's HTTP client refuses every host unless the manifest lists it, and bounds each request by
-        # what is left of timeout_ms.
-        manifest["allowed_hosts"] = list(spec.allowed_hosts)
     config = extism_config(spec)
     try:
         compiled = CompiledPlugin(manifest, wasi=False, functions=list(HOST_FUNCTIONS))
@@ -209,6 +205,7 @@ def load_plugin(
             default_store() if store is None else store,
             timeout_ms=spec.timeout_ms,
             state_failure=spec.state_failure,
+            http=HttpPolicy(spec.allowed_hosts, spec.max_http_response_bytes),
         ),
         breaker=CircuitBreaker(spec.name, spec.circuit_breaker, on_change=metrics.breaker_state),
         failure_reply=failure_reply(spec.error_status),
