@@ -8,21 +8,24 @@ import { extproc_http_request, free } from "./env";
 import { JsonValue } from "./json";
 import { fromExtism, toExtism } from "./io";
 
-/** Why a call got no answer: `HttpResponse.error`. */
+/**
+ * Why a call got no answer: the values of `HttpResponse.error`. Getters rather than constants, so a
+ * plugin that makes no HTTP call carries none of these strings.
+ */
 export class HttpErrorKind {
   /** The request is malformed or over a limit (the message says which); also a malformed redirect. */
-  static readonly BAD_REQUEST: string = "bad_request";
+  static get BAD_REQUEST(): string { return "bad_request"; }
   /** The URL, or a redirect, is not http(s) to a host in the plugin's `allowed_hosts`. */
-  static readonly HOST_REFUSED: string = "host_refused";
-  static readonly TOO_MANY_REDIRECTS: string = "too_many_redirects";
+  static get HOST_REFUSED(): string { return "host_refused"; }
+  static get TOO_MANY_REDIRECTS(): string { return "too_many_redirects"; }
   /** The response body is over the plugin's `max_http_response_bytes`. */
-  static readonly TOO_LARGE: string = "too_large";
+  static get TOO_LARGE(): string { return "too_large"; }
   /** The call's time ran out: its `timeoutMs`, or what the plugin's `timeout_ms` left for it. */
-  static readonly TIMEOUT: string = "timeout";
+  static get TIMEOUT(): string { return "timeout"; }
   /** Name resolution, connect or TLS failed, the connection broke, or the answer was not HTTP. */
-  static readonly CONNECTION: string = "connection";
+  static get CONNECTION(): string { return "connection"; }
   /** The server could not run the call at all (its log says why). */
-  static readonly INTERNAL: string = "internal";
+  static get INTERNAL(): string { return "internal"; }
 }
 
 export class HttpResponse {
