@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -18,8 +19,10 @@ from typing import Any
 
 import pytest
 
+from extproc.plugins import http_calls
 from extproc.plugins.http_calls import ErrorKind, HttpCallError, HttpPolicy, HttpRequest, fetch, parse_request
 from extproc.testing import PluginHarness, request
+from tests.e2e.test_tls import Authority
 from tests.examples_build import EXAMPLES_DIR, REPO_ROOT, ensure_installed
 from tests.npm import npm
 
@@ -38,7 +41,7 @@ class Server:
     itself, then 200), /bytes?n=N[&chunked=1], /binary, /slow (answers once the test is over), /drip (one
     header byte every 50 ms)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.seen: list[Seen] = []
         self.over = threading.Event()
         self.connections: list[socket.socket] = []
@@ -118,15 +121,31 @@ class Server:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.scheme = "http" if tls is None else "https"
         self.port = self.server.server_address[1]
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
 
 @pytest.fixture
 def server() -> Iterator[Server]:
-    endpoint = Server()
+    yield from serve(Server())
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
+    ca = Authority(tmp_path, "test-ca")
+    issued = ca.issue("localhost", server=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(issued.cert, issued.key)
+    for endpoint in serve(Server(context)):
+        yield endpoint, ca.cert_file
+
+
+def serve(endpoint: Server) -> Iterator[Server]:
     thread = threading.Thread(target=endpoint.server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -225,6 +244,29 @@ def test_hosts_schemes_and_connections_that_fail(server: Server) -> None:
         bound.bind(("127.0.0.1", 0))
         refused = call(LOOPBACK, {"url": f"http://127.0.0.1:{bound.getsockname()[1]}/"})["error"]
     assert refused["kind"] == "connection" and "cannot connect to 127.0.0.1" in refused["message"]
+
+
+def test_https_is_verified_against_the_system_trust_store(
+    tls_server: tuple[Server, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, ca = tls_server
+    policy = HttpPolicy(("localhost",))
+    monkeypatch.setattr(http_calls, "_pool_instance", None)  # a pool that reads the trust store anew
+    untrusted = call(policy, {"url": server.url("/echo", host="localhost")})["error"]
+    assert untrusted["kind"] == "connection" and "CERTIFICATE_VERIFY_FAILED" in untrusted["message"]
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # how an operator adds a CA to OpenSSL's default paths
+    monkeypatch.setattr(http_calls, "_pool_instance", None)
+    answer = call(policy, {"url": server.url("/echo", host="localhost"), "method": "POST", "body": {"text": "hi"}})
+    assert answer["status"] == 200 and json.loads(answer["body"]["text"])["body"] == "hi"
+
+
+def test_a_tls_handshake_that_never_ends_times_out() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # connects complete in the backlog; nothing answers
+        url = f"https://127.0.0.1:{silent.getsockname()[1]}/"
+        started = time.monotonic()
+        answer = call(LOOPBACK, {"url": url}, seconds=0.3)
+    assert answer["error"]["kind"] == "timeout" and 0.25 < time.monotonic() - started < 1.5
 
 
 @pytest.mark.parametrize(
