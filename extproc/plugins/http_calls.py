@@ -490,7 +490,7 @@ def _pool() -> httpcore.ConnectionPool:
                 ssl_context=ssl.create_default_context(),  # the system's trust store, as operators manage it
                 max_connections=None,
                 max_keepalive_connections=64,
-                keepalive_expiry=5.0,
+                keepalive_expiry=4.0,  # under the 5 s idle timeout common in servers (Node), so we close first
                 network_backend=_BoundedBackend(),
             )
         return _pool_instance
