@@ -217,7 +217,7 @@ def _request_headers(value: object, bad: Callable[[str], HttpCallError]) -> tupl
     size = 0
     for item in value:
         if not (isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(item.get("value"), str)):
-            raise bad(f"header {item!r} is not {{name, value}} with two strings")
+            raise bad(f"header {repr(item)[:80]} is not {{name, value}} with two strings")
         name, text = item["name"].lower(), item["value"]
         if not _TOKEN_RE.fullmatch(name):
             raise bad(f"header name {name!r} is not an HTTP token")
