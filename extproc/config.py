@@ -261,7 +261,7 @@ class MatchRules:
             return False
         if self.hosts:
             host = _strip_port(authority).lower()
-            if not any(_host_matches(pattern, host) for pattern in self.hosts):
+            if not any(host_matches(pattern, host) for pattern in self.hosts):
                 return False
         # Methods are compared case-insensitively so a lower-case client is not silently let through.
         if self.methods and method.upper() not in self.methods:
@@ -296,9 +296,9 @@ class PluginConfig:
     error_status: int = 503
     retries: int = 0
     circuit_breaker: BreakerConfig = BreakerConfig()
-    # Hosts the plugin may reach with Extism's HTTP client (exact or "*.suffix"); empty: no network.
+    # Hosts the plugin may reach with extproc_http_request (exact or "*.suffix"); empty: no network.
     allowed_hosts: tuple[str, ...] = ()
-    # A larger HTTP response fails the plugin call (Extism's own default is 50 MiB).
+    # A larger HTTP response body is refused: the plugin gets the error kind too_large.
     max_http_response_bytes: int = 1024 * 1024
     # When the state backend is down or slow: fail_open = the host functions act as if the store were empty
     # and every write succeeded; fail_closed = the call fails and `on_error` applies.
@@ -882,7 +882,8 @@ def _strip_port(authority: str) -> str:
     return authority.partition(":")[0]
 
 
-def _host_matches(pattern: str, host: str) -> bool:
+def host_matches(pattern: str, host: str) -> bool:
+    """`host` (lower case, no port) against an exact name or a "*.suffix" pattern."""
     if pattern.startswith("*."):
         # Like Envoy's virtual hosts: "*.example.org" needs at least one label before the suffix.
         return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1

@@ -1,4 +1,4 @@
-"""Host functions the server offers to plugins: a shared key-value store and log forwarding.
+"""Host functions the server offers to plugins: a shared key-value store, log forwarding and HTTP calls.
 
 Plugin instances are pooled and any call may land on any instance, so state that must outlive a
 call (rate-limit counters, caches) lives here, in the server, behind `KeyValueStore`. Keys are
@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import extism
@@ -24,8 +24,12 @@ from extism import ValType
 
 from extproc import metrics
 from extproc.config import FailurePolicy
+from extproc.plugins import http_calls
+from extproc.plugins.http_calls import HttpCallError, HttpPolicy
 
 NAMESPACE: Final = "extism:host/user"
+# A module importing this (from NAMESPACE) may block on the network for up to its timeout_ms.
+HTTP_REQUEST: Final = "extproc_http_request"
 # Returned by extproc_kv_incr when the stored value is not a decimal integer (the error is logged).
 INCR_ERROR: Final = -(2**63)
 # A key or value larger than this is refused (logged), so one plugin cannot fill the server's memory.
@@ -197,6 +201,7 @@ class PluginHost:
     store: KeyValueStore
     timeout_ms: int = 0  # the plugin's timeout; 0: no deadline
     state_failure: FailurePolicy = FailurePolicy.FAIL_OPEN
+    http: HttpPolicy = field(default_factory=HttpPolicy)  # by default no hosts: every HTTP call is refused
 
     def begin_call(self) -> None:
         _call.deadline = time.monotonic() + self.timeout_ms / 1000 if self.timeout_ms else math.inf
@@ -218,6 +223,11 @@ class PluginHost:
         if _call.failure is None:
             _call.failure = exc
         return False
+
+    def http_deadline(self) -> float:
+        """When an HTTP call must end (time.monotonic()): a tenth of the plugin's timeout before the
+        call's own deadline, so a plugin told `timeout` still has time to act on it."""
+        return time.monotonic() + time_left() - self.timeout_ms / 10_000
 
     def scoped(self, key: bytes) -> bytes:
         # Plugin names cannot contain "/", so the prefix cannot be forged by a key.
@@ -362,6 +372,23 @@ def _log(current: extism.CurrentPlugin, params: Vals, results: Vals) -> None:
         _report(current, "extproc_log", exc)
 
 
+def _http_request(current: extism.CurrentPlugin, params: Vals, results: Vals) -> None:
+    """(request JSON) -> response JSON; a failed call is an `error` in the response, never a trap."""
+    results[0].value = 0
+    try:
+        host = _host(current)
+        try:
+            request = http_calls.parse_request(_bytes_at(current, params[0]))
+            answer = http_calls.fetch(host.http, request, host.http_deadline()).to_json()
+        except HttpCallError as exc:
+            if exc.kind is http_calls.ErrorKind.HOST_REFUSED:  # the operator wants to know about these
+                plugin_log.warning("plugin %r %s: %s", host.plugin, HTTP_REQUEST, exc, extra={"plugin": host.plugin})
+            answer = exc.to_json()
+        current.return_bytes(results[0], answer)
+    except Exception as exc:
+        _report(current, "extproc_http_request", exc)
+
+
 HostFunction = Callable[[extism.CurrentPlugin, Vals, Vals], None]
 
 
@@ -379,4 +406,5 @@ HOST_FUNCTIONS: Final[tuple[extism.Function, ...]] = (
     _register("extproc_kv_cas", [_PTR, _PTR, _PTR, ValType.I64], [ValType.I32], _kv_cas),
     _register("extproc_now_ms", [], [ValType.I64], _now_ms),
     _register("extproc_log", [ValType.I32, _PTR], [], _log),
+    _register(HTTP_REQUEST, [_PTR], [_PTR], _http_request),
 )

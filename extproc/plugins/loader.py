@@ -23,7 +23,9 @@ from extproc.contract import Export, ImmediateReply, PluginOutput
 from extproc.errors import FailureKind, OutputError, PluginCallError, PluginLoadError
 from extproc.metrics import PluginMetrics, plugin_metrics
 from extproc.plugins.breaker import Admission, CircuitBreaker
-from extproc.plugins.host import HOST_FUNCTIONS, KeyValueStore, PluginHost, default_store
+from extproc.plugins.host import HOST_FUNCTIONS, HTTP_REQUEST, KeyValueStore, PluginHost, default_store
+from extproc.plugins.host import NAMESPACE as HOST_NAMESPACE
+from extproc.plugins.http_calls import HttpPolicy
 from extproc.plugins.pool import InstancePool, PoolExhausted
 from extproc.plugins.runner import Instance, PluginThreads, RawResult, ThreadedCall, invoke
 from extproc.plugins.wasm import WASM_MAGIC, WasmFormatError
@@ -267,16 +269,11 @@ def load_plugin(
     manifest = {
         "wasm": [{"data": wasm}],
         "timeout_ms": spec.timeout_ms,
-        "memory": {
-            "max_pages": spec.memory_limit_mb * 1024 * 1024 // WASM_PAGE_BYTES,
-            "max_http_response_bytes": spec.max_http_response_bytes,
-        },
-        # No allowed_paths: the sandbox never has a filesystem.
+        "memory": {"max_pages": spec.memory_limit_mb * 1024 * 1024 // WASM_PAGE_BYTES},
+        # No allowed_paths: the sandbox never has a filesystem. No allowed_hosts either: Extism's own
+        # http_request then refuses every host (it would follow redirects to hosts nobody allowed);
+        # plugins call extproc_http_request, which checks every hop against spec.allowed_hosts.
     }
-    if spec.allowed_hosts:
-        # Extism's HTTP client refuses every host unless the manifest lists it, and bounds each request by
-        # what is left of timeout_ms.
-        manifest["allowed_hosts"] = list(spec.allowed_hosts)
     config = extism_config(spec)
 
     fuel = spec.timeout_ms * FUEL_PER_MS
@@ -308,7 +305,13 @@ def load_plugin(
         pool=pool,
         encode=encode,
         decode=decode,
-        host=PluginHost(spec.name, store, timeout_ms=spec.timeout_ms, state_failure=spec.state_failure),
+        host=PluginHost(
+            spec.name,
+            store,
+            timeout_ms=spec.timeout_ms,
+            state_failure=spec.state_failure,
+            http=HttpPolicy(spec.allowed_hosts, spec.max_http_response_bytes),
+        ),
         breaker=CircuitBreaker(spec.name, spec.circuit_breaker, on_change=metrics.breaker_state),
         failure_reply=failure_reply(spec.error_status),
         max_body_bytes=server.max_body_bytes,
@@ -319,10 +322,11 @@ def load_plugin(
 
 
 # Host functions that wait on the network. A plugin importing one never runs on the event loop.
-_NETWORK_IMPORTS: Final = frozenset({("extism:host/env", "http_request"), ("extism:host/user", "extproc_http_request")})
+# (Extism's own http_request is not one: without allowed_hosts in the manifest it refuses at once.)
+_NETWORK_IMPORTS: Final = frozenset({(HOST_NAMESPACE, HTTP_REQUEST)})
 # The key-value host functions wait on the network only with a remote store.
 _STATE_IMPORTS: Final = frozenset(
-    ("extism:host/user", name)
+    (HOST_NAMESPACE, name)
     for name in ("extproc_kv_get", "extproc_kv_set", "extproc_kv_delete", "extproc_kv_incr", "extproc_kv_cas")
 )
 

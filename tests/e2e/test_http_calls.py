@@ -1,5 +1,6 @@
-"""Plugin HTTP calls through Extism's http_request: the token-introspect example against a real
-introspection endpoint, and the limits (allowed_hosts, max_http_response_bytes, timeout_ms)."""
+"""Plugin HTTP calls through extproc_http_request: the token-introspect example against a real
+introspection endpoint, and the limits (allowed_hosts on every redirect hop, max_http_response_bytes,
+timeout_ms), each reported to the plugin, which answers 503 itself and logs why."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ TOKENS = {"good-token": {"active": True, "sub": "alice"}, "old-token": {"active"
 
 class Introspection:
     """A loopback introspection endpoint: /introspect answers from TOKENS, /big with too many bytes,
-    /slow only once the test is over."""
+    /slow only once the test is over, /moved with a 302 to /introspect on 127.0.0.1."""
 
     def __init__(self) -> None:
         self.forms: list[dict[str, list[str]]] = []
@@ -35,6 +36,12 @@ class Introspection:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 owner.forms.append(urllib.parse.parse_qs(body.decode()))
+                if self.path == "/moved":
+                    self.send_response(302)
+                    self.send_header("location", f"http://127.0.0.1:{owner.port}/introspect")
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 if self.path == "/slow":
                     owner.release.wait(30)
                 payload: Any = {"active": True, "pad": "x" * 4096} if self.path == "/big" else None
@@ -50,6 +57,9 @@ class Introspection:
                     self.wfile.write(data)
                 except OSError:  # the plugin gave up on /slow long ago and closed the connection
                     pass
+
+            def do_GET(self) -> None:  # where a client that follows the 302 of a POST goes
+                self.do_POST()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -93,6 +103,10 @@ def test_token_introspection_over_plugin_http_calls(make_stack: StackFactory, in
         introspect_plugin("refused", "/refused", f"http://localhost:{introspection.port}/introspect"),
         introspect_plugin("big", "/big", f"{base}/big", max_http_response_bytes=1024),
         introspect_plugin("slow", "/slow", f"{base}/slow", timeout_ms=300),
+        # Allowed: localhost only. The endpoint redirects to 127.0.0.1, which is not.
+        introspect_plugin(
+            "moved", "/moved", f"http://localhost:{introspection.port}/moved", allowed_hosts=["localhost"]
+        ),
     ]
 
     def call(path: str, token: str = "good-token") -> Any:
@@ -106,6 +120,7 @@ def test_token_introspection_over_plugin_http_calls(make_stack: StackFactory, in
         refused = call("/refused/items")
         big = call("/big/items")
         slow = call("/slow/items")
+        moved = call("/moved/items")
         log = stack.server_log()
 
     assert good.status == 200
@@ -115,14 +130,20 @@ def test_token_introspection_over_plugin_http_calls(make_stack: StackFactory, in
     # The endpoint saw the two tokens, form-encoded; the request without one was answered without a call.
     assert [form["token"] for form in introspection.forms[:asked]] == [["good-token"], ["old-token"]]
 
-    # Refused, too large and too slow all fail the plugin call, so on_error (fail_closed, 503) answers.
-    for response in (refused, big, slow):
+    # Refused, too large, too slow and the redirect to a host not allowed all reach the plugin as values:
+    # it answers 503 itself and logs why.
+    for response in (refused, big, slow, moved):
         assert response.status == 503, response
-        assert response.body == b"Service Unavailable\n"
-    # Extism's Python binding reports each as a trap without the cause ("not allowed", "exceeds the
-    # configured maximum"), so the log names only the plugin.
-    for name in ("refused", "big", "slow"):
-        assert f"plugin={name} phase=process_request_headers kind=trap" in log
-    # The refused call never reached the endpoint; the big and the slow one did. The slow one was cut off by
-    # the plugin's timeout: its answer only comes after the test.
-    assert len(introspection.forms) == asked + 2
+        assert response.json() == {"error": "token could not be checked"}
+    for name, kind in (
+        ("refused", "host_refused"),
+        ("big", "too_large"),
+        ("slow", "timeout"),
+        ("moved", "host_refused"),
+    ):
+        assert f"[{name}] introspection call failed: {kind}: " in log, name
+    assert "'127.0.0.1' is not in allowed_hosts (a redirect from http://localhost:" in log
+    # The refused call never reached the endpoint; the big, the slow one and the first hop of the moved one
+    # did, and the 302's target was never asked. The slow one was cut off by the plugin's timeout: its answer
+    # only comes after the test.
+    assert len(introspection.forms) == asked + 3

@@ -8,8 +8,9 @@
 //     cache_ttl_ms: 30000         # optional: remember active tokens this long (default 0: ask every time)
 //
 // The endpoint answering anything but 200 with a JSON object gives 503: the token could not be checked.
-// A host outside allowed_hosts, a too large response or a timeout fails the plugin call (on_error applies).
-import { config, formEncode, fnv1a64Hex, Http, Input, JsonValue, KV, Output, run } from "@extproc/sdk";
+// So does a call that got no answer (host not in allowed_hosts, too large a response, timeout, connection
+// failure, too many redirects); the server's log then has a warning line with the reason.
+import { config, formEncode, fnv1a64Hex, Http, Input, JsonValue, KV, Log, Output, run } from "@extproc/sdk";
 
 function deny(out: Output, status: i32, details: string, error: string): void {
   out.respond(status)
@@ -43,6 +44,7 @@ function onRequest(input: Input, out: Output): void {
       ["content-type", "application/x-www-form-urlencoded"],
       ["accept", "application/json"],
     ]);
+    if (response.error != "") Log.warn("introspection call failed: " + response.error + ": " + response.message);
     const body = response.status == 200 ? response.json() : null;
     if (body === null || body.get("active") === null) {
       out.respond(503).details("token_introspection_failed")

@@ -28,10 +28,6 @@ export declare function load_u8(offset: u64): u8;
 export declare function store_u64(offset: u64, value: u64): void;
 @external("extism:host/env", "load_u64")
 export declare function load_u64(offset: u64): u64;
-@external("extism:host/env", "http_request")
-export declare function http_request(request: u64, body: u64): u64;
-@external("extism:host/env", "http_status_code")
-export declare function http_status_code(): i32;
 
 @external("extism:host/user", "extproc_kv_get")
 export declare function extproc_kv_get(key: u64): u64;
@@ -47,3 +43,6 @@ export declare function extproc_kv_cas(key: u64, expected: u64, value: u64, ttlM
 export declare function extproc_now_ms(): i64;
 @external("extism:host/user", "extproc_log")
 export declare function extproc_log(level: i32, message: u64): void;
+// Not Extism's own http_request, which the server refuses for every host (docs/security.md).
+@external("extism:host/user", "extproc_http_request")
+export declare function extproc_http_request(request: u64): u64;

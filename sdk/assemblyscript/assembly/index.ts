@@ -3,6 +3,6 @@ export { Body, config, fail, Handler, Headers, ImmediateResponse, Input, isUtf8,
 export { ByteBuffer, JsonKind, JsonValue, JsonWriter, quote } from "./json";
 export { base64Decode, base64Encode } from "./base64";
 export { INCR_ERROR, KV, Log, nowMs } from "./host";
-export { formEncode, Http, HttpResponse } from "./http";
+export { formEncode, Http, HttpErrorKind, HttpResponse } from "./http";
 export { readInputBytes, writeOutputBytes, writeOutputString } from "./io";
 export { fnv1a64Hex, globMatch, parseHttpDate, stripPort } from "./util";
