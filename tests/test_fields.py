@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.fields import is_header_name, value_bytes, value_problem, value_text
+from extproc.fields import match_header_name, value_bytes, value_problem, value_text
 
 TCHAR = "!#$%&'*+-.^_`|~" + string.digits + string.ascii_letters
 VCHAR = "".join(chr(c) for c in range(0x21, 0x7F))
@@ -116,24 +116,24 @@ def test_a_field_value_with_outer_whitespace_is_refused(name: str, value: str, s
 
 @given(tokens)
 def test_every_token_is_a_header_name(name: str) -> None:
-    assert is_header_name(name)
+    assert match_header_name(name) is not None
 
 
 @given(
     tokens, st.sampled_from([":", " ", "\t", "\n", "\x00", "\x7f", '"', "(", "/", "é", "\u212a"]), st.integers(0, 20)
 )
 def test_a_name_with_a_non_token_character_is_refused(name: str, bad: str, at: int) -> None:
-    assert not is_header_name(insert(name, bad, at))
+    assert match_header_name(insert(name, bad, at)) is None
 
 
 @pytest.mark.parametrize("name", [":method", ":path", ":authority", ":scheme", ":status", ":PATH"])
 def test_the_five_pseudo_headers_are_names(name: str) -> None:
-    assert is_header_name(name)
+    assert match_header_name(name) is not None
 
 
 @pytest.mark.parametrize("name", [":protocol", ":", "::path", ":path ", ":pa\u212ath", "x\n", "x-\u212a"])
 def test_other_names_are_refused(name: str) -> None:
-    assert not is_header_name(name)
+    assert match_header_name(name) is None
 
 
 @pytest.mark.parametrize(
