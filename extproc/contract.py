@@ -119,7 +119,7 @@ def _header_json(name: str, value: str) -> dict[str, str]:
 
 
 def _text(value: str) -> str:
-    """`value` as Unicode text: each byte that is not UTF-8 becomes U+FFFD."""
+    """`value` as Unicode text: each invalid UTF-8 sequence becomes U+FFFD."""
     if _ESCAPED_BYTE.search(value) is None:
         return value
     return value_bytes(value).decode("utf-8", "replace")

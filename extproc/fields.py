@@ -1,8 +1,8 @@
 """HTTP field syntax: which header names and values plugin output may hold (RFC 9110, RFC 3986).
 
-Envoy re-checks only CR, LF and NUL in the headers ext_proc sets, and an HTTP/1 upstream gets the
-rest verbatim: a space or tab in `:path` or `:method` splits the request line. So every name and
-value is checked here by its grammar before it reaches Envoy.
+Envoy passes the headers ext_proc sets on to the upstream without checking them against these
+grammars: a space or tab in `:path` or `:method` splits the request line an HTTP/1 upstream reads.
+So every name and value is checked here by its grammar before it reaches Envoy.
 
 Header values are `str`. Bytes that are not UTF-8 are kept as surrogate escapes (U+DC80-U+DCFF,
 PEP 383), so `value_bytes(value_text(raw)) == raw` for any bytes. On the wire every character above
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-
-PSEUDO_HEADERS = frozenset({":method", ":path", ":authority", ":scheme", ":status"})
 
 # RFC 9110 5.1 / 5.6.2: a field name is a token; pseudo-headers are the HTTP/2 ones Envoy knows.
 # re.ASCII keeps IGNORECASE from folding U+212A (Kelvin sign) into "k".
@@ -35,7 +33,7 @@ _FIELD_VALUE = re.compile(f"(?:[{_VCHAR}](?:[\t {_VCHAR}]*[{_VCHAR}])?)?")
 _PATH = re.compile(r"/[!\"$-~]*|\*")
 # RFC 3986 3.1.
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
-# Three digits; a plugin may only set a final status, and Envoy answers 1xx itself.
+# Three digits, 200-599: it replaces a final response's status, and 1xx statuses are never final.
 _STATUS = re.compile(r"[2-5][0-9][0-9]")
 
 

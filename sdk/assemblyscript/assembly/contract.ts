@@ -8,7 +8,7 @@ import { JsonValue, JsonWriter } from "./json";
 
 /**
  * Header lines in wire order; repeated names appear once per value. Names are lower case.
- * A value whose bytes are not UTF-8 reads as text with U+FFFD in place of each such byte; the
+ * A value whose bytes are not UTF-8 reads as text with U+FFFD for each invalid sequence; the
  * `...Bytes` getters give every value's exact bytes, to compare or to write back unchanged.
  */
 export class Headers {
