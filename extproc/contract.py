@@ -114,14 +114,11 @@ def _header_json(name: str, value: str) -> dict[str, str]:
     """A header whose bytes are not UTF-8 carries them exactly in `raw_value`, and `value` shows them as text."""
     if _ESCAPED_BYTE.search(value) is None:
         return {"name": name, "value": value}
-    raw = value_bytes(value)
-    return {"name": name, "value": raw.decode("utf-8", "replace"), "raw_value": base64.b64encode(raw).decode("ascii")}
+    return {"name": name, "value": _text(value), "raw_value": base64.b64encode(value_bytes(value)).decode("ascii")}
 
 
 def _text(value: str) -> str:
     """`value` as Unicode text: each invalid UTF-8 sequence becomes U+FFFD."""
-    if _ESCAPED_BYTE.search(value) is None:
-        return value
     return value_bytes(value).decode("utf-8", "replace")
 
 
