@@ -21,6 +21,7 @@ from google.protobuf import json_format
 
 from extproc._pb.extproc.plugin.v1 import plugin_pb2
 from extproc.errors import OutputError
+from extproc.fields import match_header_name, value_bytes, value_problem, value_text
 
 Pair = tuple[str, str]
 
@@ -100,12 +101,29 @@ def body_json(body: bytes) -> dict[str, str]:
         return {"data": base64.b64encode(body).decode("ascii")}
 
 
+# A header value holds bytes that are not UTF-8 as these surrogate escapes (see extproc.fields).
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
 def _headers_json(headers: Sequence[Pair]) -> list[dict[str, str]]:
-    return [{"name": name, "value": value} for name, value in headers]
+    # Nearly every value is ASCII, which needs no further look.
+    return [{"name": name, "value": value} if value.isascii() else _header_json(name, value) for name, value in headers]
+
+
+def _header_json(name: str, value: str) -> dict[str, str]:
+    """A header whose bytes are not UTF-8 carries them exactly in `raw_value`, and `value` shows them as text."""
+    if _ESCAPED_BYTE.search(value) is None:
+        return {"name": name, "value": value}
+    return {"name": name, "value": _text(value), "raw_value": base64.b64encode(value_bytes(value)).decode("ascii")}
+
+
+def _text(value: str) -> str:
+    """`value` as Unicode text: each invalid UTF-8 sequence becomes U+FFFD."""
+    return value_bytes(value).decode("utf-8", "replace")
 
 
 def _pseudo_headers(headers: Sequence[Pair]) -> dict[str, str]:
-    """The first value of each pseudo-header, in one pass."""
+    """The first value of each pseudo-header as text, in one pass."""
     found: dict[str, str] = {}
     for key, value in headers:
         # Envoy sends pseudo-headers first, so the search can stop at the first regular header.
@@ -113,7 +131,7 @@ def _pseudo_headers(headers: Sequence[Pair]) -> dict[str, str]:
         if key[:1] != ":":
             break
         if key not in found:
-            found[key] = value
+            found[key] = value if value.isascii() else _text(value)
     return found
 
 
@@ -165,12 +183,11 @@ def encode_protobuf(data: Mapping[str, Any]) -> bytes:
 
 # --- output --------------------------------------------------------------------------------
 
-_TOKEN = re.compile(r"^:?[a-z0-9!#$%&'*+.^_`|~-]+$")
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
+_BAD_DETAILS = re.compile(r"[\r\n\x00]")
 _OUTPUT_KEYS = frozenset({"headers", "body", "immediate_response", "dynamic_metadata"})
 _MUTATION_KEYS = frozenset({"set", "append", "remove"})
 _IMMEDIATE_KEYS = frozenset({"status", "headers", "body", "grpc_status", "details"})
-_PAIR_KEYS = frozenset({"name", "value"})
+_PAIR_KEYS = frozenset({"name", "value", "raw_value"})
 _BODY_KEYS = frozenset({"text", "data"})
 MAX_HEADER_VALUE = 64 * 1024
 
@@ -231,23 +248,22 @@ def _list(value: object, where: str) -> list[Any]:
     return value
 
 
-def header_name(value: object, where: str) -> str:
+def header_name(value: object, where: str, *, pseudo: bool = True) -> str:
+    """The lower-case name; a token, or (when `pseudo`) one of the five pseudo-headers."""
     if not isinstance(value, str) or not value:
         raise OutputError(where, "header name must be a non-empty string")
-    name = value.lower()
-    if not _TOKEN.match(name):
-        raise OutputError(where, f"invalid header name {value!r}")
-    return name
+    if match_header_name(value) is None:
+        what = "unknown pseudo-header" if value[:1] == ":" else "invalid header name"
+        raise OutputError(where, f"{what} {value!r}")
+    if not pseudo and value[:1] == ":":
+        raise OutputError(where, f"pseudo-header {value!r} may not be set here")
+    return value.lower()
 
 
-def header_value(value: object, where: str) -> str:
-    if not isinstance(value, str):
-        raise OutputError(where, f"header value must be a string, got {type(value).__name__}")
-    if _BAD_VALUE.search(value):
-        raise OutputError(where, "header value contains CR, LF or NUL")
-    if len(value) > MAX_HEADER_VALUE:
-        raise OutputError(where, f"header value longer than {MAX_HEADER_VALUE} bytes")
-    return value
+def _raw_value(entry: dict[str, Any]) -> str:
+    if "value" in entry:
+        raise OutputError("", "has both value and raw_value; give one")
+    return value_text(_base64(entry["raw_value"], "raw_value"))
 
 
 def _at(where: str, index: int, exc: OutputError) -> OutputError:
@@ -259,12 +275,26 @@ def _at(where: str, index: int, exc: OutputError) -> OutputError:
     return OutputError(f"{item}.{exc.where}" if exc.where else item, exc.reason)
 
 
-def _pairs(value: object, where: str) -> tuple[Pair, ...]:
+def _pairs(value: object, where: str, *, pseudo: bool = True) -> tuple[Pair, ...]:
+    """`{"name", "value"}` or `{"name", "raw_value"}` items, each value checked by its name's grammar."""
     pairs = []
     for index, item in enumerate(_list(value, where)):
+        # Checked inline, not in a helper per item: measured, that call cost about 600 instructions a header.
         try:
             entry = _mapping(item, "", _PAIR_KEYS)
-            pairs.append((header_name(entry.get("name"), "name"), header_value(entry.get("value", ""), "value")))
+            name = header_name(entry.get("name"), "name", pseudo=pseudo)
+            if "raw_value" in entry:
+                field, text = "raw_value", _raw_value(entry)
+            else:
+                field, text = "value", entry.get("value", "")
+                if not isinstance(text, str):
+                    raise OutputError(field, f"header value must be a string, got {type(text).__name__}")
+            if len(text) > MAX_HEADER_VALUE:
+                raise OutputError(field, f"header value longer than {MAX_HEADER_VALUE} bytes")
+            problem = value_problem(name, text)
+            if problem is not None:
+                raise OutputError(field, problem)
+            pairs.append((name, text))
         except OutputError as exc:
             raise _at(where, index, exc) from None
     return tuple(pairs)
@@ -299,13 +329,16 @@ def _body(value: object, where: str) -> bytes:
         if not isinstance(text, str):
             raise OutputError(f"{where}.text", "must be a string")
         return text.encode()
-    data = obj["data"]
-    if not isinstance(data, str):
-        raise OutputError(f"{where}.data", "must be a base64 string")
+    return _base64(obj["data"], f"{where}.data")
+
+
+def _base64(value: object, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise OutputError(where, "must be a base64 string")
     try:
-        return base64.b64decode(data, validate=True)
+        return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise OutputError(f"{where}.data", "is not valid base64") from None
+        raise OutputError(where, "is not valid base64") from None
 
 
 def _int(value: object, where: str, low: int, high: int) -> int:
@@ -324,12 +357,10 @@ def _immediate(value: object) -> ImmediateReply:
     if "status" not in obj:
         raise OutputError(f"{where}.status", "is required")
     details = obj.get("details", "")
-    if not isinstance(details, str) or _BAD_VALUE.search(details):
+    if not isinstance(details, str) or _BAD_DETAILS.search(details):
         raise OutputError(f"{where}.details", "must be a single-line string")
-    headers = _pairs(obj.get("headers"), f"{where}.headers")
-    for index, (name, _) in enumerate(headers):
-        if name.startswith(":"):
-            raise OutputError(f"{where}.headers[{index}].name", f"pseudo-header {name!r} may not be set here")
+    # Envoy sets :status from `status`; no other pseudo-header belongs in a response.
+    headers = _pairs(obj.get("headers"), f"{where}.headers", pseudo=False)
     grpc_status = obj.get("grpc_status")
     return ImmediateReply(
         status=_int(obj["status"], f"{where}.status", 200, 599),
@@ -356,21 +387,19 @@ SETTABLE_RESPONSE_PSEUDO = frozenset({":status"})
 
 
 def check_for_export(output: PluginOutput, export: Export) -> None:
-    """Reject changes the phase cannot carry: bodies outside body phases, forbidden pseudo-headers."""
+    """Reject changes the phase cannot carry: bodies outside body phases, forbidden pseudo-headers.
+
+    Values were checked by their grammar when the output was decoded.
+    """
     if output.body is not None and not export.is_body:
         raise OutputError("body", f"a body can only be replaced in body phases, not in {export.value}")
     changes = output.headers
     if changes is None:
         return
     settable = SETTABLE_RESPONSE_PSEUDO if export.is_response else SETTABLE_REQUEST_PSEUDO
-    for index, (name, value) in enumerate(changes.set):
-        if name.startswith(":"):
-            if name not in settable:
-                raise OutputError(f"headers.set[{index}].name", f"pseudo-header {name!r} may not be changed here")
-            if name == ":status":
-                _int(value, f"headers.set[{index}].value", 200, 599)
-            elif not value:
-                raise OutputError(f"headers.set[{index}].value", f"{name} may not be empty")
+    for index, (name, _) in enumerate(changes.set):
+        if name[:1] == ":" and name not in settable:
+            raise OutputError(f"headers.set[{index}].name", f"pseudo-header {name!r} may not be changed here")
     if changes.append or changes.remove:
         for field, names in (("append", [name for name, _ in changes.append]), ("remove", list(changes.remove))):
             for index, name in enumerate(names):

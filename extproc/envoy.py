@@ -15,6 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from google.protobuf import struct_pb2
 
 from extproc.contract import ImmediateReply, Pair
+from extproc.fields import value_bytes, value_text
 from extproc.headers import HeaderDiff
 
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -34,13 +35,9 @@ def header_pairs(header_map: Any) -> list[Pair]:
 
 def _decode_value(header: Any) -> str:
     raw = header.raw_value
-    if not raw:
-        return str(header.value)
-    try:
-        return str(raw.decode())
-    except UnicodeDecodeError:
-        # Header bytes outside UTF-8 are legal on the wire; latin-1 keeps every byte.
-        return str(raw.decode("latin-1"))
+    # Header bytes outside UTF-8 are legal on the wire (obs-text): value_text keeps each one exactly,
+    # apart from every UTF-8 spelling, so a plugin can write them back unchanged.
+    return value_text(raw) if raw else str(header.value)
 
 
 def fill_header_mutation(mutation: ep.HeaderMutation, diff: HeaderDiff) -> None:
@@ -51,7 +48,7 @@ def fill_header_mutation(mutation: ep.HeaderMutation, diff: HeaderDiff) -> None:
         for index, value in enumerate(values):
             option = set_headers.add()
             option.header.key = name
-            option.header.raw_value = value.encode()
+            option.header.raw_value = value_bytes(value)
             _set_append(option, index > 0)
 
 
@@ -67,7 +64,7 @@ def _fill_pairs(mutation: ep.HeaderMutation, pairs: Iterable[Pair]) -> None:
     for name, value in pairs:
         option = set_headers.add()
         option.header.key = name
-        option.header.raw_value = value.encode()
+        option.header.raw_value = value_bytes(value)
         _set_append(option, True)
 
 

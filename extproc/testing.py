@@ -32,13 +32,18 @@ from google.protobuf import struct_pb2
 from extproc import envoy
 from extproc.config import Config, parse_config
 from extproc.contract import Pair
+from extproc.fields import value_bytes, value_text
 from extproc.plugins.host import KeyValueStore, MemoryStore
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.registry import PluginSet
 from extproc.plugins.runner import shared_threads
 from extproc.stream import ExchangeStream
 
-HeadersLike: TypeAlias = Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]]
+# A value given as bytes is sent as exactly those bytes (which need not be UTF-8).
+HeaderValueLike: TypeAlias = str | bytes
+HeadersLike: TypeAlias = (
+    Mapping[str, HeaderValueLike | Sequence[HeaderValueLike]] | Iterable[tuple[str, HeaderValueLike]]
+)
 BodyLike: TypeAlias = str | bytes | None
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -47,7 +52,11 @@ _ATTRIBUTES_FILTER = "envoy.filters.http.ext_proc"
 
 @dataclass(frozen=True)
 class Message:
-    """Headers in wire order (names lower case, pseudo-headers included) and a body."""
+    """Headers in wire order (names lower case, pseudo-headers included) and a body.
+
+    Values are text; bytes that are not UTF-8 appear as surrogate escapes (U+DC80-U+DCFF), and
+    `header_bytes` gives any value's exact bytes.
+    """
 
     headers: tuple[Pair, ...]
     body: bytes = b""
@@ -60,6 +69,11 @@ class Message:
     def header_values(self, name: str) -> list[str]:
         wanted = name.lower()
         return [value for key, value in self.headers if key == wanted]
+
+    def header_bytes(self, name: str) -> bytes | None:
+        """The exact bytes of the first value of `name`, or None."""
+        value = self.header(name)
+        return None if value is None else value_bytes(value)
 
     @property
     def text(self) -> str:
@@ -117,10 +131,15 @@ def _pairs(headers: HeadersLike | None) -> list[Pair]:
     if isinstance(headers, Mapping):
         pairs: list[Pair] = []
         for name, value in headers.items():
-            values = [value] if isinstance(value, str) else list(value)
-            pairs.extend((name.lower(), str(v)) for v in values)
+            values = [value] if isinstance(value, (str, bytes)) else list(value)
+            pairs.extend((name.lower(), _value(v)) for v in values)
         return pairs
-    return [(name.lower(), value) for name, value in headers]
+    return [(name.lower(), _value(value)) for name, value in headers]
+
+
+def _value(value: HeaderValueLike) -> str:
+    # Held as the server holds header values, so exact bytes survive.
+    return value_text(value) if isinstance(value, bytes) else str(value)
 
 
 def _body(body: BodyLike, json_body: Any) -> tuple[bytes, str | None]:
@@ -179,13 +198,13 @@ def response(
 def _header_map(pairs: Iterable[Pair]) -> Any:
     header_map = base_pb2.HeaderMap()
     for name, value in pairs:
-        header_map.headers.add(key=name, raw_value=value.encode())
+        header_map.headers.add(key=name, raw_value=value_bytes(value))
     return header_map
 
 
 def _option_value(option: Any) -> str:
     header = option.header
-    return str(header.raw_value.decode() if header.raw_value else header.value)
+    return value_text(header.raw_value) if header.raw_value else str(header.value)
 
 
 def _apply_mutation(pairs: list[Pair], mutation: Any) -> list[Pair]:

@@ -1,4 +1,5 @@
-"""The AssemblyScript SDK's JSON parser and writer (sdk/assemblyscript/assembly/json.ts) and base64.
+"""The AssemblyScript SDK's JSON parser and writer (sdk/assemblyscript/assembly/json.ts), base64, and
+header values as bytes (contract.ts).
 
 A probe plugin (sdk/assemblyscript/tests/json_probe.ts) is built from the SDK source once per session with the
 SDK's own extproc-build; each export runs one SDK function on the call input and writes what it produced, or
@@ -17,6 +18,8 @@ from typing import Any
 import extism
 import pytest
 
+from extproc.contract import decode_json
+from extproc.fields import value_bytes
 from tests.examples_build import EXAMPLES_DIR, REPO_ROOT, ensure_installed
 from tests.npm import npm
 
@@ -368,3 +371,27 @@ def test_base64_matches_python(probe: extism.Plugin, data: bytes) -> None:
 @pytest.mark.parametrize("text", [b"A", b"AB", b"ABC", b"A===", b"AB=C", b"=AAA", b"AB C", b"AB-_", b"AB\xc3\xa9"])
 def test_base64_rejects(probe: extism.Plugin, text: bytes) -> None:
     assert call(probe, "b64decode", text) == INVALID
+
+
+def test_header_bytes_read_and_written_exactly(probe: extism.Plugin) -> None:
+    """The SDK reads `raw_value` and writes exact bytes back in a form the server decodes to the same bytes."""
+    latin1, utf8 = b"caf\xe9", "café".encode()
+    headers = [
+        {"name": "x-raw", "value": "caf\ufffd", "raw_value": base64.b64encode(latin1).decode()},
+        {"name": "x-raw", "value": "plain"},
+        {"name": "x-text", "value": "café"},
+    ]
+    out = call(probe, "header_bytes", json.dumps({"headers": headers}).encode())
+    output = decode_json(out)
+    assert output is not None and output.headers is not None and output.immediate is not None
+    every = [("x-raw", latin1), ("x-raw", b"plain"), ("x-text", utf8)]
+    assert [(n, value_bytes(v)) for n, v in output.headers.set] == [("x-raw", latin1), ("x-text", utf8)]
+    assert [(n, value_bytes(v)) for n, v in output.headers.append] == every
+    assert [(n, value_bytes(v)) for n, v in output.immediate.headers] == every
+    # Bytes that are UTF-8 go out as readable text; only the others need raw_value.
+    written = json.loads(out)["headers"]["append"]
+    assert written == [
+        {"name": "x-raw", "raw_value": base64.b64encode(latin1).decode()},
+        {"name": "x-raw", "value": "plain"},
+        {"name": "x-text", "value": "café"},
+    ]

@@ -26,11 +26,12 @@ function rewrite(rules: JsonValue | null, headers: Headers, out: Output): void {
   if (rename !== null) {
     for (let i = 0; i < rename.keys.length; i++) {
       const from = rename.keys[i];
-      const values = headers.getAll(from);
+      // Bytes, not text: a value that is not UTF-8 moves unchanged.
+      const values = headers.getAllBytes(from);
       if (values.length == 0) continue;
       out.removeHeader(from);
       const to = rename.values[i].asString();
-      for (let j = 0; j < values.length; j++) out.appendHeader(to, values[j]);
+      for (let j = 0; j < values.length; j++) out.appendHeaderBytes(to, values[j]);
     }
   }
   const set = rules.get("set");

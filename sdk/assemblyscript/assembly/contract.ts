@@ -6,29 +6,59 @@ import { JsonValue, JsonWriter } from "./json";
 
 // --- input ----------------------------------------------------------------------------------
 
-/** Header lines in wire order; repeated names appear once per value. Names are lower case. */
+/**
+ * Header lines in wire order; repeated names appear once per value. Names are lower case.
+ * A value whose bytes are not UTF-8 reads as text with U+FFFD for each invalid sequence; the
+ * `...Bytes` getters give every value's exact bytes, to compare or to write back unchanged.
+ */
 export class Headers {
   readonly names: Array<string> = [];
   readonly values: Array<string> = [];
+  // The exact bytes of values that are not UTF-8 (the contract's `raw_value`); null for text.
+  private readonly raws: Array<Uint8Array | null> = [];
 
   get count(): i32 { return this.names.length; }
 
   /** The first value of `name` (any case), or null. */
   get(name: string): string | null {
-    const n = name.toLowerCase();
-    for (let i = 0; i < this.names.length; i++) if (this.names[i] == n) return this.values[i];
-    return null;
+    const i = this.indexOf(name.toLowerCase(), 0);
+    return i < 0 ? null : this.values[i];
   }
 
   /** Every value of `name`, in order. */
   getAll(name: string): Array<string> {
     const n = name.toLowerCase();
     const out = new Array<string>();
-    for (let i = 0; i < this.names.length; i++) if (this.names[i] == n) out.push(this.values[i]);
+    for (let i = this.indexOf(n, 0); i >= 0; i = this.indexOf(n, i + 1)) out.push(this.values[i]);
     return out;
   }
 
+  /** The exact bytes of the first value of `name` (any case), or null. */
+  getBytes(name: string): Uint8Array | null {
+    const i = this.indexOf(name.toLowerCase(), 0);
+    return i < 0 ? null : this.bytesAt(i);
+  }
+
+  /** The exact bytes of every value of `name`, in order. */
+  getAllBytes(name: string): Array<Uint8Array> {
+    const n = name.toLowerCase();
+    const out = new Array<Uint8Array>();
+    for (let i = this.indexOf(n, 0); i >= 0; i = this.indexOf(n, i + 1)) out.push(this.bytesAt(i));
+    return out;
+  }
+
+  /** The exact bytes of the value at `index` (0 <= index < count). */
+  bytesAt(index: i32): Uint8Array {
+    const raw = this.raws[index];
+    return raw !== null ? raw : Uint8Array.wrap(String.UTF8.encode(this.values[index]));
+  }
+
   has(name: string): bool { return this.get(name) !== null; }
+
+  private indexOf(lowerName: string, from: i32): i32 {
+    for (let i = from; i < this.names.length; i++) if (this.names[i] == lowerName) return i;
+    return -1;
+  }
 
   static from(list: JsonValue | null): Headers {
     const h = new Headers();
@@ -37,6 +67,8 @@ export class Headers {
     for (let i = 0; i < items.length; i++) {
       h.names.push(items[i].getString("name"));
       h.values.push(items[i].getString("value"));
+      const raw = items[i].get("raw_value");
+      h.raws.push(raw === null ? null : base64Decode(raw.asString()));
     }
     return h;
   }
@@ -166,7 +198,8 @@ export function readInput(): Input {
 // --- output ---------------------------------------------------------------------------------
 
 class Pair {
-  constructor(public name: string, public value: string) {}
+  // `raw` (when set) is the exact value bytes and `value` is unused.
+  constructor(public name: string, public value: string, public raw: Uint8Array | null = null) {}
 }
 
 /** An immediate response: the client gets it now, the chain stops. */
@@ -179,6 +212,8 @@ export class ImmediateResponse {
   constructor(public status: i32) {}
 
   header(name: string, value: string): ImmediateResponse { this.headers.push(new Pair(name, value)); return this; }
+  /** A header whose value is these exact bytes (they need not be UTF-8). */
+  headerBytes(name: string, value: Uint8Array): ImmediateResponse { this.headers.push(new Pair(name, "", value)); return this; }
   text(body: string, contentType: string = "text/plain; charset=utf-8"): ImmediateResponse {
     this.body = Uint8Array.wrap(String.UTF8.encode(body));
     return this.header("content-type", contentType);
@@ -206,6 +241,10 @@ export class Output {
   setHeader(name: string, value: string): Output { this.sets.push(new Pair(name.toLowerCase(), value)); return this; }
   /** Add one more value of `name`. */
   appendHeader(name: string, value: string): Output { this.appends.push(new Pair(name.toLowerCase(), value)); return this; }
+  /** `setHeader` with a value of these exact bytes (they need not be UTF-8), e.g. from `Headers.getBytes`. */
+  setHeaderBytes(name: string, value: Uint8Array): Output { this.sets.push(new Pair(name.toLowerCase(), "", value)); return this; }
+  /** `appendHeader` with a value of these exact bytes (they need not be UTF-8). */
+  appendHeaderBytes(name: string, value: Uint8Array): Output { this.appends.push(new Pair(name.toLowerCase(), "", value)); return this; }
   /** Remove every value of `name`. */
   removeHeader(name: string): Output { this.removes.push(name.toLowerCase()); return this; }
 
@@ -294,8 +333,18 @@ function pairs(w: JsonWriter, list: Array<Pair>): void {
     if (i > 0) w.raw(",");
     w.raw('{"name":');
     w.string(list[i].name);
-    w.raw(',"value":');
-    w.string(list[i].value);
+    const raw = list[i].raw;
+    if (raw === null) {
+      w.raw(',"value":');
+      w.string(list[i].value);
+    } else if (isUtf8(raw)) {
+      // Text travels as text, so the output stays readable; only other bytes need raw_value.
+      w.raw(',"value":');
+      w.stringBytes(raw);
+    } else {
+      w.raw(',"raw_value":');
+      w.string(base64Encode(raw));
+    }
     w.raw("}");
   }
   w.raw("]");

@@ -1,7 +1,8 @@
-// A probe plugin for tests/test_sdk_json.py: each export runs one piece of the SDK's JSON and
-// base64 code on the call input and writes what it produced, so the tests compare real outputs.
+// A probe plugin for tests/test_sdk_json.py: each export runs one piece of the SDK's JSON, base64
+// and header code on the call input and writes what it produced, so the tests compare real outputs.
 // Inputs the SDK rejects produce the bytes INVALID.
 import { base64Decode, base64Encode } from "../assembly/base64";
+import { Headers, Output } from "../assembly/contract";
 import { readInputBytes, writeOutputBytes } from "../assembly/io";
 import { JsonKind, JsonValue, quote as jsonQuote } from "../assembly/json";
 
@@ -140,4 +141,28 @@ export function b64decode(): i32 {
   const bytes = readInputBytes();
   const decoded = base64Decode(String.UTF8.decodeUnsafe(bytes.dataStart, <usize>bytes.length));
   return decoded === null ? invalid() : finish(decoded);
+}
+
+/**
+ * Input {"headers": [...]} as the server sends a header list; output the changes made from its bytes:
+ * set each name to its first value (getBytes), append every value (getAllBytes) and put every value
+ * in an immediate response (headerBytes).
+ */
+export function header_bytes(): i32 {
+  const doc = JsonValue.parseBytes(readInputBytes());
+  if (doc === null) return invalid();
+  const headers = Headers.from(doc.get("headers"));
+  const out = new Output();
+  const reply = out.respond(200);
+  for (let i = 0; i < headers.count; i++) {
+    const name = headers.names[i];
+    if (headers.names.indexOf(name) != i) continue;
+    out.setHeaderBytes(name, headers.getBytes(name)!);
+    const all = headers.getAllBytes(name);
+    for (let j = 0; j < all.length; j++) {
+      out.appendHeaderBytes(name, all[j]);
+      reply.headerBytes(name, all[j]);
+    }
+  }
+  return finish(out.toBytes());
 }

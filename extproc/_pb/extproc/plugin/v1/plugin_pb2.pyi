@@ -24,12 +24,14 @@ RESPONSE_BODY: Phase
 GENERATE_RESPONSE: Phase
 
 class Header(_message.Message):
-    __slots__ = ("name", "value")
+    __slots__ = ("name", "value", "raw_value")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    RAW_VALUE_FIELD_NUMBER: _ClassVar[int]
     name: str
     value: str
-    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    raw_value: bytes
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ..., raw_value: _Optional[bytes] = ...) -> None: ...
 
 class Body(_message.Message):
     __slots__ = ("text", "data")
