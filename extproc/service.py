@@ -84,7 +84,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             async for request in requests:
                 watch.waiting_since = math.inf
                 if not bound:
-                    logs.bind_stream(request)  # records of this stream get its x-request-id
+                    # Records of this stream get its x-request-id. The binding lives in this task's
+                    # context and ends with it.
+                    logs.bind_stream(request)
                     bound = True
                 try:
                     reply = await stream.handle(request)
@@ -112,8 +114,6 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         finally:
             del self._open[task]
             metrics.STREAMS.ended(how)
-            if bound:
-                logs.unbind_stream()
 
     async def close_idle_streams(self) -> None:
         """Runs for the life of the server: closes streams that waited for Envoy longer than the limit."""
