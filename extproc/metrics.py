@@ -3,8 +3,9 @@
 The per-request metrics (plugin calls, streams, immediate responses) are plain counters behind one
 lock each and are turned into Prometheus families only when scraped: prometheus-client's own
 Histogram.observe costs about 2 us on the reference machine, this costs about a third of that, and a
-request makes one observation per plugin call. Rare events (reloads, breaker changes) use the
-library's metric types directly.
+request makes one observation per plugin call. Rare events (reloads, restarts, recycled instances)
+use the library's metric types directly. Circuit breaker states are read from the serving plugin set
+when scraped.
 
 Everything lives in REGISTRY, not in prometheus-client's global default registry, so that embedding
 code and tests can tell our metrics apart; the process and platform collectors are added to it.
@@ -34,6 +35,7 @@ from prometheus_client.registry import Collector
 from extproc import __version__
 from extproc.contract import Export
 from extproc.errors import FailureKind
+from extproc.plugins.breaker import BreakerState, CircuitBreaker
 
 # From 50 us (a trivial plugin) to the largest sensible timeout; a plugin call is rarely below 20 us.
 LATENCY_BUCKETS: Final = (
@@ -53,7 +55,6 @@ LATENCY_BUCKETS: Final = (
     1.0,
     2.5,
 )
-BREAKER_STATES: Final = ("closed", "open", "half_open")
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -235,12 +236,6 @@ _CONFIG: Final = Gauge(
     labelnames=("sha256",),
     registry=REGISTRY,
 )
-_BREAKER: Final = Gauge(
-    "extproc_plugin_circuit_breaker_state",
-    "1 for the circuit breaker state a plugin is in, 0 for the others",
-    labelnames=("plugin", "state"),
-    registry=REGISTRY,
-)
 _BUILD: Final = Info("extproc_build", "Versions of this server and what it runs on", registry=REGISTRY)
 _WORKER_RESTARTS: Final = Counter(
     "extproc_worker_restarts", "Worker processes restarted after they died", registry=REGISTRY
@@ -259,8 +254,35 @@ _STATE_UP: Final = Gauge(
     registry=REGISTRY,
 )
 
-_breaker_lock = threading.Lock()
-_breaker_states: dict[str, str] = {}
+
+class _BreakerCollector(Collector):
+    """The circuit breakers of the plugin set in force, read at scrape time.
+
+    Read rather than pushed on each change: a set being loaded (maybe never to serve) or one that only
+    finishes its streams after a reload has breakers under the same plugin names.
+    """
+
+    def __init__(self) -> None:
+        self.in_force: tuple[CircuitBreaker, ...] = ()
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "extproc_plugin_circuit_breaker_state",
+            "1 for the circuit breaker state a plugin of the serving set is in, 0 for the others",
+            labels=("plugin", "state"),
+        )
+        for breaker in self.in_force:
+            current = breaker.state
+            for state in BreakerState:
+                family.add_metric([breaker.plugin, state.value], 1 if state is current else 0)
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+
+_BREAKERS: Final = _BreakerCollector()
+REGISTRY.register(_BREAKERS)
 
 
 def _distribution_version(name: str) -> str:
@@ -296,20 +318,9 @@ def config_loaded(config_hash: str) -> None:
     _CONFIG.labels(config_hash).set(1)
 
 
-def breaker_state(plugin: str, state: str) -> None:
-    """Called by the circuit breaker on each state change (its `on_change` listener)."""
-    if state not in BREAKER_STATES:
-        raise ValueError(f"unknown circuit breaker state {state!r} for plugin {plugin!r}")
-    with _breaker_lock:
-        _breaker_states[plugin] = state
-        for name in BREAKER_STATES:
-            _BREAKER.labels(plugin, name).set(1 if name == state else 0)
-
-
-def breaker_states() -> dict[str, str]:
-    """The last state each plugin's breaker reported; plugins never reported are closed."""
-    with _breaker_lock:
-        return dict(_breaker_states)
+def breakers_in_force(breakers: Iterable[CircuitBreaker]) -> None:
+    """The breakers extproc_plugin_circuit_breaker_state shows from now on: the plugin set just put in force."""
+    _BREAKERS.in_force = tuple(breakers)
 
 
 def worker_restarted() -> None:

@@ -17,7 +17,7 @@ import extism
 import extism.extism as extism_internals
 from extism.extism import CompiledPlugin
 
-from extproc import contract, metrics
+from extproc import contract
 from extproc.config import Encoding, ExecutionPoint, PluginConfig, ServerConfig
 from extproc.contract import Export, ImmediateReply, PluginOutput
 from extproc.errors import FailureKind, OutputError, PluginCallError, PluginLoadError
@@ -312,7 +312,7 @@ def load_plugin(
             state_failure=spec.state_failure,
             http=HttpPolicy(spec.allowed_hosts, spec.max_http_response_bytes),
         ),
-        breaker=CircuitBreaker(spec.name, spec.circuit_breaker, on_change=metrics.breaker_state),
+        breaker=CircuitBreaker(spec.name, spec.circuit_breaker),
         failure_reply=failure_reply(spec.error_status),
         max_body_bytes=server.max_body_bytes,
         threads=threads,
