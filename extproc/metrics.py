@@ -19,7 +19,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from importlib import metadata
-from typing import Final
+from typing import Final, NamedTuple
 
 from prometheus_client import (
     CollectorRegistry,
@@ -61,11 +61,20 @@ ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 
 
-class PhaseMetrics:
-    """Calls of one export of one plugin: latency buckets, their sum, failures by kind, and calls
-    abandoned because their stream ended first (neither a success nor a failure)."""
+class PhaseSnapshot(NamedTuple):
+    buckets: list[int]  # latency bucket counts; the last is +Inf
+    seconds: float  # the latencies' sum
+    failures: dict[FailureKind, int]  # calls that failed, by the kind of their last attempt
+    cancelled: int
+    attempt_failures: dict[FailureKind, int]  # every attempt that failed, retried or not
 
-    __slots__ = ("_buckets", "_cancelled", "_failures", "_lock", "_sum")
+
+class PhaseMetrics:
+    """Calls of one export of one plugin: latency buckets, their sum, failures by kind, calls abandoned
+    because their stream ended first (neither a success nor a failure), and failed attempts by kind (a
+    call with retries makes several; a retry that succeeds leaves a successful call)."""
+
+    __slots__ = ("_attempt_failures", "_buckets", "_cancelled", "_failures", "_lock", "_sum")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -73,6 +82,7 @@ class PhaseMetrics:
         self._sum = 0.0
         self._failures = dict.fromkeys(FailureKind, 0)
         self._cancelled = 0
+        self._attempt_failures = dict.fromkeys(FailureKind, 0)
 
     def record(self, seconds: float, failure: FailureKind | None = None) -> None:
         index = bisect_left(LATENCY_BUCKETS, seconds)  # first bound >= seconds: Prometheus' "le"
@@ -86,9 +96,15 @@ class PhaseMetrics:
         with self._lock:
             self._cancelled += 1
 
-    def snapshot(self) -> tuple[list[int], float, dict[FailureKind, int], int]:
+    def attempt_failed(self, kind: FailureKind) -> None:
         with self._lock:
-            return list(self._buckets), self._sum, dict(self._failures), self._cancelled
+            self._attempt_failures[kind] += 1
+
+    def snapshot(self) -> PhaseSnapshot:
+        with self._lock:
+            return PhaseSnapshot(
+                list(self._buckets), self._sum, dict(self._failures), self._cancelled, dict(self._attempt_failures)
+            )
 
 
 class PluginMetrics:
@@ -105,6 +121,9 @@ class PluginMetrics:
 
     def cancelled(self, export: Export) -> None:
         self.phases[export].cancelled()
+
+    def attempt_failed(self, export: Export, kind: FailureKind) -> None:
+        self.phases[export].attempt_failed(kind)
 
 
 class StreamEnd(enum.StrEnum):
@@ -178,12 +197,20 @@ class _RequestCollector(Collector):
             "Plugin calls abandoned because Envoy ended their stream first (not failures)",
             labels=("plugin", "phase"),
         )
+        attempt_failures = CounterMetricFamily(
+            "extproc_plugin_attempt_failures",
+            "Failed attempts of plugin calls by kind, retried or not (a call with retries makes several attempts)",
+            labels=("plugin", "phase", "kind"),
+        )
         for plugin in plugins:
             for export, phase in plugin.phases.items():
-                buckets, total, failed, cancelled = phase.snapshot()
+                buckets, total, failed, cancelled, attempts_failed = phase.snapshot()
                 labels = [plugin.name, export.value]
                 if cancelled:
                     cancelled_calls.add_metric(labels, cancelled)
+                for kind, n in attempts_failed.items():
+                    if n:
+                        attempt_failures.add_metric([*labels, kind.value], n)
                 count = sum(buckets)
                 if count == 0:
                     continue  # exports the plugin lacks (or never ran) would be noise
@@ -216,7 +243,7 @@ class _RequestCollector(Collector):
         )
         for status, n in sorted(immediate.items()):
             replies.add_metric([str(status)], n)
-        yield from (calls, failures, cancelled_calls, latency, streams, endings, active, replies)
+        yield from (calls, failures, attempt_failures, cancelled_calls, latency, streams, endings, active, replies)
 
     def describe(self) -> Iterable[Metric]:
         # Returning nothing here keeps registration from calling collect() before any data exists.

@@ -164,6 +164,7 @@ class LoadedPlugin:
                 try:
                     output = await self._call_once(export, data)
                 except PluginCallError as exc:
+                    self.metrics.attempt_failed(export, exc.kind)
                     if attempt < attempts and exc.kind not in _NOT_RETRIED:
                         log.warning("%s; retry %d of %d", exc, attempt, self.spec.retries, extra={"plugin": self.name})
                         continue

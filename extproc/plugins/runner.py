@@ -112,14 +112,24 @@ class ThreadedCall:
         # least one side sees the other (the GIL orders the two threads' steps).
         if not self.abandoned:
             try:
-                if self.instance is None:
-                    self.instance = self.new_instance()
-                if not self.abandoned:
-                    self.result = invoke(self.instance, self.export, self.data, self.host)
+                self.result = self._call()
             except BaseException as exc:  # handed to the loop, where the caller raises it
                 self.result = exc
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is left to tell
             self.loop.call_soon_threadsafe(self._finish)
+
+    def _call(self) -> RawResult | None:
+        instance = self.instance
+        if instance is None:
+            try:
+                instance = self.instance = self.new_instance()
+            except extism.Error as exc:
+                # The module's failure (a trapping start function, memory that cannot be reserved), so
+                # it is reported as the call's, where the plugin's on_error and breaker apply.
+                return RawResult(None, extism.Error(f"cannot instantiate: {exc}"), None)
+        if self.abandoned:
+            return None
+        return invoke(instance, self.export, self.data, self.host)
 
     def abandon(self) -> None:
         """On the loop: the caller no longer waits. A queued call never starts; a running one is interrupted."""
