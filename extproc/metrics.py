@@ -274,6 +274,13 @@ _STATE_FAILURES: Final = Counter(
     labelnames=("plugin", "function", "policy"),
     registry=REGISTRY,
 )
+# Moves only after calls that moved over a MiB, which cost far more than the counter.
+_RECYCLED: Final = Counter(
+    "extproc_plugin_instances_recycled",
+    "Plugin instances dropped after a call that moved more than 1 MiB, so they do not keep the memory it took",
+    labelnames=("plugin",),
+    registry=REGISTRY,
+)
 _STATE_UP: Final = Gauge(
     "extproc_state_backend_up",
     "1 while the state backend answers, 0 after a failed command until one succeeds (absent: in-memory state)",
@@ -356,6 +363,10 @@ def worker_restarted() -> None:
 
 def state_failure(plugin: str, function: str, policy: str) -> None:
     _STATE_FAILURES.labels(plugin, function, policy).inc()
+
+
+def instance_recycled(plugin: str) -> None:
+    _RECYCLED.labels(plugin).inc()
 
 
 def state_backend_up(backend: str, up: bool) -> None:

@@ -196,7 +196,7 @@ def test_interrupting_one_instance_leaves_a_concurrent_call_of_the_same_plugin_a
 
         def run(name: str, instance: Any) -> None:
             running.wait()
-            result = invoke(instance, "process_request_body", big, plugin.host)
+            result = invoke(instance, "process_request_body", big, plugin.host, plugin.max_output_bytes)
             results[name] = str(result.error) if result.error else len(result.output or b"")
 
         pair = [threading.Thread(target=run, args=item) for item in (("slow", slow), ("victim", victim))]
