@@ -65,6 +65,7 @@ class Server:
         self.threads = PluginThreads(config.server.plugin_threads)
         self.plugins = PluginSet.load(config, self.threads)
         self.processor = ExternalProcessor(self.plugins, config.server)
+        self.install(self.plugins)
         self._loop = new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="extproc-loop", daemon=True)
         self._loop_thread.start()
@@ -106,9 +107,11 @@ class Server:
         return server, health_servicer, bound
 
     def install(self, plugins: PluginSet) -> None:
-        """New streams use `plugins`; running streams keep the set they started with."""
+        """New streams use `plugins`, and their breakers are the ones reported; running streams keep the set
+        they started with."""
         self.processor.plugins = plugins  # one attribute store: atomic for the loop thread
         self.plugins = plugins
+        metrics.breakers_in_force(plugin.breaker for plugin in plugins.plugins)
 
     def start(self) -> None:
         self._on_loop(self._start())
