@@ -171,3 +171,17 @@ def test_a_server_gives_back_the_memory_of_large_calls(server_process: tuple[Man
     # An instance of this plugin grows by over 100 MiB for an 8 MiB body; a pooled one would keep that.
     assert after_large - before < 32, (before, after_large)
     assert after_small - before < 32, (before, after_small)
+
+
+def test_streams_ended_early_do_not_keep_their_last_message(server_process: tuple[ManagedProcess, Any]) -> None:
+    # A buffered body arrives whole; the server ends the stream after answering it. grpc.aio kept each such
+    # stream's last message until the next full garbage collection while the request iterator stayed open.
+    process, stub = server_process
+    assert process.pid is not None
+    payload = b"y" * (2 * MIB)
+    exchange(stub, headers(*REQUEST), body(payload, end_of_stream=True))
+    before = rss_mib(process.pid)
+    for _ in range(24):
+        exchange(stub, headers(*REQUEST), body(payload, end_of_stream=True))
+    grown = rss_mib(process.pid) - before
+    assert grown < 24, f"RSS grew {grown:.0f} MiB over 24 streams of 2 MiB"
