@@ -173,39 +173,44 @@ class LoadedPlugin:
         admission = breaker.admit()
         if admission is Admission.REFUSED:
             raise PluginCallError(self.name, export.value, FailureKind.CIRCUIT_OPEN, "circuit breaker is open")
-        settled = False
         try:
             data = self.encode(payload)
-            attempts = self.spec.retries + 1
-            for attempt in range(1, attempts + 1):
+            attempt = 1
+            while True:
                 try:
-                    output = await self._call_once(export, data)
+                    # Inline when it may and an idle instance is at hand; otherwise on a plugin thread,
+                    # which also waits for an instance or creates one.
+                    instance = None
+                    if not self.runs_on_threads and len(data) <= INLINE_INPUT_MAX_BYTES:
+                        instance = self.pool.take_idle()
+                    if instance is None:
+                        result = await self._call_on_thread(export, data)
+                    else:
+                        result = self._call_inline(instance, export, data)
+                    output = self._output(export, result)
                 except PluginCallError as exc:
                     self.metrics.attempt_failed(export, exc.kind)
-                    if attempt < attempts and exc.kind not in _NOT_RETRIED:
+                    if attempt <= self.spec.retries and exc.kind not in _NOT_RETRIED:
                         log.warning("%s; retry %d of %d", exc, attempt, self.spec.retries, extra={"plugin": self.name})
+                        attempt += 1
                         continue
-                    settled = True
                     breaker.record_failure()
                     raise
-                settled = True
                 breaker.record_success()
                 return output
-            raise AssertionError("the last attempt returns or raises")
+        except PluginCallError:
+            raise
         except asyncio.CancelledError:
             self.metrics.cancelled(export)
+            breaker.record_abandoned(admission)
             raise
-        finally:
-            if not settled:
-                # Neither outcome (cancelled, or a bug of ours before the call): a probe must not
-                # leave the breaker half open for good.
-                breaker.record_abandoned(admission)
+        except BaseException:
+            # A bug of ours, before or after the plugin ran: it says nothing about the plugin, and a
+            # probe must not leave the breaker half open for good.
+            breaker.record_abandoned(admission)
+            raise
 
-    async def _call_once(self, export: Export, data: bytes) -> PluginOutput | None:
-        if not self.runs_on_threads and len(data) <= INLINE_INPUT_MAX_BYTES:
-            instance = self.pool.take_idle()
-            if instance is not None:
-                return self._output(export, self._call_inline(instance, export, data))
+    async def _call_on_thread(self, export: Export, data: bytes) -> RawResult:
         try:
             instance = await self.pool.acquire(self.spec.timeout_ms / 1000)
         except PoolExhausted as exc:
@@ -214,7 +219,7 @@ class LoadedPlugin:
         result = await self.threads.run(call)
         if result is None:
             raise AssertionError("a call the caller still waits for always runs")
-        return self._output(export, result)
+        return result
 
     def _call_inline(self, instance: Instance, export: Export, data: bytes) -> RawResult:
         # CPU time of this thread: what the call itself costs the loop, without waits for the GIL.
