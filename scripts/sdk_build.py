@@ -5,8 +5,8 @@ so each language builds with one pinned toolchain, the one CI installs from Debi
 
 - Rust: Debian's rustc 1.63 with `libstd-rust-dev-wasm32`, run as /usr/bin/cargo with RUSTC=/usr/bin/rustc. A
   rustup toolchain earlier on PATH (rustup's stable has no wasm32 standard library unless `rustup target add`
-  put one there) is bypassed on purpose: another rustc builds the same SDK into different bytes. Source paths
-  are remapped, so the checkout's location does not show in the module either.
+  put one there) is bypassed on purpose: another rustc builds the same SDK into different bytes. The Cargo
+  workspace at the repository root keeps the checkout's location out of the module.
 - C: Debian's clang 14 with lld, wasi-libc and the wasm32 compiler-rt builtins, through sdk/c/extproc-cc.
 
 `python scripts/sdk_build.py examples` (run by `make examples`) rebuilds every committed example of both SDKs,
@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -82,29 +83,45 @@ def _run(args: list[str | Path], cwd: Path, env: dict[str, str] | None = None) -
 
 
 def cargo_env(rustc: Path) -> dict[str, str]:
-    """The environment for the pinned cargo: its own rustc, and source paths without the checkout's location."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUSTUP_", "CARGO_BUILD_"))}
+    """The environment for the pinned cargo: its own rustc, no rustup or build settings from outside."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUSTUP_", "CARGO_", "RUSTFLAGS"))}
     env["RUSTC"] = str(rustc)
-    env["RUSTFLAGS"] = f"--remap-path-prefix={REPO_ROOT}=extproc"
     return env
 
 
+def cargo_package(package_dir: Path) -> str:
+    """The package name in `package_dir`/Cargo.toml."""
+    manifest = tomllib.loads((package_dir / "Cargo.toml").read_text())
+    name: str = manifest["package"]["name"]
+    return name
+
+
 def build_rust(package_dir: Path, out: Path) -> Path:
-    """`cargo build --release` of the cdylib package in `package_dir` for wasm32, copied to `out`."""
+    """`cargo build --release` of the cdylib package in `package_dir` (a member of the repository's Cargo
+    workspace) for wasm32, copied to `out`."""
     cargo, rustc = rust_toolchain()
-    # One target directory per package and machine, outside the work tree: cargo locks it, so concurrent
-    # builds of the same package wait for each other instead of failing.
-    target = Path(tempfile.gettempdir()) / "extproc-cargo" / package_dir.relative_to(REPO_ROOT).as_posix().replace("/", "-")
+    package = cargo_package(package_dir)
+    # Outside the work tree; cargo locks it, so concurrent builds wait for each other instead of failing.
+    target = Path(tempfile.gettempdir()) / "extproc-cargo"
     _run(
-        [cargo, "build", "--release", "--offline", "--quiet", "--target", RUST_TARGET, "--target-dir", target],
-        package_dir,
+        [
+            cargo,
+            "build",
+            "--release",
+            "--offline",
+            "--quiet",
+            "-p",
+            package,
+            "--target",
+            RUST_TARGET,
+            "--target-dir",
+            target,
+        ],
+        REPO_ROOT,
         cargo_env(rustc),
     )
-    built = list((target / RUST_TARGET / "release").glob("*.wasm"))
-    if len(built) != 1:
-        raise RuntimeError(f"cargo built {len(built)} .wasm files for {package_dir}, expected one")
     out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(built[0], out)
+    shutil.copyfile(target / RUST_TARGET / "release" / f"{package.replace('-', '_')}.wasm", out)
     return out
 
 
@@ -139,24 +156,31 @@ def build_example(language: str, name: str, out: Path) -> Path:
 
 def probe_sources(language: str) -> list[Path]:
     """Every file the probe of `language` is built from (the SDK and the probe itself)."""
-    root = RUST_SDK if language == "rust" else C_SDK
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".rs", ".toml", ".h", ".c", ""))
+    if language == "rust":
+        return sorted([*RUST_SDK.rglob("*.rs"), *RUST_SDK.rglob("Cargo.toml"), REPO_ROOT / "Cargo.toml"])
+    return sorted(p for p in C_SDK.rglob("*") if p.is_file() and p.suffix in (".h", ".c", ""))
 
 
-def probe_wasm(language: str) -> Path:
-    """The SDK's probe plugin (tests/test_sdk_json.py), rebuilt when any of its sources is newer."""
-    out = PROBE_DIR / f"{language}_sdk_probe.wasm"
+PROBES = ("json", "host")
+
+
+def probe_wasm(language: str, probe: str = "json") -> Path:
+    """An SDK's probe plugin, rebuilt when any of its sources is newer: `json` (tests/test_sdk_json.py) or `host`
+    (its host functions, tests/test_http_calls.py and tests/test_sdk_examples.py)."""
+    out = PROBE_DIR / f"{language}_sdk_{probe}_probe.wasm"
     PROBE_DIR.mkdir(parents=True, exist_ok=True)
-    with (PROBE_DIR / f".{language}_sdk_probe.lock").open("w") as lock:
+    with (PROBE_DIR / f".{out.stem}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         newest = max(p.stat().st_mtime for p in probe_sources(language))
         if not out.is_file() or out.stat().st_mtime < newest:
             tmp = out.with_suffix(".tmp")
             if language == "rust":
-                build_rust(RUST_SDK / "probe", tmp)
-            else:
-                # Compiled as C++: the header's implementation must stay valid in both languages.
+                build_rust(RUST_SDK / ("probe" if probe == "json" else "host-probe"), tmp)
+            elif probe == "json":
+                # Compiled as C++: the header must stay valid in both languages.
                 build_c([C_SDK / "tests" / "probe.c"], tmp, "-x", "c++")
+            else:
+                build_c([C_SDK / "tests" / "host_probe.c"], tmp)
             tmp.replace(out)
     return out
 
@@ -176,7 +200,7 @@ def main(argv: list[str]) -> int:
         built = (
             [build_example(language, name, example_wasm(language, name)) for name in example_names(language)]
             if what == "examples"
-            else [probe_wasm(language)]
+            else [probe_wasm(language, probe) for probe in PROBES]
         )
         for wasm in built:
             print(f"built {wasm.relative_to(REPO_ROOT)} ({wasm.stat().st_size:,} bytes)")
