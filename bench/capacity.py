@@ -248,7 +248,7 @@ def cpu_against_baseline(servers: list[Server], settings: argparse.Namespace, up
                 measure = {"duration_s": settings.duration, "connections": CONNECTIONS}
                 peak = _measure(running, server, what, Load("/"), work, **measure)
                 runs.append(peak)
-                for rate in (*SET_RATES, settings.half_rate):
+                for rate in (*SET_RATES, *((settings.half_rate,) if settings.half_rate else ())):
                     if rate <= 0.8 * peak.result.rps:
                         runs.append(_measure(running, server, what, Load("/"), work, rate=rate, **measure))
     return runs

@@ -6,6 +6,7 @@ Real plugins, real Extism instances, a real event loop; no Envoy.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from pathlib import Path
 from typing import Any
@@ -69,18 +70,57 @@ def test_a_large_input_runs_on_a_thread_and_the_plugin_stays_inline(
 
 
 def test_a_plugin_once_over_the_budget_moves_to_the_threads_for_good(
-    plugin_dir: Path, load: Any, caplog: pytest.LogCaptureFixture
+    plugin_dir: Path, load: Any, caplog: pytest.LogCaptureFixture, call_threads: list[str]
 ) -> None:
     plugin = load(plugin_dir / "transform.wasm", {"inline_call_budget_us": 1}, config={"suffix": "!"})
 
-    async def two_calls() -> None:
+    async def three_calls() -> None:
         await plugin.call(Export.REQUEST_BODY, body_input(10))
-        assert not plugin.inline  # the first took more than 1 us of CPU
+        assert plugin.inline  # a fresh instance's first call also pays for its new memory: not held against it
+        await plugin.call(Export.REQUEST_BODY, body_input(10))
+        assert not plugin.inline  # more than 1 us of CPU
         await plugin.call(Export.REQUEST_BODY, body_input(10))
 
-    asyncio.run(two_calls())
+    asyncio.run(three_calls())
+    assert call_threads[2] == "test-plugin-0"
     assert "process_request_body took" in plugin.runs_on_threads
     assert "its calls run on plugin threads from now on" in caplog.text
+
+
+def test_a_garbage_collection_during_a_call_is_not_held_against_the_plugin(
+    plugin_dir: Path, load: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin = load(plugin_dir / "transform.wasm", {"inline_call_budget_us": 1000}, config={"suffix": "!"})
+
+    def collecting(*args: Any) -> RawResult:
+        gc.collect()  # as the interpreter may at any allocation; with many objects it takes milliseconds
+        for _ in range(20_000):  # and some more CPU, so the call is surely over the budget
+            gc.collect(0)
+        return invoke(*args)
+
+    async def calls() -> None:
+        await plugin.call(Export.REQUEST_BODY, body_input(10))  # warms the instance
+        monkeypatch.setattr(loader, "invoke", collecting)
+        await plugin.call(Export.REQUEST_BODY, body_input(10))
+
+    asyncio.run(calls())
+    assert plugin.inline
+
+
+def test_a_full_pool_fails_the_call_but_leaves_the_breaker_closed(plugin_dir: Path, load: Any) -> None:
+    plugin = load(
+        plugin_dir / "scripted.wasm",
+        timeout_ms=50,
+        pool_size=1,
+        circuit_breaker={"failures": 1},
+    )
+    held = plugin.pool.take_idle()  # the only instance, busy elsewhere
+    assert held is not None
+    with pytest.raises(PluginCallError) as info:
+        asyncio.run(plugin.call(Export.REQUEST_HEADERS, HEADERS_INPUT))
+    assert info.value.kind is FailureKind.POOL_EXHAUSTED
+    # An overloaded server is not an unwell plugin: with failures: 1 a plugin failure would have opened it.
+    assert plugin.breaker.state is BreakerState.CLOSED
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import os
@@ -53,6 +54,25 @@ _CODECS: dict[Encoding, tuple[Encoder, Decoder]] = {
 
 # A retry would meet the same full pool or the same failing state backend.
 _NOT_RETRIED = frozenset({FailureKind.POOL_EXHAUSTED, FailureKind.STATE_UNAVAILABLE})
+# Failures that say the server is overloaded, not that the plugin is unwell: the request gets the plugin's
+# failure policy, but the circuit breaker is not moved (it would turn a burst into refusing every call).
+_NOT_THE_PLUGINS_FAULT = frozenset({FailureKind.POOL_EXHAUSTED})
+
+
+class _GarbageCollections:
+    """Counts the interpreter's garbage collections: a collection that ran during an inline call is not
+    the plugin's cost, so that call's CPU time is not held against it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        gc.callbacks.append(self._seen)
+
+    def _seen(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self.count += 1
+
+
+_collections = _GarbageCollections()
 
 
 def extism_config(spec: PluginConfig) -> dict[str, str]:
@@ -194,7 +214,10 @@ class LoadedPlugin:
                         log.warning("%s; retry %d of %d", exc, attempt, self.spec.retries, extra={"plugin": self.name})
                         attempt += 1
                         continue
-                    breaker.record_failure()
+                    if exc.kind in _NOT_THE_PLUGINS_FAULT:
+                        breaker.record_abandoned(admission)
+                    else:
+                        breaker.record_failure()
                     raise
                 breaker.record_success()
                 return output
@@ -223,12 +246,14 @@ class LoadedPlugin:
 
     def _call_inline(self, instance: Instance, export: Export, data: bytes) -> RawResult:
         # CPU time of this thread: what the call itself costs the loop, without waits for the GIL.
+        collections_before = _collections.count
         started = thread_time()
         result = invoke(instance, export, data, self.host, self.max_output_bytes)
         elapsed = thread_time() - started
-        self._give_back(instance, data, result)
-        if elapsed > self.inline_budget_seconds:
+        if elapsed > self.inline_budget_seconds and instance.warm and _collections.count == collections_before:
             self._demote(export, elapsed)
+        instance.warm = True
+        self._give_back(instance, data, result)
         return result
 
     def _demote(self, export: Export, elapsed: float) -> None:

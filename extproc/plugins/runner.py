@@ -37,6 +37,8 @@ class Instance:
 
     plugin: extism.Plugin
     cancel_handle: Any  # extism.CancelHandle; the binding has no type for it
+    # A first call also pays for the instance's fresh memory (page faults): it says little about the next.
+    warm: bool = False
 
 
 @dataclass(slots=True)

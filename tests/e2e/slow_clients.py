@@ -36,6 +36,8 @@ def idle_streams(port: int, count: int) -> Iterator[None]:
             await stop.wait()
             for call in calls:
                 call.cancel()
+            # Let each call see its cancellation before the loop closes under it.
+            await asyncio.gather(*(call.code() for call in calls), return_exceptions=True)
 
     thread = threading.Thread(target=loop.run_until_complete, args=(hold(),), daemon=True)
     thread.start()
