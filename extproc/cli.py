@@ -72,7 +72,7 @@ def _run(argv: Sequence[str] | None) -> int:
         # No server config: a plugin is tested or measured on its own.
         return plugin_tools.main(args)
     try:
-        config = load_config(args.config)
+        config = load_config(deploy_commands.config_path(args))
         if args.command == "check":
             return _check(config, args.envoy_config)
         if args.command in deploy_commands.COMMANDS:
