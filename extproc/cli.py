@@ -95,6 +95,12 @@ def _check(config: Config, envoy_configs: Sequence[Path]) -> int:
         state = config.state
         if state.url is not None:
             print(f"  state: {state.backend.value} at {redact_url(state.url)}, key_prefix {state.key_prefix!r}")
+        tracing = config.tracing
+        if tracing is not None:
+            print(
+                f"  tracing: OTLP {tracing.protocol} to {redact_url(tracing.endpoint)}, service.name "
+                f"{tracing.service_name!r}, sample_ratio {tracing.sample_ratio:g}"
+            )
         loaded = {plugin.name: plugin for plugin in plugins.plugins}
         for spec in config.plugins:
             plugin = loaded.get(spec.name)

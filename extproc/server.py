@@ -23,7 +23,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from extproc import metrics
+from extproc import metrics, tracing
 from extproc.admin import AdminServer, describe_plugins, registry_text
 from extproc.config import Config, ListenAddress
 from extproc.plugins.registry import PluginSet
@@ -164,6 +164,7 @@ def serve(
     On SIGTERM the health service turns NOT_SERVING for `drain_ms` (a second SIGTERM cuts that short),
     then the listener stops taking new streams and in-flight ones get `shutdown_grace_ms`.
     """
+    tracing.start(config.tracing)
     server = Server(config, host, port, admin)
     reloader = Reloader(server.plugins, server.install, server.threads)
     metrics.config_loaded(reloader.hash)
@@ -195,6 +196,7 @@ def serve(
     if watcher is not None:
         watcher.stop()
     server.stop(config.server.shutdown_grace_ms / 1000)
+    tracing.stop()
     log.info("stopped")
 
 

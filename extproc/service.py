@@ -19,7 +19,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
-from extproc import envoy, logs, metrics
+from extproc import envoy, logs, metrics, tracing
 from extproc.config import ServerConfig
 from extproc.contract import ImmediateReply
 from extproc.metrics import StreamEnd
@@ -80,12 +80,15 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         metrics.STREAMS.started()
         how = StreamEnd.DONE
         bound = False
+        traced = None
         try:
             async for request in requests:
                 watch.waiting_since = math.inf
                 if not bound:
                     logs.bind_stream(request)  # records of this stream get its x-request-id
                     bound = True
+                    if tracing.tracer is not None:
+                        traced = tracing.tracer.stream_started(request, context)
                 try:
                     reply = await stream.handle(request)
                 except Exception:
@@ -114,6 +117,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             metrics.STREAMS.ended(how)
             if bound:
                 logs.unbind_stream()
+            if traced is not None:
+                traced.end(how)
 
     async def close_idle_streams(self) -> None:
         """Runs for the life of the server: closes streams that waited for Envoy longer than the limit."""
