@@ -13,7 +13,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from types import FrameType
 from typing import Any, Final, TypeVar
 
@@ -66,6 +66,7 @@ class Server:
             raise
         self.address = f"{host}:{self.port}"
         self.draining = False
+        metrics.watch_pools(self._pool_use)
         self.admin = AdminServer(admin, self, token=config.server.admin_token) if admin is not None else None
 
     def _on_loop(self, work: Coroutine[Any, Any, _T]) -> _T:
@@ -124,6 +125,7 @@ class Server:
         self._close_loop()
         self.threads.close()
         self.plugins.close()
+        metrics.unwatch_pools(self._pool_use)
         if self.admin is not None:
             self.admin.stop()
 
@@ -138,6 +140,11 @@ class Server:
         self._loop.close()
 
     # --- what the admin endpoint reports ----------------------------------------------------
+
+    def _pool_use(self) -> Iterator[metrics.PoolUse]:
+        for plugin in self.plugins.plugins:
+            pool = plugin.pool
+            yield plugin.name, pool.size, pool.idle, pool.max_size
 
     def metrics_text(self) -> bytes:
         return registry_text()
