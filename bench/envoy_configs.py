@@ -29,6 +29,11 @@ BENCH_HEADER = ("x-bench", "1")
 
 # Paths of the upstream: /body/<n> answers n bytes, everything else a short body.
 RESPONSE_BODY_SIZES = (1024, 64 * 1024)
+# /slow answers after this long (a fault filter delay): an upstream whose latency, not its CPU, bounds it.
+SLOW_PATH = "/slow"
+SLOW_UPSTREAM_MS = 100
+_FAULT = "envoy.filters.http.fault"
+_FAULT_TYPE = _TYPE + "envoy.extensions.filters.http.fault.v3.HTTPFault"
 # Envoy refuses direct_response bodies above 4 KiB unless the route config raises the limit.
 _MAX_DIRECT_BODY = 1024 * 1024
 
@@ -148,7 +153,8 @@ def parse_call_log(text: str, start: float, end: float) -> list[CallRecord]:
 
 
 def upstream_bootstrap(*, listen_port: int, admin_port: int) -> dict[str, Any]:
-    """An Envoy answering every request itself (direct_response): an upstream that costs little CPU.
+    """An Envoy answering every request itself (direct_response): an upstream that costs little CPU;
+    /slow answers after SLOW_UPSTREAM_MS.
 
     The buffer filter makes it read the whole request body before answering; answering early
     would make Envoy close the connection, and the proxy would reconnect per request.
@@ -160,7 +166,16 @@ def upstream_bootstrap(*, listen_port: int, admin_port: int) -> dict[str, Any]:
         }
         for size in RESPONSE_BODY_SIZES
     ]
-    routes.append({"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}})
+    ok = {"status": 200, "body": {"inline_string": "ok\n"}}
+    slow = {"fixed_delay": f"{SLOW_UPSTREAM_MS / 1000}s", "percentage": {"numerator": 100}}
+    routes.append(
+        {
+            "match": {"prefix": SLOW_PATH},
+            "direct_response": ok,
+            "typed_per_filter_config": {_FAULT: {"@type": _FAULT_TYPE, "delay": slow}},
+        }
+    )
+    routes.append({"match": {"prefix": "/"}, "direct_response": ok})
     hcm = {
         "@type": _HCM_TYPE,
         "stat_prefix": "upstream",
@@ -171,6 +186,8 @@ def upstream_bootstrap(*, listen_port: int, admin_port: int) -> dict[str, Any]:
             "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
         },
         "http_filters": [
+            # No fault of its own: only the /slow route's override delays anything.
+            {"name": _FAULT, "typed_config": {"@type": _FAULT_TYPE}},
             {
                 "name": "envoy.filters.http.buffer",
                 "typed_config": {

@@ -50,9 +50,9 @@ class AdminBackend(Protocol):
 
 
 def describe_plugins(config: Config, loaded: PluginSet) -> list[dict[str, Any]]:
-    """Every configured plugin, in config order: what it is, what it runs, and its state."""
+    """Every configured plugin, in config order: what it is, what it runs, and its state (that of its
+    breaker in `loaded`, the set in force)."""
     by_name = {plugin.name: plugin for plugin in loaded.plugins}
-    breakers = metrics.breaker_states()
     described: list[dict[str, Any]] = []
     for spec in config.plugins:
         plugin = by_name.get(spec.name)
@@ -64,7 +64,7 @@ def describe_plugins(config: Config, loaded: PluginSet) -> list[dict[str, Any]]:
                 "sha256": plugin.sha256,
                 "exports": sorted(export.value for export in plugin.module_exports),
                 "execution_points": sorted(POINT_OF_EXPORT[export].value for export in plugin.exports),
-                "state": breakers.get(spec.name, "closed"),
+                "state": plugin.breaker.state.value,
             }
         described.append(entry)
     return described

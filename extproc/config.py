@@ -84,6 +84,7 @@ _PLUGIN_KEYS: Final = (
     "allowed_hosts",
     "max_http_response_bytes",
     "state_failure",
+    "max_output_bytes",
 )
 _STATE_KEYS: Final = ("backend", "url", "key_prefix", "timeout_ms")
 _REDIS_ONLY_KEYS: Final = ("url", "key_prefix", "timeout_ms")
@@ -313,6 +314,9 @@ class PluginConfig:
     # When the state backend is down or slow: fail_open = the host functions act as if the store were empty
     # and every write succeeded; fail_closed = the call fails and `on_error` applies.
     state_failure: FailurePolicy = FailurePolicy.FAIL_OPEN
+    # A larger output (what the plugin returns, before decoding) is a bad_output failure. None: derived
+    # from server.max_body_bytes (see loader.default_max_output_bytes).
+    max_output_bytes: int | None = None
 
     def config_json(self) -> str:
         return json.dumps(self.config, default=_thaw, ensure_ascii=False, allow_nan=False)
@@ -689,6 +693,7 @@ def _plugin(value: object, key: str, base_dir: Path) -> PluginConfig:
             m, key, "max_http_response_bytes", _positive_int, defaults.max_http_response_bytes
         ),
         state_failure=_optional(m, key, "state_failure", _failure_policy, defaults.state_failure),
+        max_output_bytes=_optional(m, key, "max_output_bytes", _positive_int, defaults.max_output_bytes),
     )
 
 

@@ -159,7 +159,9 @@ def build_input(
     if response is not None:
         status = _pseudo_headers(response.headers).get(":status", "")
         http_response: dict[str, Any] = {
-            "status": int(status) if status.isascii() and status.isdigit() else 0,
+            # Three digits or 0: a longer digit string (nothing guarantees Envoy checked it) would overflow
+            # the field's integer type, and the input could not be encoded.
+            "status": int(status) if len(status) == 3 and status.isascii() and status.isdigit() else 0,
             "headers": _headers_json(response.headers),
         }
         if response.body is not None:

@@ -3,8 +3,9 @@
 The per-request metrics (plugin calls, streams, immediate responses) are plain counters behind one
 lock each and are turned into Prometheus families only when scraped: prometheus-client's own
 Histogram.observe costs about 2 us on the reference machine, this costs about a third of that, and a
-request makes one observation per plugin call. Rare events (reloads, breaker changes) use the
-library's metric types directly.
+request makes one observation per plugin call. Rare events (reloads, restarts, recycled instances)
+use the library's metric types directly. Circuit breaker states are read from the serving plugin set
+when scraped.
 
 Everything lives in REGISTRY, not in prometheus-client's global default registry, so that embedding
 code and tests can tell our metrics apart; the process and platform collectors are added to it.
@@ -18,7 +19,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
-from typing import Final
+from typing import Final, NamedTuple
 
 from prometheus_client import (
     CollectorRegistry,
@@ -34,6 +35,7 @@ from prometheus_client.registry import Collector
 from extproc import __version__
 from extproc.contract import Export
 from extproc.errors import FailureKind
+from extproc.plugins.breaker import BreakerState, CircuitBreaker
 
 # From 50 us (a trivial plugin) to the largest sensible timeout; a plugin call is rarely below 20 us.
 LATENCY_BUCKETS: Final = (
@@ -53,18 +55,26 @@ LATENCY_BUCKETS: Final = (
     1.0,
     2.5,
 )
-BREAKER_STATES: Final = ("closed", "open", "half_open")
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 
 
-class PhaseMetrics:
-    """Calls of one export of one plugin: latency buckets, their sum, failures by kind, and calls
-    abandoned because their stream ended first (neither a success nor a failure)."""
+class PhaseSnapshot(NamedTuple):
+    buckets: list[int]  # latency bucket counts; the last is +Inf
+    seconds: float  # the latencies' sum
+    failures: dict[FailureKind, int]  # calls that failed, by the kind of their last attempt
+    cancelled: int
+    attempt_failures: dict[FailureKind, int]  # every attempt that failed, retried or not
 
-    __slots__ = ("_buckets", "_cancelled", "_failures", "_lock", "_sum")
+
+class PhaseMetrics:
+    """Calls of one export of one plugin: latency buckets, their sum, failures by kind, calls abandoned
+    because their stream ended first (neither a success nor a failure), and failed attempts by kind (a
+    call with retries makes several; a retry that succeeds leaves a successful call)."""
+
+    __slots__ = ("_attempt_failures", "_buckets", "_cancelled", "_failures", "_lock", "_sum")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -72,6 +82,7 @@ class PhaseMetrics:
         self._sum = 0.0
         self._failures = dict.fromkeys(FailureKind, 0)
         self._cancelled = 0
+        self._attempt_failures = dict.fromkeys(FailureKind, 0)
 
     def record(self, seconds: float, failure: FailureKind | None = None) -> None:
         index = bisect_left(LATENCY_BUCKETS, seconds)  # first bound >= seconds: Prometheus' "le"
@@ -85,9 +96,15 @@ class PhaseMetrics:
         with self._lock:
             self._cancelled += 1
 
-    def snapshot(self) -> tuple[list[int], float, dict[FailureKind, int], int]:
+    def attempt_failed(self, kind: FailureKind) -> None:
         with self._lock:
-            return list(self._buckets), self._sum, dict(self._failures), self._cancelled
+            self._attempt_failures[kind] += 1
+
+    def snapshot(self) -> PhaseSnapshot:
+        with self._lock:
+            return PhaseSnapshot(
+                list(self._buckets), self._sum, dict(self._failures), self._cancelled, dict(self._attempt_failures)
+            )
 
 
 class PluginMetrics:
@@ -104,6 +121,9 @@ class PluginMetrics:
 
     def cancelled(self, export: Export) -> None:
         self.phases[export].cancelled()
+
+    def attempt_failed(self, export: Export, kind: FailureKind) -> None:
+        self.phases[export].attempt_failed(kind)
 
 
 class StreamEnd(enum.StrEnum):
@@ -177,12 +197,20 @@ class _RequestCollector(Collector):
             "Plugin calls abandoned because Envoy ended their stream first (not failures)",
             labels=("plugin", "phase"),
         )
+        attempt_failures = CounterMetricFamily(
+            "extproc_plugin_attempt_failures",
+            "Failed attempts of plugin calls by kind, retried or not (a call with retries makes several attempts)",
+            labels=("plugin", "phase", "kind"),
+        )
         for plugin in plugins:
             for export, phase in plugin.phases.items():
-                buckets, total, failed, cancelled = phase.snapshot()
+                buckets, total, failed, cancelled, attempts_failed = phase.snapshot()
                 labels = [plugin.name, export.value]
                 if cancelled:
                     cancelled_calls.add_metric(labels, cancelled)
+                for kind, n in attempts_failed.items():
+                    if n:
+                        attempt_failures.add_metric([*labels, kind.value], n)
                 count = sum(buckets)
                 if count == 0:
                     continue  # exports the plugin lacks (or never ran) would be noise
@@ -215,7 +243,7 @@ class _RequestCollector(Collector):
         )
         for status, n in sorted(immediate.items()):
             replies.add_metric([str(status)], n)
-        yield from (calls, failures, cancelled_calls, latency, streams, endings, active, replies)
+        yield from (calls, failures, attempt_failures, cancelled_calls, latency, streams, endings, active, replies)
 
     def describe(self) -> Iterable[Metric]:
         # Returning nothing here keeps registration from calling collect() before any data exists.
@@ -271,12 +299,6 @@ _CONFIG: Final = Gauge(
     labelnames=("sha256",),
     registry=REGISTRY,
 )
-_BREAKER: Final = Gauge(
-    "extproc_plugin_circuit_breaker_state",
-    "1 for the circuit breaker state a plugin is in, 0 for the others",
-    labelnames=("plugin", "state"),
-    registry=REGISTRY,
-)
 _BUILD: Final = Info("extproc_build", "Versions of this server and what it runs on", registry=REGISTRY)
 _WORKER_RESTARTS: Final = Counter(
     "extproc_worker_restarts", "Worker processes restarted after they died", registry=REGISTRY
@@ -288,6 +310,13 @@ _STATE_FAILURES: Final = Counter(
     labelnames=("plugin", "function", "policy"),
     registry=REGISTRY,
 )
+# Moves only after calls that moved over a MiB, which cost far more than the counter.
+_RECYCLED: Final = Counter(
+    "extproc_plugin_instances_recycled",
+    "Plugin instances dropped after a call that moved more than 1 MiB, so they do not keep the memory it took",
+    labelnames=("plugin",),
+    registry=REGISTRY,
+)
 _STATE_UP: Final = Gauge(
     "extproc_state_backend_up",
     "1 while the state backend answers, 0 after a failed command until one succeeds (absent: in-memory state)",
@@ -295,8 +324,35 @@ _STATE_UP: Final = Gauge(
     registry=REGISTRY,
 )
 
-_breaker_lock = threading.Lock()
-_breaker_states: dict[str, str] = {}
+
+class _BreakerCollector(Collector):
+    """The circuit breakers of the plugin set in force, read at scrape time.
+
+    Read rather than pushed on each change: a set being loaded (maybe never to serve) or one that only
+    finishes its streams after a reload has breakers under the same plugin names.
+    """
+
+    def __init__(self) -> None:
+        self.in_force: tuple[CircuitBreaker, ...] = ()
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "extproc_plugin_circuit_breaker_state",
+            "1 for the circuit breaker state a plugin of the serving set is in, 0 for the others",
+            labels=("plugin", "state"),
+        )
+        for breaker in self.in_force:
+            current = breaker.state
+            for state in BreakerState:
+                family.add_metric([breaker.plugin, state.value], 1 if state is current else 0)
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+
+_BREAKERS: Final = _BreakerCollector()
+REGISTRY.register(_BREAKERS)
 
 
 def _distribution_version(name: str) -> str:
@@ -342,20 +398,9 @@ def config_loaded(config_hash: str) -> None:
     _CONFIG.labels(config_hash).set(1)
 
 
-def breaker_state(plugin: str, state: str) -> None:
-    """Called by the circuit breaker on each state change (its `on_change` listener)."""
-    if state not in BREAKER_STATES:
-        raise ValueError(f"unknown circuit breaker state {state!r} for plugin {plugin!r}")
-    with _breaker_lock:
-        _breaker_states[plugin] = state
-        for name in BREAKER_STATES:
-            _BREAKER.labels(plugin, name).set(1 if name == state else 0)
-
-
-def breaker_states() -> dict[str, str]:
-    """The last state each plugin's breaker reported; plugins never reported are closed."""
-    with _breaker_lock:
-        return dict(_breaker_states)
+def breakers_in_force(breakers: Iterable[CircuitBreaker]) -> None:
+    """The breakers extproc_plugin_circuit_breaker_state shows from now on: the plugin set just put in force."""
+    _BREAKERS.in_force = tuple(breakers)
 
 
 def worker_restarted() -> None:
@@ -364,6 +409,10 @@ def worker_restarted() -> None:
 
 def state_failure(plugin: str, function: str, policy: str) -> None:
     _STATE_FAILURES.labels(plugin, function, policy).inc()
+
+
+def instance_recycled(plugin: str) -> None:
+    _RECYCLED.labels(plugin).inc()
 
 
 def state_backend_up(backend: str, up: bool) -> None:

@@ -230,7 +230,7 @@ async def _instance_memory(plugin: LoadedPlugin, export: Export, payload: Mappin
             instance = await plugin.pool.acquire(1.0)
             instances.append(plugin.pool.factory() if instance is None else instance)
         for instance in instances:
-            invoke(instance, export, data, plugin.host)
+            invoke(instance, export, data, plugin.host, plugin.max_output_bytes)
         return max(0, (_rss_bytes() - before) // MEMORY_SAMPLE_INSTANCES)
     finally:
         for instance in instances:

@@ -42,6 +42,17 @@ _MESSAGE_OVERHEAD_BYTES: Final = 1024 * 1024
 _T = TypeVar("_T")
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop where it is installed: for the same streams it executes about a fifth fewer
+    instructions per request than asyncio's own loop (docs/performance.md)."""
+    try:
+        import uvloop
+    except ImportError:  # a platform without uvloop (Windows): asyncio's loop serves as well, slower
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
 class Server:
     """A gRPC listener with its event loop running; `port` is the bound port (useful with port 0).
 
@@ -54,7 +65,8 @@ class Server:
         self.threads = PluginThreads(config.server.plugin_threads)
         self.plugins = PluginSet.load(config, self.threads)
         self.processor = ExternalProcessor(self.plugins, config.server)
-        self._loop = asyncio.new_event_loop()
+        self.install(self.plugins)
+        self._loop = new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="extproc-loop", daemon=True)
         self._loop_thread.start()
         self._idle_watch: asyncio.Task[None] | None = None
@@ -96,9 +108,11 @@ class Server:
         return server, health_servicer, bound
 
     def install(self, plugins: PluginSet) -> None:
-        """New streams use `plugins`; running streams keep the set they started with."""
+        """New streams use `plugins`, and their breakers are the ones reported; running streams keep the set
+        they started with."""
         self.processor.plugins = plugins  # one attribute store: atomic for the loop thread
         self.plugins = plugins
+        metrics.breakers_in_force(plugin.breaker for plugin in plugins.plugins)
 
     def start(self) -> None:
         self._on_loop(self._start())

@@ -19,16 +19,17 @@ def clock() -> Clock:
     return Clock()
 
 
-def make(clock: Clock, failures: int = 3, cooldown_ms: int = 1000) -> tuple[CircuitBreaker, list[BreakerState]]:
-    changes: list[BreakerState] = []
-    breaker = CircuitBreaker(
-        "p", BreakerConfig(failures=failures, cooldown_ms=cooldown_ms), clock, lambda _, s: changes.append(s)
-    )
-    return breaker, changes
+def make(clock: Clock, failures: int = 3, cooldown_ms: int = 1000) -> CircuitBreaker:
+    return CircuitBreaker("p", BreakerConfig(failures=failures, cooldown_ms=cooldown_ms), clock)
 
 
-def test_opens_after_consecutive_failures(clock: Clock) -> None:
-    breaker, changes = make(clock)
+def changes(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The state changes the breaker logged, as "from -> to"."""
+    return [" ".join(record.getMessage().split()[3:6]) for record in caplog.records if record.name == "extproc.breaker"]
+
+
+def test_opens_after_consecutive_failures(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    breaker = make(clock)
     for _ in range(2):
         assert breaker.allow()
         breaker.record_failure()
@@ -36,11 +37,11 @@ def test_opens_after_consecutive_failures(clock: Clock) -> None:
     breaker.record_failure()
     assert breaker.state is BreakerState.OPEN
     assert not breaker.allow()
-    assert changes == [BreakerState.CLOSED, BreakerState.OPEN]
+    assert changes(caplog) == ["closed -> open"]
 
 
 def test_success_resets_the_count(clock: Clock) -> None:
-    breaker, _ = make(clock)
+    breaker = make(clock)
     breaker.record_failure()
     breaker.record_failure()
     breaker.record_success()
@@ -49,8 +50,8 @@ def test_success_resets_the_count(clock: Clock) -> None:
     assert breaker.state is BreakerState.CLOSED
 
 
-def test_one_probe_after_cooldown_closes_on_success(clock: Clock) -> None:
-    breaker, changes = make(clock)
+def test_one_probe_after_cooldown_closes_on_success(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    breaker = make(clock)
     for _ in range(3):
         breaker.record_failure()
     clock.now += 0.999
@@ -61,11 +62,11 @@ def test_one_probe_after_cooldown_closes_on_success(clock: Clock) -> None:
     breaker.record_success()
     assert breaker.state is BreakerState.CLOSED
     assert breaker.allow()
-    assert changes == [BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+    assert changes(caplog) == ["closed -> open", "open -> half_open", "half_open -> closed"]
 
 
 def test_failed_probe_reopens_for_a_full_cooldown(clock: Clock) -> None:
-    breaker, _ = make(clock)
+    breaker = make(clock)
     for _ in range(3):
         breaker.record_failure()
     clock.now += 1
@@ -76,9 +77,9 @@ def test_failed_probe_reopens_for_a_full_cooldown(clock: Clock) -> None:
     assert not breaker.allow()
 
 
-def test_zero_failures_never_opens(clock: Clock) -> None:
-    breaker, changes = make(clock, failures=0)
+def test_zero_failures_never_opens(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    breaker = make(clock, failures=0)
     for _ in range(100):
         breaker.record_failure()
     assert breaker.allow()
-    assert changes == [BreakerState.CLOSED]
+    assert changes(caplog) == []

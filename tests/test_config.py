@@ -301,6 +301,9 @@ BAD = [
     ("negative grace", "server: {shutdown_grace_ms: -1}\nplugins: []\n", "server.shutdown_grace_ms", "non-negative"),
     ("zero memory", plugin("memory_limit_mb: 0\n"), "plugins[0].memory_limit_mb", "got 0"),
     ("zero pool", plugin("pool_size: 0\n"), "plugins[0].pool_size", "got 0"),
+    ("zero output cap", plugin("max_output_bytes: 0\n"), "plugins[0].max_output_bytes", "got 0"),
+    ("text output cap", plugin("max_output_bytes: 1MiB\n"), "plugins[0].max_output_bytes", "'1MiB'"),
+    ("float output cap", plugin("max_output_bytes: 1.5\n"), "plugins[0].max_output_bytes", "1.5"),
     ("zero threads", "server: {plugin_threads: 0}\nplugins: []\n", "server.plugin_threads", "got 0"),
     ("zero streams", "server: {max_concurrent_streams: 0}\nplugins: []\n", "server.max_concurrent_streams", "got 0"),
     (

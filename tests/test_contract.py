@@ -62,6 +62,20 @@ def test_binary_body_is_base64() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("status", "number"),
+    [("204", 204), ("9" * 39, 0), ("20", 0), ("2000", 0), ("", 0), ("abc", 0), ("\u0663\u0660\u0660", 0)],
+    ids=["three-digits", "thirty-nine-nines", "two-digits", "four-digits", "empty", "letters", "arabic-digits"],
+)
+def test_response_status_is_a_number_only_when_it_is_three_digits(status: str, number: int) -> None:
+    view = MessageView(headers=[(":status", status)])
+    data = build_input(Export.RESPONSE_HEADERS, "p", REQUEST, view, {}, {})
+    assert data["response"]["status"] == number
+    assert data["response"]["headers"] == [{"name": ":status", "value": status}]
+    for encode in (encode_json, encode_protobuf):
+        assert encode(data)  # the input must encode whatever Envoy sent
+
+
 def test_json_and_protobuf_inputs_describe_the_same_message() -> None:
     data = build_input(Export.REQUEST_HEADERS, "p", REQUEST, None, {"n": 1.0}, {"ns": {"k": "v"}})
     from_json = plugin_pb2.PluginInput()

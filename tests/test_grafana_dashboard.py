@@ -24,13 +24,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import (
     ManagedProcess,
+    _server_env,
     default_server_cmd,
     free_port,
-    server_env,
     wait_for_http_ready,
     wait_until,
 )
-from tests.test_grpc_stream import REQUEST, exchange, headers, scripted
+from tests.test_grpc_stream import REQUEST, body, exchange, headers, scripted
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "extproc.json"
 # Added by Prometheus to every scraped sample, or by the supervisor with --workers.
@@ -131,6 +131,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory, plugin_dir: Path) -> dict
             "match": {"path_prefix": "/trap"},
             "circuit_breaker": {"failures": 1},
         },
+        # A call whose input and output add up to over 1 MiB gets its instance recycled.
+        {
+            "name": "big",
+            "path": str(plugin_dir / "transform.wasm"),
+            "match": {"path_prefix": "/big"},
+            "execution_points": ["request_body"],
+            "memory_limit_mb": 64,
+        },
         # Long enough to be cancelled mid-call; calls on threads (inline_call_budget_us 0) can be.
         {"name": "slow", "path": str(plugin_dir / "loop.wasm"), "match": {"path_prefix": "/slow"}, "timeout_ms": 3000},
     ]
@@ -139,15 +147,20 @@ def exported(tmp_path_factory: pytest.TempPathFactory, plugin_dir: Path) -> dict
     config.write_text(json.dumps({"server": {"inline_call_budget_us": 0}, "plugins": plugins}))
     port, admin = free_port(), free_port()
     argv = [*default_server_cmd(config, port), "--admin-listen", f"127.0.0.1:{admin}"]
-    with ManagedProcess("extproc server", argv, workdir / "server.log", env=server_env()) as server:
+    with ManagedProcess("extproc server", argv, workdir / "server.log", env=_server_env()) as server:
         url = f"http://127.0.0.1:{admin}"
         wait_for_http_ready(f"{url}/readyz", 30, process=server)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = ep_grpc.ExternalProcessorStub(channel)
             for prefix in ("/ok", "/trap", "/trap"):  # the second trap call meets the open breaker
-                exchange(stub, headers(*[(k, prefix if k == ":path" else v) for k, v in REQUEST]))
+                exchange(stub, request_to(prefix))
+            exchange(stub, request_to("/big"), body(b"x" * 600 * 1024, end_of_stream=True))
             cancel_a_call_mid_flight(stub, f"{url}/metrics")
         return scrape(f"{url}/metrics")
+
+
+def request_to(path: str) -> Any:
+    return headers(*[(name, path if name == ":path" else value) for name, value in REQUEST])
 
 
 def scrape(url: str) -> dict[str, set[str]]:
@@ -164,7 +177,7 @@ def cancel_a_call_mid_flight(stub: Any, url: str) -> None:
     hold = threading.Event()  # keeps the request stream open, as Envoy does while it waits
 
     def requests() -> Iterator[Any]:
-        yield headers(*[(k, "/slow" if k == ":path" else v) for k, v in REQUEST])
+        yield request_to("/slow")
         hold.wait()
 
     call = stub.Process(requests(), timeout=30)
@@ -195,12 +208,10 @@ def test_every_label_a_query_uses_exists_on_its_metrics(exported: dict[str, set[
 
 
 def test_every_extproc_family_has_a_panel(exported: dict[str, set[str]]) -> None:
-    used = set().union(*(q.metrics for q in queries().values()))
-    families = {
-        re.sub(r"_(bucket|sum|count|total|created)$", "", name) for name in exported if name.startswith("extproc_")
-    }
-    shown = {re.sub(r"_(bucket|sum|count|total)$", "", name) for name in used}
-    assert families - shown == set(), "exported but on no panel"
+    family = re.compile(r"_(bucket|sum|count|total|created)$")
+    used = {family.sub("", name) for query in queries().values() for name in query.metrics}
+    exported_families = {family.sub("", name) for name in exported if name.startswith("extproc_")}
+    assert exported_families - used == set(), "exported but on no panel"
 
 
 def test_the_pool_gauges_count_instances(exported: dict[str, set[str]]) -> None:

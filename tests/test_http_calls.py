@@ -1,6 +1,7 @@
 """Plugin HTTP calls (extproc/plugins/http_calls.py and the extproc_http_request host function) against a
 real loopback HTTP server: every redirect hop checked against allowed_hosts, the response size and the
-time bounded, and every failure a value the plugin reads (through the SDK's Http, in a probe plugin)."""
+time bounded, and every failure a value the plugin reads (through each SDK's HTTP client, in a probe plugin:
+sdk/assemblyscript/tests/http_probe.ts and its Rust and C twins, test ids assemblyscript_sdk, rust_sdk, c_sdk)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import pytest
 from extproc.plugins import http_calls
 from extproc.plugins.http_calls import ErrorKind, HttpCallError, HttpPolicy, HttpRequest, fetch, parse_request
 from extproc.testing import PluginHarness, request
+from scripts import sdk_build
 from tests.e2e.test_tls import Authority
 from tests.examples_build import EXAMPLES_DIR, REPO_ROOT, ensure_installed
 from tests.npm import npm
@@ -336,8 +338,13 @@ def test_parse_request_defaults() -> None:
 # --- through a plugin: the SDK's Http on the host function --------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def probe_wasm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+SDKS = ["assemblyscript", "rust", "c"]
+
+
+@pytest.fixture(scope="module", params=SDKS, ids=[f"{sdk}_sdk" for sdk in SDKS])
+def probe_wasm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if request.param != "assemblyscript":
+        return sdk_build.probe_wasm(request.param, "host")
     ensure_installed()  # examples/ has assemblyscript and the SDK's extproc-build
     wasm = tmp_path_factory.mktemp("sdk-http") / "http_probe.wasm"
     npm(["exec", "--", "extproc-build", str(PROBE_SOURCE), "-o", str(wasm)], EXAMPLES_DIR)
@@ -346,6 +353,8 @@ def probe_wasm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def probe(wasm: Path, config: dict[str, Any], **settings: Any) -> Any:
     settings.setdefault("allowed_hosts", ["127.0.0.1"])
+    # The Rust and C probes also export process_request_headers (their key-value checks).
+    settings.setdefault("execution_points", ["generate_response"])
     with PluginHarness(wasm, config=config, **settings) as harness:
         result = harness.run(request())
     assert result.status == 200, result

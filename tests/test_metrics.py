@@ -9,9 +9,11 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from extproc import metrics
+from extproc.config import BreakerConfig
 from extproc.contract import Export
 from extproc.errors import FailureKind
 from extproc.metrics import StreamEnd
+from extproc.plugins.breaker import BreakerState, CircuitBreaker
 from extproc.workers import _MergedMetrics
 
 
@@ -73,17 +75,21 @@ def test_streams_and_immediate_responses() -> None:
     assert sample("extproc_active_streams") == active
 
 
-def test_breaker_state_is_one_hot() -> None:
-    metrics.breaker_state("unit-breaker", "open")
-    metrics.breaker_state("unit-breaker", "half_open")
-    states = {
-        state: sample("extproc_plugin_circuit_breaker_state", plugin="unit-breaker", state=state)
-        for state in metrics.BREAKER_STATES
-    }
-    assert states == {"closed": 0, "open": 0, "half_open": 1}
-    assert metrics.breaker_states()["unit-breaker"] == "half_open"
-    with pytest.raises(ValueError, match="unknown circuit breaker state 'ajar' for plugin 'unit-breaker'"):
-        metrics.breaker_state("unit-breaker", "ajar")
+def test_the_gauge_shows_the_breakers_in_force_one_hot() -> None:
+    one_failure = BreakerConfig(failures=1)
+    opened, closed = CircuitBreaker("unit-opened", one_failure), CircuitBreaker("unit-closed", one_failure)
+    opened.record_failure()
+    metrics.breakers_in_force([opened, closed])
+
+    def shown(plugin: str) -> dict[str, float | None]:
+        return {
+            state: sample("extproc_plugin_circuit_breaker_state", plugin=plugin, state=state) for state in BreakerState
+        }
+
+    assert shown("unit-opened") == {"closed": 0, "open": 1, "half_open": 0}
+    assert shown("unit-closed") == {"closed": 1, "open": 0, "half_open": 0}
+    metrics.breakers_in_force([closed])
+    assert shown("unit-opened") == {"closed": None, "open": None, "half_open": None}
 
 
 def test_config_hash_and_reloads() -> None:

@@ -28,31 +28,23 @@ class Admission(enum.Enum):
     PROBE = 2
 
 
-StateListener = Callable[[str, BreakerState], None]
-
-
 class CircuitBreaker:
-    """Thread-safe; the closed, failure-free path takes no lock."""
+    """Thread-safe; the closed, failure-free path takes no lock.
 
-    def __init__(
-        self,
-        plugin: str,
-        config: BreakerConfig,
-        clock: Callable[[], float] = time.monotonic,
-        on_change: StateListener | None = None,
-    ) -> None:
-        self._plugin = plugin
+    Nothing is published on a change: /plugins and the metrics read `state` from the breakers of the
+    plugin set in force, so a breaker of a set that never served (a failed reload) or no longer serves
+    cannot be shown in place of the live one.
+    """
+
+    def __init__(self, plugin: str, config: BreakerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.plugin = plugin
         self._threshold = config.failures
         self._cooldown = config.cooldown_ms / 1000
         self._clock = clock
-        self._on_change = on_change
         self._lock = threading.Lock()
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._opened_at = 0.0
-        if on_change is not None:
-            # A reloaded plugin starts afresh; listeners must not keep showing its predecessor's state.
-            on_change(plugin, BreakerState.CLOSED)
 
     @property
     def state(self) -> BreakerState:
@@ -113,24 +105,22 @@ class CircuitBreaker:
         if reason is not None:
             log.warning(
                 "plugin %r circuit %s -> %s: %s",
-                self._plugin,
+                self.plugin,
                 previous.value,
                 state.value,
                 reason,
-                extra={"plugin": self._plugin},
+                extra={"plugin": self.plugin},
             )
         elif state is BreakerState.OPEN:
             log.warning(
                 "plugin %r circuit %s -> open after %d consecutive failures; next probe in %.1fs",
-                self._plugin,
+                self.plugin,
                 previous.value,
                 self._failures,
                 self._cooldown,
-                extra={"plugin": self._plugin},
+                extra={"plugin": self.plugin},
             )
         else:
             log.warning(
-                "plugin %r circuit %s -> %s", self._plugin, previous.value, state.value, extra={"plugin": self._plugin}
+                "plugin %r circuit %s -> %s", self.plugin, previous.value, state.value, extra={"plugin": self.plugin}
             )
-        if self._on_change is not None:
-            self._on_change(self._plugin, state)

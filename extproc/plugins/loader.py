@@ -17,11 +17,11 @@ import extism
 import extism.extism as extism_internals
 from extism.extism import CompiledPlugin
 
-from extproc import contract, metrics
+from extproc import contract
 from extproc.config import Encoding, ExecutionPoint, PluginConfig, ServerConfig
 from extproc.contract import Export, ImmediateReply, PluginOutput
 from extproc.errors import FailureKind, OutputError, PluginCallError, PluginLoadError
-from extproc.metrics import PluginMetrics, plugin_metrics
+from extproc.metrics import PluginMetrics, instance_recycled, plugin_metrics
 from extproc.plugins.breaker import Admission, CircuitBreaker
 from extproc.plugins.host import HOST_FUNCTIONS, HTTP_REQUEST, KeyValueStore, PluginHost, default_store
 from extproc.plugins.host import NAMESPACE as HOST_NAMESPACE
@@ -76,6 +76,22 @@ def classify(error: Exception) -> FailureKind:
 # writing that much JSON alone takes a good part of a millisecond.
 INLINE_INPUT_MAX_BYTES: Final = 32 * 1024
 
+# An instance whose call took in and gave out more than this together is dropped afterwards, not pooled:
+# Wasm memory grows but never shrinks, so it would hold what it grew to for such a call until the plugin is
+# reloaded. The bytes through the call stand in for the growth (neither Extism's API nor its Python binding
+# tells an instance's memory size), and cost nothing to know: guest and kernel memory hold the input and the
+# output at least once each. A fresh instance costs 1.3-1.8 ms to create and a few ms of page faults to grow
+# again, about a tenth of the server CPU a call of this size takes (docs/operations.md, "Memory").
+RECYCLE_AFTER_BYTES: Final = 1024 * 1024
+
+
+def default_max_output_bytes(max_body_bytes: int) -> int:
+    """The largest output a plugin may give unless its `max_output_bytes` says otherwise: room for a body of
+    `max_body_bytes` as JSON text (escapes make it at most twice as long, except for control characters)
+    or base64 (4/3), plus 1 MiB for headers and metadata."""
+    return 2 * max_body_bytes + 1024 * 1024
+
+
 # Wasm instructions a call may run per millisecond of its timeout: far above what any CPU executes
 # (about 12 million per ms for a tight loop on the reference machine), so fuel never ends a call
 # the wall-clock timeout would let finish.
@@ -126,6 +142,7 @@ class LoadedPlugin:
     # What fail_closed answers; built once so a failing plugin costs no allocation per request.
     failure_reply: ImmediateReply = field(repr=False)
     max_body_bytes: int = field(repr=False)
+    max_output_bytes: int = field(repr=False)
     threads: PluginThreads = field(repr=False)
     # Why the plugin's calls never run on the event loop, or "" while they may.
     runs_on_threads: str = ""
@@ -156,58 +173,60 @@ class LoadedPlugin:
         admission = breaker.admit()
         if admission is Admission.REFUSED:
             raise PluginCallError(self.name, export.value, FailureKind.CIRCUIT_OPEN, "circuit breaker is open")
-        settled = False
         try:
             data = self.encode(payload)
-            attempts = self.spec.retries + 1
-            for attempt in range(1, attempts + 1):
+            attempt = 1
+            while True:
                 try:
-                    output = await self._call_once(export, data)
+                    # Inline when it may and an idle instance is at hand; otherwise on a plugin thread,
+                    # which also waits for an instance or creates one.
+                    instance = None
+                    if not self.runs_on_threads and len(data) <= INLINE_INPUT_MAX_BYTES:
+                        instance = self.pool.take_idle()
+                    if instance is None:
+                        result = await self._call_on_thread(export, data)
+                    else:
+                        result = self._call_inline(instance, export, data)
+                    output = self._output(export, result)
                 except PluginCallError as exc:
-                    if attempt < attempts and exc.kind not in _NOT_RETRIED:
+                    self.metrics.attempt_failed(export, exc.kind)
+                    if attempt <= self.spec.retries and exc.kind not in _NOT_RETRIED:
                         log.warning("%s; retry %d of %d", exc, attempt, self.spec.retries, extra={"plugin": self.name})
+                        attempt += 1
                         continue
-                    settled = True
                     breaker.record_failure()
                     raise
-                settled = True
                 breaker.record_success()
                 return output
-            raise AssertionError("the last attempt returns or raises")
+        except PluginCallError:
+            raise
         except asyncio.CancelledError:
             self.metrics.cancelled(export)
+            breaker.record_abandoned(admission)
             raise
-        finally:
-            if not settled:
-                # Neither outcome (cancelled, or a bug of ours before the call): a probe must not
-                # leave the breaker half open for good.
-                breaker.record_abandoned(admission)
+        except BaseException:
+            # A bug of ours, before or after the plugin ran: it says nothing about the plugin, and a
+            # probe must not leave the breaker half open for good.
+            breaker.record_abandoned(admission)
+            raise
 
-    async def _call_once(self, export: Export, data: bytes) -> PluginOutput | None:
-        if not self.runs_on_threads and len(data) <= INLINE_INPUT_MAX_BYTES:
-            instance = self.pool.take_idle()
-            if instance is not None:
-                return self._output(export, self._call_inline(instance, export, data))
+    async def _call_on_thread(self, export: Export, data: bytes) -> RawResult:
         try:
             instance = await self.pool.acquire(self.spec.timeout_ms / 1000)
         except PoolExhausted as exc:
             raise PluginCallError(self.name, export.value, FailureKind.POOL_EXHAUSTED, str(exc)) from None
-        call = ThreadedCall(instance, self.pool.factory, export, data, self.host, self._settle)
+        call = ThreadedCall(instance, self.pool.factory, export, data, self.host, self.max_output_bytes, self._settle)
         result = await self.threads.run(call)
         if result is None:
             raise AssertionError("a call the caller still waits for always runs")
-        return self._output(export, result)
+        return result
 
     def _call_inline(self, instance: Instance, export: Export, data: bytes) -> RawResult:
         # CPU time of this thread: what the call itself costs the loop, without waits for the GIL.
         started = thread_time()
-        result = invoke(instance, export, data, self.host)
+        result = invoke(instance, export, data, self.host, self.max_output_bytes)
         elapsed = thread_time() - started
-        if result.error is None:
-            self.pool.release(instance)
-        else:
-            # A trapped or interrupted instance may hold half-updated state: never reuse it.
-            self.pool.discard(instance)
+        self._give_back(instance, data, result)
         if elapsed > self.inline_budget_seconds:
             self._demote(export, elapsed)
         return result
@@ -227,20 +246,34 @@ class LoadedPlugin:
     def _settle(self, call: ThreadedCall) -> None:
         """On the loop, when a threaded call is over: the instance (or the slot) goes back to the pool."""
         result = call.result
-        # A call skipped because its caller left (None) never touched the instance.
-        sound = result is None or (isinstance(result, RawResult) and result.error is None)
-        if call.instance is not None and sound and not call.interrupted:
+        if call.instance is None or call.interrupted or isinstance(result, BaseException):
+            self.pool.discard(call.instance)
+        elif result is None:  # skipped because its caller left: the instance was never touched
             self.pool.release(call.instance)
         else:
-            self.pool.discard(call.instance)
+            self._give_back(call.instance, call.data, result)
+
+    def _give_back(self, instance: Instance, data: bytes, result: RawResult) -> None:
+        """Pool the instance again, unless its call trapped or was interrupted (it may hold half-updated
+        state) or moved more than RECYCLE_AFTER_BYTES (it keeps the memory it grew to)."""
+        if result.error is not None:
+            self.pool.discard(instance)
+        elif len(data) + result.output_size > RECYCLE_AFTER_BYTES:
+            self.pool.discard(instance)
+            instance_recycled(self.name)
+        else:
+            self.pool.release(instance)
 
     def _output(self, export: Export, result: RawResult) -> PluginOutput | None:
         if result.error is not None:
             raise PluginCallError(self.name, export.value, classify(result.error), str(result.error))
         if result.state_failure is not None:
             raise PluginCallError(self.name, export.value, FailureKind.STATE_UNAVAILABLE, str(result.state_failure))
+        if result.output is None:  # the call returned, but more than the plugin may give
+            reason = f"output of {result.output_size} bytes is over max_output_bytes ({self.max_output_bytes})"
+            raise PluginCallError(self.name, export.value, FailureKind.BAD_OUTPUT, reason)
         try:
-            output = self.decode(result.output or b"")
+            output = self.decode(result.output)
             if output is not None:
                 contract.check_for_export(output, export)
                 contract.check_body_sizes(output, self.max_body_bytes)
@@ -312,9 +345,10 @@ def load_plugin(
             state_failure=spec.state_failure,
             http=HttpPolicy(spec.allowed_hosts, spec.max_http_response_bytes),
         ),
-        breaker=CircuitBreaker(spec.name, spec.circuit_breaker, on_change=metrics.breaker_state),
+        breaker=CircuitBreaker(spec.name, spec.circuit_breaker),
         failure_reply=failure_reply(spec.error_status),
         max_body_bytes=server.max_body_bytes,
+        max_output_bytes=spec.max_output_bytes or default_max_output_bytes(server.max_body_bytes),
         threads=threads,
         runs_on_threads=_threads_only_reason(wasm, store, server),
         inline_budget_seconds=server.inline_call_budget_us / 1_000_000,

@@ -41,23 +41,27 @@ class Instance:
 
 @dataclass(slots=True)
 class RawResult:
-    """What one call of an instance gave: its output, or the Extism error that ended it, and a state
-    backend failure met by a fail_closed plugin (which fails the call even though the guest returned)."""
+    """What one call of an instance gave: its output (None when larger than allowed) and that output's size,
+    or the Extism error that ended it, and a state backend failure met by a fail_closed plugin (which fails
+    the call even though the guest returned)."""
 
     output: bytes | None
+    output_size: int
     error: extism.Error | None
     state_failure: Exception | None
 
 
-def invoke(instance: Instance, export: str, data: bytes, host: PluginHost) -> RawResult:
-    """Run one export in `instance`; host functions see `host` as their caller."""
+def invoke(instance: Instance, export: str, data: bytes, host: PluginHost, max_output_bytes: int) -> RawResult:
+    """Run one export in `instance`; host functions see `host` as their caller. An output over
+    `max_output_bytes` is left where the guest wrote it, never copied into the server."""
     host.begin_call()
     try:
-        # parse=bytes: the wrapper's default is a lambda doing the same through one more frame.
-        output: bytes = instance.plugin.call(export, data, parse=bytes, host_context=host)
+        # parse=None: the output as a view of the instance's memory, only valid until its next call.
+        view = instance.plugin.call(export, data, parse=None, host_context=host)
     except extism.Error as exc:
-        return RawResult(None, exc, host.end_call())
-    return RawResult(output, None, host.end_call())
+        return RawResult(None, 0, exc, host.end_call())
+    size = len(view)
+    return RawResult(bytes(view) if size <= max_output_bytes else None, size, None, host.end_call())
 
 
 class ThreadedCall:
@@ -76,6 +80,7 @@ class ThreadedCall:
         "instance",
         "interrupted",
         "loop",
+        "max_output_bytes",
         "new_instance",
         "result",
         "settle",
@@ -90,6 +95,7 @@ class ThreadedCall:
         export: str,
         data: bytes,
         host: PluginHost,
+        max_output_bytes: int,
         settle: Callable[[ThreadedCall], None],
     ) -> None:
         self.instance = instance
@@ -98,6 +104,7 @@ class ThreadedCall:
         self.export = export
         self.data = data
         self.host = host
+        self.max_output_bytes = max_output_bytes
         self.loop = asyncio.get_running_loop()
         self.waiter: asyncio.Future[RawResult | None] = self.loop.create_future()
         self.started = False
@@ -112,14 +119,24 @@ class ThreadedCall:
         # least one side sees the other (the GIL orders the two threads' steps).
         if not self.abandoned:
             try:
-                if self.instance is None:
-                    self.instance = self.new_instance()
-                if not self.abandoned:
-                    self.result = invoke(self.instance, self.export, self.data, self.host)
+                self.result = self._call()
             except BaseException as exc:  # handed to the loop, where the caller raises it
                 self.result = exc
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is left to tell
             self.loop.call_soon_threadsafe(self._finish)
+
+    def _call(self) -> RawResult | None:
+        instance = self.instance
+        if instance is None:
+            try:
+                instance = self.instance = self.new_instance()
+            except extism.Error as exc:
+                # The module's failure (a trapping start function, memory that cannot be reserved), so
+                # it is reported as the call's, where the plugin's on_error and breaker apply.
+                return RawResult(None, 0, extism.Error(f"cannot instantiate: {exc}"), None)
+        if self.abandoned:
+            return None
+        return invoke(instance, self.export, self.data, self.host, self.max_output_bytes)
 
     def abandon(self) -> None:
         """On the loop: the caller no longer waits. A queued call never starts; a running one is interrupted."""
@@ -185,6 +202,8 @@ class PluginThreads:
             if call is _STOP:
                 return
             call.run()
+            # Waiting for the next job must not keep this one's input, output and instance alive.
+            del call
 
     def close(self) -> None:
         """Stop the threads once the calls queued before this have run."""

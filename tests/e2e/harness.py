@@ -431,7 +431,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(_POLL_INTERVAL_S)
 
 
-def server_env() -> dict[str, str]:
+def _server_env() -> dict[str, str]:
     # The project is used from its checkout (not necessarily pip-installed), so make
     # `python -m extproc` importable regardless of pytest's working directory.
     env = dict(os.environ)
@@ -475,7 +475,7 @@ def start_stack(
         "extproc server",
         server_cmd(config_path, extproc_port),
         tmp_path / "server.log",
-        env=server_env(),
+        env=_server_env(),
         cwd=REPO_ROOT,
     )
     envoy = ManagedProcess("envoy", envoy_argv(bootstrap_path, envoy_log_level), tmp_path / "envoy.log")

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
 from .conftest import StackFactory
 from .harness import Stack, free_port, metric, request, scrape_metrics, wait_until
 from .load import run_load
+from .slow_clients import idle_streams, stalled_bodies
 
 pytestmark = pytest.mark.e2e
 
@@ -48,60 +42,10 @@ def marked(stack: Stack, path: str) -> bool:
     return dict(json.loads(response.body)["headers"]).get("x-marker") == "1"
 
 
-@contextlib.contextmanager
-def idle_streams(port: int, count: int) -> Iterator[None]:
-    """`count` ext_proc streams opened straight at the server that send nothing (a client thread each
-    would be the client's limit, not the server's, so they share one event loop)."""
-    ready = threading.Event()
-    stop: asyncio.Event | None = None
-    loop = asyncio.new_event_loop()
-
-    async def hold() -> None:
-        nonlocal stop
-        stop = asyncio.Event()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = ep_grpc.ExternalProcessorStub(channel)
-            calls = [stub.Process() for _ in range(count)]
-            # A call starts when its metadata is sent; waiting for it proves the server has the stream.
-            await asyncio.gather(*(call.wait_for_connection() for call in calls))
-            ready.set()
-            await stop.wait()
-            for call in calls:
-                call.cancel()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(hold(),), daemon=True)
-    thread.start()
-    try:
-        assert ready.wait(30), "the idle streams did not open"
-        yield
-    finally:
-        assert stop is not None
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
-
-
-@contextlib.contextmanager
-def stalled_bodies(port: int, count: int) -> Iterator[None]:
-    """`count` clients that announce a 1 MB request body, send 10 bytes of it, and wait."""
-    sockets = []
-    try:
-        for index in range(count):
-            client = socket.create_connection(("127.0.0.1", port), timeout=10)
-            sockets.append(client)
-            head = f"POST /stalled/{index} HTTP/1.1\r\nHost: test\r\nContent-Length: 1000000\r\n\r\n"
-            client.sendall(head.encode() + b"0123456789")
-        yield
-    finally:
-        for client in sockets:
-            client.close()
-
-
 def test_idle_streams_do_not_block_others(plugin_dir: Path, make_stack: StackFactory) -> None:
     config, admin_url = with_admin(marker(plugin_dir))
     with make_stack(config) as stack, idle_streams(stack.extproc_port, 300):
-        # The client has sent every stream's headers; the server starts their handlers a little later.
-        wait_until(lambda: metric(scrape_metrics(admin_url), "extproc_active_streams") >= 300, 10, "300 open streams")
+        wait_until(lambda: metric(scrape_metrics(admin_url), "extproc_active_streams") >= 300, 30, "300 idle streams")
         outcomes = run_load(stack.url, 40, 8, lambda i: (f"/during/{i}", []))
     assert [o.error for o in outcomes if o.error] == []
     assert all(o.response is not None and o.response.status == 200 for o in outcomes)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from scripts import sdk_build
 from tests.examples_build import example_wasm
 
 from .conftest import StackFactory
@@ -15,9 +16,14 @@ from .harness import Response, Upstream, request
 
 pytestmark = pytest.mark.e2e
 
+# The examples written with every SDK run the same checks (ids assemblyscript_sdk, rust_sdk, c_sdk).
+SDKS = ["assemblyscript", "rust", "c"]
+each_sdk = pytest.mark.parametrize("sdk", SDKS, ids=[f"{sdk}_sdk" for sdk in SDKS])
 
-def config_yaml(name: str, config: dict[str, Any], **fields: Any) -> str:
-    plugin = {"name": name, "path": str(example_wasm(name)), "config": config, **fields}
+
+def config_yaml(name: str, config: dict[str, Any], sdk: str = "assemblyscript", **fields: Any) -> str:
+    wasm = example_wasm(name) if sdk == "assemblyscript" else sdk_build.example_wasm(sdk, name)
+    plugin = {"name": name, "path": str(wasm), "config": config, **fields}
     return json.dumps({"plugins": [plugin]})  # JSON is YAML
 
 
@@ -25,12 +31,13 @@ def upstream_headers(response: Response) -> list[tuple[str, str]]:
     return [(name, value) for name, value in response.json()["headers"]]
 
 
-def test_header_rewrite(make_stack: StackFactory) -> None:
+@each_sdk
+def test_header_rewrite(make_stack: StackFactory, sdk: str) -> None:
     config = {
         "request": {"set": {"x-team": "payments"}, "remove": ["x-debug"], "rename": {"x-old-id": "x-client-id"}},
         "response": {"set": {"x-frame-options": "DENY"}, "remove": ["set-cookie"]},
     }
-    with make_stack(config_yaml("header-rewrite", config)) as stack:
+    with make_stack(config_yaml("header-rewrite", config, sdk)) as stack:
         response = request(
             "GET", f"{stack.url}/set-cookie", headers=[("x-debug", "1"), ("x-old-id", "a"), ("x-team", "other")]
         )
@@ -43,10 +50,11 @@ def test_header_rewrite(make_stack: StackFactory) -> None:
     assert response.header_values("set-cookie") == []
 
 
-def test_json_transform_redacted_field_never_reaches_the_upstream(make_stack: StackFactory) -> None:
+@each_sdk
+def test_json_transform_redacted_field_never_reaches_the_upstream(make_stack: StackFactory, sdk: str) -> None:
     config = {"request": {"redact": ["ssn"], "rename": {"name": "full_name"}}}
     body = json.dumps({"name": "Ada", "ssn": "123-45-6789", "plan": "pro"}).encode()
-    with make_stack(config_yaml("json-transform", config)) as stack:
+    with make_stack(config_yaml("json-transform", config, sdk)) as stack:
         response = request("POST", f"{stack.url}/users", headers=[("content-type", "application/json")], body=body)
         plain = request("POST", f"{stack.url}/notes", headers=[("content-type", "text/plain")], body=b'{"ssn":1}')
     assert response.status == 200
