@@ -1,19 +1,22 @@
-# The ext_proc server image: `docker build -t extism-extproc .`
+# syntax=docker/dockerfile:1
+# The ext_proc server image. The tag is the one docker-compose.yaml and deploy/kubernetes/ use:
+#   docker build -t extism-extproc:0.1.0 .
 # Plugins and the config are mounted at run time (see docker-compose.yaml and deploy/kubernetes/).
+# The bind mounts below need BuildKit, Docker's builder since 23.0.
 
-# --- build: a wheel of this project and of every dependency, so the runtime stage needs no compiler
+# --- build: a wheel of this project and of every dependency, so the runtime stage needs no compiler.
+# The build context is mounted, not copied: read-write only because pip builds in the source tree, and
+# what it writes there is discarded with the mount.
 FROM python:3.11-slim AS build
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY extproc ./extproc
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN --mount=type=bind,target=/src,rw \
+    pip wheel --no-cache-dir --wheel-dir /wheels /src
 
-# --- runtime
+# --- runtime: the wheels come in through a bind mount of the build stage, so no layer keeps them.
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin extproc
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels extism-extproc && rm -rf /wheels
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links /wheels extism-extproc
 WORKDIR /app
 USER 10001
 EXPOSE 50051

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
+from extproc import tracing
 from extproc.config import FailurePolicy
 from extproc.contract import Export, ImmediateReply, MessageView, build_input
 from extproc.errors import FailureKind, PluginCallError
@@ -56,13 +57,19 @@ class Exchange:
             try:
                 output = await plugin.call(export, payload)
             except PluginCallError as exc:
-                plugin.metrics.record(export, perf_counter() - started, exc.kind)
+                seconds = perf_counter() - started
+                plugin.metrics.record(export, seconds, exc.kind)
+                if tracing.tracer is not None:
+                    tracing.tracer.plugin_failed(plugin.name, export, seconds, exc, plugin.spec.on_error)
                 fail_open = plugin.spec.on_error is FailurePolicy.FAIL_OPEN
                 _log_failure(exc, export, fail_open)
                 if fail_open:
                     continue
                 return plugin.failure_reply
-            plugin.metrics.record(export, perf_counter() - started)
+            seconds = perf_counter() - started
+            plugin.metrics.record(export, seconds)
+            if tracing.tracer is not None:
+                tracing.tracer.plugin_called(plugin.name, export, seconds, output)
             if output is None:
                 continue
             if output.metadata:

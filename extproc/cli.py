@@ -72,7 +72,7 @@ def _run(argv: Sequence[str] | None) -> int:
         # No server config: a plugin is tested or measured on its own.
         return plugin_tools.main(args)
     try:
-        config = load_config(args.config)
+        config = load_config(deploy_commands.config_path(args))
         if args.command == "check":
             return _check(config, args.envoy_config)
         if args.command in deploy_commands.COMMANDS:
@@ -95,6 +95,12 @@ def _check(config: Config, envoy_configs: Sequence[Path]) -> int:
         state = config.state
         if state.url is not None:
             print(f"  state: {state.backend.value} at {redact_url(state.url)}, key_prefix {state.key_prefix!r}")
+        tracing = config.tracing
+        if tracing is not None:
+            print(
+                f"  tracing: OTLP {tracing.protocol} to {redact_url(tracing.endpoint)}, service.name "
+                f"{tracing.service_name!r}, sample_ratio {tracing.sample_ratio:g}"
+            )
         loaded = {plugin.name: plugin for plugin in plugins.plugins}
         for spec in config.plugins:
             plugin = loaded.get(spec.name)

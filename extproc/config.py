@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import importlib.util
 import ipaddress
 import json
 import math
@@ -40,7 +41,7 @@ _HOST_PATTERN_RE: Final = re.compile(rf"(?:\*\.)?{_DNS_NAME}|\[[0-9a-f:.]+\]")
 # RFC 9110 token: the syntax of both method names and header field names.
 _TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
-_TOP_KEYS: Final = ("server", "plugins", "state")
+_TOP_KEYS: Final = ("server", "plugins", "state", "tracing")
 _SERVER_KEYS: Final = (
     "listen",
     "plugin_threads",
@@ -89,6 +90,15 @@ _STATE_KEYS: Final = ("backend", "url", "key_prefix", "timeout_ms")
 _REDIS_ONLY_KEYS: Final = ("url", "key_prefix", "timeout_ms")
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 _BREAKER_KEYS: Final = ("failures", "cooldown_ms")
+_TRACING_KEYS: Final = ("endpoint", "protocol", "service_name", "sample_ratio")
+TRACING_PROTOCOLS: Final = ("grpc", "http/protobuf")
+# What each protocol needs installed: the `otel` extra (pip install 'extism-extproc[otel]').
+_TRACING_MODULES: Final = {
+    "grpc": ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"),
+    "http/protobuf": ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter"),
+}
+# The OTLP/HTTP path for traces, added to an endpoint given without one.
+OTLP_HTTP_TRACES_PATH: Final = "/v1/traces"
 MAX_RETRIES: Final = 5
 _MATCH_KEYS: Final = ("path_prefix", "path_regex", "hosts", "methods", "headers")
 _HEADER_RULE_KEYS: Final = ("name", "present", "equals")
@@ -324,11 +334,24 @@ class StateConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry spans per ext_proc stream and per plugin call, sent over OTLP (docs/operations.md)."""
+
+    endpoint: str  # grpc: http(s)://host:port; http/protobuf: the traces URL (path /v1/traces unless given)
+    protocol: str = "grpc"
+    service_name: str = "extproc"
+    # Share of the traces that start here (no sampled traceparent from Envoy) that are recorded; a request
+    # that comes with a traceparent follows its sampled flag.
+    sample_ratio: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     server: ServerConfig
     plugins: tuple[PluginConfig, ...]
     source: Path  # absolute but not resolved, see parse_config
     state: StateConfig = StateConfig()
+    tracing: TracingConfig | None = None  # None: no tracing
 
 
 def load_config(path: Path) -> Config:
@@ -365,6 +388,7 @@ def parse_config(data: object, source: Path) -> Config:
             plugins=_plugins(top["plugins"], absolute.parent),
             source=absolute,
             state=_optional(top, "", "state", _state, StateConfig()),
+            tracing=_optional(top, "", "tracing", _tracing, None),
         )
     except _Invalid as e:
         raise ConfigError(source, e.key, e.reason) from None
@@ -714,6 +738,60 @@ def _redis_url(value: object, key: str) -> str:
     if port == 0:
         raise _Invalid(key, f"port must be from 1 to 65535, got {shown}")
     return text
+
+
+def _tracing(value: object, key: str) -> TracingConfig:
+    m = _mapping(value, key, _TRACING_KEYS, required=("endpoint",))
+    defaults = TracingConfig(endpoint="")
+    protocol = _optional(m, key, "protocol", lambda v, k: _one_of(v, k, TRACING_PROTOCOLS), defaults.protocol)
+    missing = [name for name in _TRACING_MODULES[protocol] if not _importable(name)]
+    if missing:
+        raise _Invalid(
+            key,
+            f"needs OpenTelemetry ({', '.join(missing)} is not installed): pip install 'extism-extproc[otel]'",
+        )
+    return TracingConfig(
+        endpoint=_otlp_endpoint(m["endpoint"], _child(key, "endpoint"), protocol),
+        protocol=protocol,
+        service_name=_optional(m, key, "service_name", _non_empty_string, defaults.service_name),
+        sample_ratio=_optional(m, key, "sample_ratio", _ratio, defaults.sample_ratio),
+    )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def _otlp_endpoint(value: object, key: str, protocol: str) -> str:
+    text = _non_empty_string(value, key)
+    shown = repr(redact_url(text))  # errors are printed and logged; a URL may carry a password
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port  # raises ValueError when not a number from 0 to 65535
+    except ValueError as e:
+        raise _Invalid(key, f"invalid URL {shown}: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid(key, f"must be an http:// or https:// URL with a host, e.g. 'http://otel:4317', got {shown}")
+    if port == 0:
+        raise _Invalid(key, f"port must be from 1 to 65535, got {shown}")
+    if parts.query or parts.fragment:
+        raise _Invalid(key, f"must not have a query or fragment, got {shown}")
+    if protocol == "grpc":
+        if parts.path not in ("", "/"):
+            raise _Invalid(key, f"an OTLP/gRPC endpoint has no path (protocol grpc), got {shown}")
+        return text
+    if parts.path in ("", "/"):
+        return urllib.parse.urlunsplit(parts._replace(path=OTLP_HTTP_TRACES_PATH))
+    return text
+
+
+def _ratio(value: object, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise _Invalid(key, f"must be a number from 0 to 1, got {_describe(value)}")
+    return float(value)
 
 
 def _http_status(value: object, key: str) -> int:

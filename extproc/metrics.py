@@ -17,7 +17,7 @@ import enum
 import platform
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from typing import Final, NamedTuple
 
@@ -254,6 +254,42 @@ _REQUESTS: Final = _RequestCollector()
 REGISTRY.register(_REQUESTS)
 STREAMS: Final = _REQUESTS.streams
 
+# One loaded plugin's instance pool: (plugin, instances in existence or being created, idle ones, most allowed).
+PoolUse = tuple[str, int, int, int]
+
+
+class _PoolCollector(Collector):
+    """Reads the serving plugin set's pools when scraped, so the data path does no bookkeeping for it."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[PoolUse]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        source = self.source
+        if source is None:
+            return
+        instances = GaugeMetricFamily(
+            "extproc_plugin_pool_instances",
+            "Instances of a plugin by state: busy (in a call, or being created) or idle",
+            labels=("plugin", "state"),
+        )
+        most = GaugeMetricFamily(
+            "extproc_plugin_pool_max_instances", "Most instances a plugin's pool may hold", labels=("plugin",)
+        )
+        for plugin, size, idle, max_size in source():
+            # The loop thread moves instances while this reads: clamp a momentary inconsistency.
+            instances.add_metric([plugin, "busy"], max(size - idle, 0))
+            instances.add_metric([plugin, "idle"], idle)
+            most.add_metric([plugin], max_size)
+        yield from (instances, most)
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+
+_POOLS: Final = _PoolCollector()
+REGISTRY.register(_POOLS)
+
 _RELOADS: Final = Counter(
     "extproc_config_reloads", "Config reloads by result", labelnames=("result",), registry=REGISTRY
 )
@@ -336,6 +372,16 @@ _BUILD.info(
 )
 _RELOADS.labels("success")
 _RELOADS.labels("failure")
+
+
+def watch_pools(source: Callable[[], Iterable[PoolUse]]) -> None:
+    """Export the pools `source` reports (the serving plugin set's); the last server to start wins."""
+    _POOLS.source = source
+
+
+def unwatch_pools(source: Callable[[], Iterable[PoolUse]]) -> None:
+    if _POOLS.source == source:
+        _POOLS.source = None
 
 
 def plugin_metrics(name: str) -> PluginMetrics:

@@ -79,8 +79,9 @@ class Reloader:
                 log.error("reload failed, still serving the previous configuration: %s", exc)
                 metrics.config_reloaded(ok=False)
                 return ReloadResult(ok=False, message=str(exc), config_hash=self.hash)
-            if config.server != self._current.config.server:
-                log.warning("server settings changed in %s; they take effect on restart", source)
+            previous = self._current.config
+            if (config.server, config.tracing) != (previous.server, previous.tracing):
+                log.warning("server or tracing settings changed in %s; they take effect on restart", source)
             self._install(plugins)
             self._current = plugins
             self._fingerprint = _fingerprint(config)

@@ -13,7 +13,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from types import FrameType
 from typing import Any, Final, TypeVar
 
@@ -23,7 +23,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from extproc import metrics
+from extproc import metrics, tracing
 from extproc.admin import AdminServer, describe_plugins, registry_text
 from extproc.config import Config, ListenAddress
 from extproc.plugins.registry import PluginSet
@@ -78,6 +78,7 @@ class Server:
             raise
         self.address = f"{host}:{self.port}"
         self.draining = False
+        metrics.watch_pools(self._pool_use)
         self.admin = AdminServer(admin, self, token=config.server.admin_token) if admin is not None else None
 
     def _on_loop(self, work: Coroutine[Any, Any, _T]) -> _T:
@@ -138,6 +139,7 @@ class Server:
         self._close_loop()
         self.threads.close()
         self.plugins.close()
+        metrics.unwatch_pools(self._pool_use)
         if self.admin is not None:
             self.admin.stop()
 
@@ -152,6 +154,11 @@ class Server:
         self._loop.close()
 
     # --- what the admin endpoint reports ----------------------------------------------------
+
+    def _pool_use(self) -> Iterator[metrics.PoolUse]:
+        for plugin in self.plugins.plugins:
+            pool = plugin.pool
+            yield plugin.name, pool.size, pool.idle, pool.max_size
 
     def metrics_text(self) -> bytes:
         return registry_text()
@@ -178,6 +185,7 @@ def serve(
     On SIGTERM the health service turns NOT_SERVING for `drain_ms` (a second SIGTERM cuts that short),
     then the listener stops taking new streams and in-flight ones get `shutdown_grace_ms`.
     """
+    tracing.start(config.tracing)
     server = Server(config, host, port, admin)
     reloader = Reloader(server.plugins, server.install, server.threads)
     metrics.config_loaded(reloader.hash)
@@ -209,6 +217,7 @@ def serve(
     if watcher is not None:
         watcher.stop()
     server.stop(config.server.shutdown_grace_ms / 1000)
+    tracing.stop()
     log.info("stopped")
 
 

@@ -19,7 +19,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
-from extproc import envoy, logs, metrics
+from extproc import envoy, logs, metrics, tracing
 from extproc.config import ServerConfig
 from extproc.contract import ImmediateReply
 from extproc.metrics import StreamEnd
@@ -90,6 +90,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         how = StreamEnd.DONE
         bound = False
         messages = aiter(requests)
+        traced = None
         try:
             async for request in messages:
                 watch.waiting_since = math.inf
@@ -98,6 +99,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     # context and ends with it.
                     logs.bind_stream(request)
                     bound = True
+                    if tracing.tracer is not None:
+                        traced = tracing.tracer.stream_started(request, context)
                 try:
                     reply = await stream.handle(request)
                 except Exception:
@@ -126,6 +129,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         finally:
             del self._open[task]
             metrics.STREAMS.ended(how)
+            if traced is not None:
+                traced.end(how)
 
     async def close_idle_streams(self) -> None:
         """Runs for the life of the server: closes streams that waited for Envoy longer than the limit."""

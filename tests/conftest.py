@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.terminal import TerminalReporter
 
 from extproc.config import parse_config
 from extproc.plugins.host import MemoryStore
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.runner import PluginThreads
 from tests.plugins.build import ensure_built
+from tests.redis_server import MISSING as REDIS_MISSING
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +51,11 @@ def load(tmp_path: Path, threads: PluginThreads) -> Iterator[Any]:
     yield make
     for plugin in loaded:
         plugin.close()
+
+
+def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
+    # pytest lists skip reasons only with -rs: say it at the end, where a passing run is read.
+    skipped = [report for report in terminalreporter.stats.get("skipped", []) if REDIS_MISSING in str(report.longrepr)]
+    if skipped:
+        terminalreporter.write_sep("=", "Redis was not tested", yellow=True)
+        terminalreporter.write_line(f"{len(skipped)} test(s) skipped: {REDIS_MISSING}", yellow=True)

@@ -100,6 +100,14 @@ def test_bad_config_is_rejected(workdir: Path, capsys: pytest.CaptureFixture[str
     assert "Traceback" not in err
 
 
+def test_the_tracing_export_is_listed_without_credentials(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = "tracing: {endpoint: 'https://u:secret@otel.example:4317', sample_ratio: 0.25}\nplugins: []\n"
+    code, out, err = run_check(workdir, text, capsys)
+    assert code == 0, err
+    assert "  tracing: OTLP grpc to https://u:***@otel.example:4317, service.name 'extproc', sample_ratio 0.25" in out
+    assert "secret" not in out
+
+
 def test_check_runs_as_a_command(workdir: Path) -> None:
     config = workdir / "extproc.yaml"
     config.write_text("plugins:\n  - name: a\n    path: noexports.wasm\n")

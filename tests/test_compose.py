@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
-import shlex
 import subprocess
+import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from extproc.config import load_config
+from extproc.deploy import demo_bundle
 from tests.e2e.harness import envoy_binary, envoy_validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,16 +159,67 @@ def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     assert next(args for op, args in steps if op == "ENTRYPOINT") == '["extproc"]'
 
 
-def test_dockerfile_copies_what_exists_and_is_not_ignored() -> None:
-    ignored = [
-        line.strip()
-        for line in (REPO / ".dockerignore").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
+def stages() -> list[list[tuple[str, str]]]:
+    """The instructions of each build stage, in order."""
+    found: list[list[tuple[str, str]]] = []
     for op, args in instructions():
-        if op != "COPY" or args.startswith("--from"):
-            continue
-        *sources, _target = shlex.split(args)
-        for source in sources:
-            assert (REPO / source).exists(), f"COPY {source}: not in the repository"
-            assert source not in ignored, f"COPY {source}: excluded by .dockerignore"
+        if op == "FROM":
+            found.append([])
+        found[-1].append((op, args))
+    return found
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Whether .dockerignore keeps `path` (or a folder holding it) out of the build context. fnmatch's `*`
+    also crosses `/`, unlike Docker's: when in doubt this says excluded, which fails the test below."""
+    patterns = [
+        line.strip() for line in (REPO / ".dockerignore").read_text().splitlines() if line.strip()[:1] not in ("", "#")
+    ]
+    parts = PurePosixPath(path).parts
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(
+        fnmatch.fnmatch(prefix, pattern) or fnmatch.fnmatch(prefix, pattern.removeprefix("**/"))
+        for pattern in patterns
+        for prefix in prefixes
+    )
+
+
+def test_no_layer_holds_the_source_or_the_wheels() -> None:
+    build, runtime = stages()
+    # Sources and wheels come in through bind mounts (BuildKit), which leave nothing in a layer.
+    assert DOCKERFILE.startswith("# syntax=docker/dockerfile:1\n")
+    for op, args in build + runtime:
+        assert op not in ("COPY", "ADD"), f"{op} {args}: would put files in a layer; mount them instead"
+        assert "rm -rf /wheels" not in args
+    wheels = next(args for op, args in build if op == "RUN" and "pip wheel" in args)
+    assert wheels.startswith("--mount=type=bind,target=/src,rw ")
+    assert "--wheel-dir /wheels /src" in wheels
+    install = next(args for op, args in runtime if op == "RUN" and "pip install" in args)
+    assert install.startswith("--mount=type=bind,from=build,source=/wheels,target=/wheels ")
+    assert "--no-index --find-links /wheels extism-extproc" in install
+
+
+def test_the_build_context_has_what_the_wheel_is_built_from() -> None:
+    needed = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "extproc/cli.py"]
+    needed += [str(path) for path in demo_bundle.bundle_files(REPO)]
+    excluded = [path for path in needed if dockerignore_excludes(path)]
+    assert not excluded, f".dockerignore keeps these out of the build: {excluded}"
+    for stale in ("build/lib/extproc/cli.py", "extism_extproc.egg-info/PKG-INFO", ".venv/bin/python"):
+        assert dockerignore_excludes(stale), stale
+
+
+def test_one_image_name_everywhere() -> None:
+    # What the Dockerfile's comment builds is what compose runs, Kubernetes deploys and the docs load into kind.
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    image = f"extism-extproc:{version}"
+    assert f"docker build -t {image} ." in DOCKERFILE
+    assert SERVICES["extproc"]["image"] == SERVICES["upstream"]["image"] == image
+    manifests = list(yaml.safe_load_all((REPO / "deploy" / "kubernetes" / "extproc.yaml").read_text()))
+    deployment = next(doc for doc in manifests if doc["kind"] == "Deployment")
+    assert [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]] == [image]
+    mesh_doc = (REPO / "docs" / "service-mesh.md").read_text()
+    assert f"docker build -t {image} ." in mesh_doc
+    assert f"kind load docker-image {image}" in mesh_doc
+    named = DOCKERFILE + (REPO / "docker-compose.yaml").read_text() + mesh_doc
+    tags = set(re.findall(r"extism-extproc:[\w.-]+", named))
+    assert tags == {image}, tags

@@ -25,6 +25,7 @@ SECTIONS: dict[str, str] = {
     "match": "_MATCH_KEYS",
     "match.headers": "_HEADER_RULE_KEYS",
     "state": "_STATE_KEYS",
+    "tracing": "_TRACING_KEYS",
 }
 _HEADING = re.compile(r"^(#+)\s+(.*)$")
 _ROW_KEY = re.compile(r"^\|\s*`([^`]+)`\s*\|")

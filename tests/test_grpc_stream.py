@@ -253,9 +253,7 @@ def test_a_stream_idle_past_the_limit_is_closed(connect: Any, plugin_dir: Path) 
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "no message from Envoy for 200 ms" in (info.value.details() or "")
     # Counted as the stream's task ends, which may be just after the client has the status.
-    wait_until(
-        lambda: metric_value("extproc_streams_ended_total", how="idle") == idle_before + 1, 10, "the idle count"
-    )
+    wait_until(lambda: metric_value("extproc_streams_ended_total", how="idle") == idle_before + 1, 10, "the idle count")
 
 
 def test_messages_larger_than_grpcio_default_are_received(connect: Any, plugin_dir: Path) -> None:

@@ -41,6 +41,7 @@ _PROBE = {
 _CONTAINER = {
     "name": ANY,
     "image": ANY,
+    "imagePullPolicy": ANY,
     "args": ANY,
     "command": ANY,
     "ports": {"name": ANY, "containerPort": ANY, "protocol": ANY},

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from extproc.config import Config, ConfigError
+from extproc.deploy import demo_bundle
 from extproc.deploy import envoy_config as ec
 
 COMMANDS: Final = ("envoy-config", "demo")
-DEFAULT_DEMO_CONFIG: Final = Path("envoy/demo/extproc.yaml")
+LOCAL_DEMO_CONFIG: Final = Path(demo_bundle.CONFIG)
 # Envoy's own listeners in a generated bootstrap.
 _LISTEN: Final = "127.0.0.1:10000"
 _ADMIN: Final = "127.0.0.1:9901"
@@ -51,7 +52,12 @@ def add_commands(commands: Any) -> None:
         "demo",
         help="run Envoy, this server and a demo upstream on loopback and show what the plugins do",
     )
-    demo.add_argument("--config", type=Path, default=DEFAULT_DEMO_CONFIG, help="default %(default)s")
+    demo.add_argument(
+        "--config",
+        type=Path,
+        help=f"the plugin set (default: {LOCAL_DEMO_CONFIG} when run from a checkout's root, else the demo's "
+        "files installed with the package)",
+    )
     for name, port, what in (
         ("port", 10000, "Envoy's HTTP listener"),
         ("admin-port", 9901, "Envoy's admin"),
@@ -59,6 +65,24 @@ def add_commands(commands: Any) -> None:
         ("upstream-port", 8080, "the demo upstream"),
     ):
         demo.add_argument(f"--{name}", type=int, default=port, help=f"{what} (default %(default)s)")
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    """The config file a subcommand loads: --config, or for the demo the checkout's plugin set when run from
+    its root (so local edits show), else the copy the wheel ships."""
+    if args.config is not None:
+        return Path(args.config)
+    if LOCAL_DEMO_CONFIG.is_file():
+        return LOCAL_DEMO_CONFIG
+    bundled = demo_bundle.bundled_config()
+    if not bundled.is_file():
+        raise ConfigError(
+            bundled,
+            "",
+            "this installation has no demo files (an editable install?): run the demo from the repository root, "
+            "or give --config",
+        )
+    return bundled
 
 
 def run(args: argparse.Namespace, config: Config, argv: Sequence[str]) -> int:

@@ -34,12 +34,12 @@ import yaml
 from extproc import metrics
 from extproc.config import Config
 from extproc.deploy import envoy_config as ec
+from extproc.deploy.demo_bundle import SHOWCASE_FILE
 from extproc.deploy.upstream import serve_upstream
 from extproc.errors import ExtprocError
 from extproc.plugins.registry import Selection
 from extproc.server import Server
 
-SHOWCASE_FILE: Final = "showcase.yaml"
 _LOOPBACK: Final = "127.0.0.1"
 _STARTUP_TIMEOUT_S: Final = 30.0
 _POLL_S: Final = 0.05

@@ -405,7 +405,8 @@ def ext_proc_filter(config: Config, needs: Selection, options: Options) -> dict[
                 "request_trailer_mode": "SKIP",
                 "response_trailer_mode": "SKIP",
             },
-            # Without this Envoy silently drops plugin changes to :path, :authority and host.
+            # Without this Envoy drops plugin changes to :authority, host, :method and :scheme (it counts them in
+            # rejected_header_mutations); :path changes go through either way.
             "mutation_rules": {"allow_all_routing": True},
             # The attributes the plugin contract promises (docs/plugin-abi.md).
             "request_attributes": ["source.address", "request.id"],

@@ -90,12 +90,14 @@ def render_ext_proc_filter(
     allow_mode_override: bool = True,
     failure_mode_allow: bool = False,
     message_timeout_ms: int = 5000,
+    allow_all_routing: bool = True,
 ) -> dict[str, Any]:
     """The ``envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor`` typed config.
 
     A trailer mode of None means SEND for FULL_DUPLEX_STREAMED bodies and SKIP otherwise.
+    ``allow_all_routing`` False leaves out ``mutation_rules``, as Envoy Gateway's generated filter does.
     """
-    return {
+    config = {
         "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
         "grpc_service": {"envoy_grpc": {"cluster_name": "extproc"}},
         "stat_prefix": EXT_PROC_STAT_PREFIX,
@@ -110,12 +112,14 @@ def render_ext_proc_filter(
             "request_trailer_mode": _trailer_mode("request", request_body_mode, request_trailer_mode),
             "response_trailer_mode": _trailer_mode("response", response_body_mode, response_trailer_mode),
         },
-        # Without this Envoy silently ignores mutations of :path, :authority and host.
-        "mutation_rules": {"allow_all_routing": True},
         "request_attributes": ["source.address", "request.id"],
         # Unset receiving_namespaces means Envoy drops all dynamic metadata the server returns.
         "metadata_options": {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
     }
+    if allow_all_routing:
+        # Without this Envoy silently ignores mutations of :authority, host, :scheme and :method.
+        config["mutation_rules"] = {"allow_all_routing": True}
+    return config
 
 
 def render_bootstrap(
@@ -135,11 +139,15 @@ def render_bootstrap(
     message_timeout_ms: int = 5000,
     per_route_disabled_prefixes: Sequence[str] = (),
     extproc_cluster: Mapping[str, Any] | None = None,
+    allow_all_routing: bool = True,
+    otlp_collector_port: int | None = None,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap: listener -> ext_proc -> router -> the echo upstream.
 
     Trailer modes default as in :func:`render_ext_proc_filter`. ``extproc_cluster`` keys replace or add
-    to those of the ext_proc cluster (health checks, TLS, several endpoints).
+    to those of the ext_proc cluster (health checks, TLS, several endpoints). ``allow_all_routing`` False
+    leaves the filter's ``mutation_rules`` out. With ``otlp_collector_port``, Envoy traces every request
+    with its OpenTelemetry tracer and exports the spans over OTLP/gRPC to that loopback port.
     """
     if isinstance(per_route_disabled_prefixes, str):
         # A bare string would otherwise be iterated character by character.
@@ -168,13 +176,35 @@ def render_bootstrap(
             allow_mode_override=allow_mode_override,
             failure_mode_allow=failure_mode_allow,
             message_timeout_ms=message_timeout_ms,
+            allow_all_routing=allow_all_routing,
         ),
     }
     if per_route_disabled_prefixes:
         ext_proc["disabled"] = True
     manager = connection_manager("e2e", routes, [ext_proc])
+    clusters = [
+        _static_cluster("upstream", upstream_port, {"http_protocol_options": {}}),
+        # gRPC needs HTTP/2 to the ext_proc server.
+        {
+            **_static_cluster("extproc", extproc_port, {"http2_protocol_options": {}}),
+            **(extproc_cluster or {}),
+        },
+    ]
+    if otlp_collector_port is not None:
+        manager["tracing"] = {
+            "random_sampling": {"value": 100},
+            "provider": {
+                "name": "envoy.tracers.opentelemetry",
+                "typed_config": {
+                    "@type": _TYPE + "envoy.config.trace.v3.OpenTelemetryConfig",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "otel"}, "timeout": "1s"},
+                    "service_name": "envoy",
+                },
+            },
+        }
+        clusters.append(_static_cluster("otel", otlp_collector_port, {"http2_protocol_options": {}}))
 
-    return {
+    bootstrap: dict[str, Any] = {
         "admin": {"address": _socket_address(admin_port)},
         # Envoy warns on every start when no downstream connection limit is set; a
         # generous limit keeps that line out of the logs printed for failed tests.
@@ -207,13 +237,11 @@ def render_bootstrap(
                     ],
                 }
             ],
-            "clusters": [
-                _static_cluster("upstream", upstream_port, {"http_protocol_options": {}}),
-                # gRPC needs HTTP/2 to the ext_proc server.
-                {
-                    **_static_cluster("extproc", extproc_port, {"http2_protocol_options": {}}),
-                    **(extproc_cluster or {}),
-                },
-            ],
+            "clusters": clusters,
         },
     }
+    if otlp_collector_port is not None:
+        # Envoy sends its spans every 5 s or per 5 spans; a test should not wait that long.
+        flush = {"tracing.opentelemetry.flush_interval_ms": 50, "tracing.opentelemetry.min_flush_spans": 1}
+        bootstrap["layered_runtime"] = {"layers": [{"name": "tracing", "static_layer": flush}]}
+    return bootstrap

@@ -45,9 +45,7 @@ def marked(stack: Stack, path: str) -> bool:
 def test_idle_streams_do_not_block_others(plugin_dir: Path, make_stack: StackFactory) -> None:
     config, admin_url = with_admin(marker(plugin_dir))
     with make_stack(config) as stack, idle_streams(stack.extproc_port, 300):
-        wait_until(
-            lambda: metric(scrape_metrics(admin_url), "extproc_active_streams") >= 300, 30, "300 idle streams"
-        )
+        wait_until(lambda: metric(scrape_metrics(admin_url), "extproc_active_streams") >= 300, 30, "300 idle streams")
         outcomes = run_load(stack.url, 40, 8, lambda i: (f"/during/{i}", []))
     assert [o.error for o in outcomes if o.error] == []
     assert all(o.response is not None and o.response.status == 200 for o in outcomes)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,14 +62,26 @@ class Demo:
 
 
 @contextlib.contextmanager
-def running_demo(tmp_path: Path) -> Iterator[Demo]:
+def running_demo(
+    tmp_path: Path,
+    command: Sequence[str] = (sys.executable, "-m", "extproc"),
+    cwd: Path = REPO_ROOT,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Demo]:
+    """`extproc demo` on free ports, run as `command` from `cwd`; killed on the way out if still running."""
     ports = {"--port": free_port(), "--admin-port": free_port(), "--server-port": free_port()}
     ports["--upstream-port"] = free_port()
-    argv = [sys.executable, "-m", "extproc", "demo", *(str(x) for pair in ports.items() for x in pair)]
+    argv = [*command, "demo", *(str(x) for pair in ports.items() for x in pair)]
     output = tmp_path / "demo.out"
     with output.open("wb") as out:
         process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT, start_new_session=True
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
         )
     demo = Demo(process, output, ports["--admin-port"], ports["--port"])
     try:
