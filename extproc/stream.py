@@ -13,8 +13,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc import envoy, metrics
 from extproc.chain import Exchange
-from extproc.contract import Export, HeaderChanges, ImmediateReply
+from extproc.contract import HeaderChanges, ImmediateReply
 from extproc.headers import HeaderList
+from extproc.phases import Phase
 from extproc.plugins.registry import PluginSet
 
 log = logging.getLogger("extproc.stream")
@@ -74,11 +75,11 @@ class ExchangeStream:
         if kind == "request_headers":
             return await self._request_headers(request)
         if kind == "request_body":
-            return await self._body(request.request_body, Export.REQUEST_BODY)
+            return await self._body(request.request_body, Phase.REQUEST_BODY)
         if kind == "response_headers":
             return await self._response_headers(request.response_headers)
         if kind == "response_body":
-            return await self._body(request.response_body, Export.RESPONSE_BODY)
+            return await self._body(request.response_body, Phase.RESPONSE_BODY)
         if kind == "request_trailers":
             return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
         if kind == "response_trailers":
@@ -105,10 +106,10 @@ class ExchangeStream:
         self._is_grpc = (headers.first("content-type") or "").startswith("application/grpc")
         exchange = Exchange(selection, headers, envoy.attributes(request), envoy.metadata_context(request))
         self._exchange = exchange
-        reply = await exchange.run(Export.REQUEST_HEADERS)
+        reply = await exchange.run(Phase.REQUEST_HEADERS)
         wait_for_body = selection.request_body and not message.end_of_stream
         if reply is None and selection.generate_response and not wait_for_body:
-            reply = await exchange.run(Export.GENERATE_RESPONSE)
+            reply = await exchange.run(Phase.GENERATE_RESPONSE)
         if reply is not None:
             return self._immediate(reply)
         self.done = not (wait_for_body or selection.response_headers or selection.response_body)
@@ -126,7 +127,7 @@ class ExchangeStream:
         if exchange is None:
             return ep.ProcessingResponse(response_headers=_EMPTY_HEADERS_REPLY)
         exchange.response = HeaderList(envoy.header_pairs(message.headers))
-        reply = await exchange.run(Export.RESPONSE_HEADERS)
+        reply = await exchange.run(Phase.RESPONSE_HEADERS)
         if reply is not None:
             return self._immediate(reply)
         self.done = not exchange.selection.response_body
@@ -135,8 +136,8 @@ class ExchangeStream:
         self._attach_metadata(response)
         return response
 
-    async def _body(self, message: ep.HttpBody, export: Export) -> ep.ProcessingResponse:
-        field = "request_body" if export is Export.REQUEST_BODY else "response_body"
+    async def _body(self, message: ep.HttpBody, export: Phase) -> ep.ProcessingResponse:
+        field = "request_body" if export is Phase.REQUEST_BODY else "response_body"
         exchange = self._exchange
         buffer = self._bodies.get(field) or self._bodies.setdefault(field, BodyBuffer())
         if exchange is None or buffer.passthrough:
@@ -148,12 +149,12 @@ class ExchangeStream:
         if buffer.size > self._max_body_bytes:
             return self._immediate(_TOO_LARGE)
         body = buffer.whole()
-        headers = exchange.request if export is Export.REQUEST_BODY else exchange.response
-        if export is Export.REQUEST_BODY:
+        headers = exchange.request if export is Phase.REQUEST_BODY else exchange.response
+        if export is Phase.REQUEST_BODY:
             exchange.request_body = body
             reply = await exchange.run(export)
             if reply is None and exchange.selection.generate_response:
-                reply = await exchange.run(Export.GENERATE_RESPONSE)
+                reply = await exchange.run(Phase.GENERATE_RESPONSE)
             changed, new_body = exchange.request_body_changed, exchange.request_body
         else:
             exchange.response_body = body
@@ -162,7 +163,7 @@ class ExchangeStream:
         if reply is not None:
             return self._immediate(reply)
         selection = exchange.selection
-        self.done = export is Export.RESPONSE_BODY or not (selection.response_headers or selection.response_body)
+        self.done = export is Phase.RESPONSE_BODY or not (selection.response_headers or selection.response_body)
         response = ep.ProcessingResponse()
         body_response = getattr(response, field)
         body_response.SetInParent()
@@ -173,7 +174,7 @@ class ExchangeStream:
             # Headers can still change only while Envoy buffers the whole body.
             if changed and headers.first("content-length") is not None:
                 headers.apply(_content_length(len(new_body or b"")))
-            self._fill_common(body_response, headers, route=export is Export.REQUEST_BODY)
+            self._fill_common(body_response, headers, route=export is Phase.REQUEST_BODY)
         self._attach_metadata(response)
         return response
 
