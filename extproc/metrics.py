@@ -375,7 +375,7 @@ _RELOADS.labels("failure")
 
 
 def watch_pools(source: Callable[[], Iterable[PoolUse]]) -> None:
-    """Phase the pools `source` reports (the serving plugin set's); the last server to start wins."""
+    """Export the pools `source` reports (the serving plugin set's); the last server to start wins."""
     _POOLS.source = source
 
 

@@ -22,7 +22,7 @@ tracer: OtelTracer | None = None
 
 
 def start(config: TracingConfig | None) -> None:
-    """Phase spans as `config` says (OTLP, batched in a thread of the SDK's); None leaves tracing off."""
+    """Export spans as `config` says (OTLP, batched in a thread of the SDK's); None leaves tracing off."""
     if config is not None:
         from extproc.tracing_otel import otlp_provider
 

@@ -26,7 +26,7 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[mi
         self._lock = threading.Lock()
         self._requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
 
-    def Phase(self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any) -> Any:
+    def Export(self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any) -> Any:
         with self._lock:
             self._requests.append(request)
         return trace_service_pb2.ExportTraceServiceResponse()
