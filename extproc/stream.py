@@ -13,6 +13,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc import envoy, metrics
 from extproc.chain import Exchange
+from extproc.config import FailurePolicy
 from extproc.contract import HeaderChanges, ImmediateReply
 from extproc.headers import HeaderList
 from extproc.phases import Phase
@@ -27,6 +28,13 @@ _TOO_LARGE = ImmediateReply(
     headers=(("content-type", "text/plain"),),
     body=b"Payload Too Large\n",
     details="extproc_body_too_large",
+)
+# An upstream response larger than max_body_bytes, for a plugin that must see it (fail_closed).
+_RESPONSE_TOO_LARGE = ImmediateReply(
+    status=502,
+    headers=(("content-type", "text/plain"),),
+    body=b"Bad Gateway\n",
+    details="extproc_response_body_too_large",
 )
 
 
@@ -144,10 +152,10 @@ class ExchangeStream:
             # No plugin wants this exchange (Envoy ignored our mode override), or the body outgrew the buffer.
             return ep.ProcessingResponse(**{field: ep.BodyResponse()})
         buffer.add(message.body)
+        if buffer.size > self._max_body_bytes:
+            return self._over_limit(field, buffer, exchange)
         if not message.end_of_stream:
             return self._hold_chunk(field, buffer)
-        if buffer.size > self._max_body_bytes:
-            return self._immediate(_TOO_LARGE)
         body = buffer.whole()
         headers = exchange.request if export is Phase.REQUEST_BODY else exchange.response
         if export is Phase.REQUEST_BODY:
@@ -181,17 +189,34 @@ class ExchangeStream:
     # --- helpers ---------------------------------------------------------------------------
 
     def _hold_chunk(self, field: str, buffer: BodyBuffer) -> ep.ProcessingResponse:
-        if field in self._partial_modes or buffer.size > self._max_body_bytes:
-            log.warning("%s larger than the buffer: passed through without plugins", field.replace("_", " "))
-            buffer.passthrough = True
-            # Chunks held so far went out empty; send them now, ahead of this one.
-            common = ep.CommonResponse()
-            if buffer.held:
-                common.body_mutation.body = buffer.whole()
-            buffer.chunks.clear()
-            return ep.ProcessingResponse(**{field: ep.BodyResponse(response=common)})
+        if field in self._partial_modes:
+            # The body outgrew Envoy's buffer: the rest never reaches us, and Envoy was told it may go on.
+            log.warning("%s larger than Envoy's buffer: passed through without plugins", field.replace("_", " "))
+            return self._pass_through(field, buffer)
         buffer.held = True
         common = ep.CommonResponse(body_mutation=ep.BodyMutation(clear_body=True))
+        return ep.ProcessingResponse(**{field: ep.BodyResponse(response=common)})
+
+    def _over_limit(self, field: str, buffer: BodyBuffer, exchange: Exchange) -> ep.ProcessingResponse:
+        """A body larger than max_body_bytes: a request gets 413; a response fails for its body plugins,
+        so it passes unprocessed only when every one of them is fail_open."""
+        if field == "request_body":
+            return self._immediate(_TOO_LARGE)
+        if any(
+            plugin.spec.on_error is FailurePolicy.FAIL_CLOSED and Phase.RESPONSE_BODY in plugin.exports
+            for plugin in exchange.selection.plugins
+        ):
+            return self._immediate(_RESPONSE_TOO_LARGE)
+        log.warning("response body larger than server.max_body_bytes: passed through without plugins (fail_open)")
+        return self._pass_through(field, buffer)
+
+    def _pass_through(self, field: str, buffer: BodyBuffer) -> ep.ProcessingResponse:
+        buffer.passthrough = True
+        # Chunks held so far went out empty; send them now, ahead of this one.
+        common = ep.CommonResponse()
+        if buffer.held:
+            common.body_mutation.body = buffer.whole()
+        buffer.chunks.clear()
         return ep.ProcessingResponse(**{field: ep.BodyResponse(response=common)})
 
     def _fill_common(self, reply: ep.HeadersResponse | ep.BodyResponse, headers: HeaderList, *, route: bool) -> None:
