@@ -13,7 +13,9 @@ Three questions, each answered against baselines measured in the same run (docs/
    server of ``--baseline REV`` (a git revision, checked out in a worktree and run from it), and the
    p99 each adds to Envoy alone at half the peak.
 
-Without ``--baseline`` only this checkout's server runs. Writes capacity.json and capacity.md.
+Without ``--baseline`` only this checkout's server runs. ``--checkout LABEL=DIR`` adds the server of
+another prepared checkout, e.g. this commit with its request path compiled (``git worktree add DIR`` and
+``EXTPROC_MYPYC=1 python setup.py build_ext --inplace`` in it). Writes capacity.json and capacity.md.
 """
 
 from __future__ import annotations
@@ -285,6 +287,9 @@ def _table(runs: list[Run]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", help="git revision whose server runs beside this checkout's")
+    parser.add_argument(
+        "--checkout", action="append", default=[], metavar="LABEL=DIR", help="also run the server of checkout DIR"
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run (default 10)")
     parser.add_argument("--clients-rate", type=float, default=400.0, help="paced rate of the slow-clients runs")
     parser.add_argument("--half-rate", type=float, default=0.0, help="extra paced rate for the CPU runs (0: none)")
@@ -303,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         servers = [Server("envoy", None), Server("asyncio", REPO_ROOT)]
         if args.baseline:
             servers.insert(1, Server("sync", stack.enter_context(_baseline_checkout(args.baseline, args.work))))
+        for extra in args.checkout:
+            label, _, directory = extra.partition("=")
+            if not directory:
+                parser.error(f"--checkout wants LABEL=DIR, got {extra!r}")
+            servers.append(Server(label, Path(directory).resolve()))
         upstream_port = free_port()
         bootstrap = upstream_bootstrap(listen_port=upstream_port, admin_port=free_port())
         stack.enter_context(_envoy("upstream", bootstrap, args.work, upstream_port))
