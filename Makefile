@@ -11,6 +11,8 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# xds-protos installs an older copy of opentelemetry-proto's files over them (docs/operations.md, tracing).
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps opentelemetry-proto
 	touch $@
 
 tests/plugins/node_modules: tests/plugins/package-lock.json

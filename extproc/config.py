@@ -743,12 +743,26 @@ def _tracing(value: object, key: str) -> TracingConfig:
             key,
             f"needs OpenTelemetry ({', '.join(missing)} is not installed): pip install 'extism-extproc[otel]'",
         )
+    if not _otlp_protos_current():
+        raise _Invalid(
+            key,
+            "OpenTelemetry's OTLP protobuf modules were overwritten by an older copy that xds-protos (Envoy's API, "
+            "which the server needs) also installs: pip install --force-reinstall --no-deps opentelemetry-proto",
+        )
     return TracingConfig(
         endpoint=_otlp_endpoint(m["endpoint"], _child(key, "endpoint"), protocol),
         protocol=protocol,
         service_name=_optional(m, key, "service_name", _non_empty_string, defaults.service_name),
         sample_ratio=_optional(m, key, "sample_ratio", _ratio, defaults.sample_ratio),
     )
+
+
+def _otlp_protos_current() -> bool:
+    """xds-protos ships its own, older opentelemetry/proto/ files, and whichever package pip installs last
+    wins; the exporters need opentelemetry-proto's (InstrumentationScope is missing from the old ones)."""
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    return hasattr(common_pb2, "InstrumentationScope")
 
 
 def _importable(module: str) -> bool:

@@ -106,7 +106,8 @@ def test_build_info() -> None:
     text = generate_latest(metrics.REGISTRY).decode()
     [build] = [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == "extproc_build_info"]
     assert build.labels["version"] == metrics.__version__
-    assert set(build.labels) == {"version", "python", "extism", "grpcio"}
+    assert set(build.labels) == {"version", "python", "extism", "grpcio", "compiled"}
+    assert build.labels["compiled"] == ("mypyc" if metrics.REQUEST_PATH_COMPILED else "no")
 
 
 def test_merged_worker_metrics_get_a_worker_label() -> None:

@@ -261,3 +261,14 @@ def test_otlp_http_export(connect: Any, plugin_dir: Path) -> None:
     assert {path for path, _ in received} == {"/v1/traces"}
     exported = spans_of([trace_service_pb2.ExportTraceServiceRequest.FromString(body) for _, body in received])
     assert exported_names(exported) == [("http", STREAM_SPAN), ("http", "plugin s process_request_headers")]
+
+
+def test_otlp_protos_overwritten_by_xds_protos_are_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    # What xds-protos' older copy of the file lacks.
+    monkeypatch.delattr(common_pb2, "InstrumentationScope")
+    with pytest.raises(ConfigError) as info:
+        parse_config({"plugins": [], "tracing": {"endpoint": "http://127.0.0.1:4317"}}, Path("/tmp/extproc.yaml"))
+    assert info.value.key == "tracing"
+    assert "pip install --force-reinstall --no-deps opentelemetry-proto" in info.value.reason
