@@ -18,13 +18,12 @@ from typing import Any
 
 import yaml
 
-from extproc.config import ConfigError
 from extproc.contract import Export, MessageView, build_input
 from extproc.errors import ExtprocError
 from extproc.plugins.host import MemoryStore
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.runner import invoke, shared_threads
-from extproc.testing import CasesError, plugin_config, run_cases
+from extproc.testing import plugin_config, run_cases
 
 PHASES: dict[str, Export] = {
     "request_headers": Export.REQUEST_HEADERS,
@@ -63,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
         if args.plugin_command == "test":
             return _test(args.wasm, args.cases)
         return _bench(args)
-    except (CasesError, ConfigError, ExtprocError, OSError) as exc:
+    except (ExtprocError, OSError) as exc:
         print(f"extproc: error: {exc}", file=sys.stderr)
         return 1
 

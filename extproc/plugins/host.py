@@ -24,6 +24,7 @@ from extism import ValType
 
 from extproc import metrics
 from extproc.config import FailurePolicy
+from extproc.errors import ExtprocError
 from extproc.plugins import http_calls
 from extproc.plugins.http_calls import HttpCallError, HttpPolicy
 
@@ -40,7 +41,7 @@ LOG_LEVELS: Final = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: l
 plugin_log = logging.getLogger("extproc.plugin")
 
 
-class StoreError(ValueError):
+class StoreError(ExtprocError, ValueError):
     """A key-value operation that cannot be carried out; `key` says on which key."""
 
     def __init__(self, key: bytes, reason: str) -> None:
