@@ -20,9 +20,9 @@ import yaml
 
 from extproc.contract import Export, MessageView, build_input
 from extproc.errors import ExtprocError
-from extproc.plugins.host import MemoryStore
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.runner import invoke, shared_threads
+from extproc.plugins.store import MemoryStore
 from extproc.testing import plugin_config, run_cases
 
 PHASES: dict[str, Export] = {

@@ -34,10 +34,10 @@ from extproc.config import Config, parse_config
 from extproc.contract import Pair
 from extproc.errors import ExtprocError
 from extproc.fields import value_bytes, value_text
-from extproc.plugins.host import KeyValueStore, MemoryStore
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.registry import PluginSet
 from extproc.plugins.runner import shared_threads
+from extproc.plugins.store import KeyValueStore, MemoryStore
 from extproc.stream import ExchangeStream
 
 # A value given as bytes is sent as exactly those bytes (which need not be UTF-8).

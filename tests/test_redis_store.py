@@ -16,9 +16,10 @@ import redis
 from extproc import metrics
 from extproc.config import FailurePolicy, StateBackend, StateConfig, parse_config
 from extproc.plugins import redis_store
-from extproc.plugins.host import PluginHost, StoreError, StoreUnavailable
+from extproc.plugins.host import PluginHost
 from extproc.plugins.redis_store import RETRY_AFTER_S, RedisStore, shared_store
 from extproc.plugins.registry import state_store
+from extproc.plugins.store import StoreError, StoreUnavailable
 from extproc.testing import PluginHarness, request
 from tests.examples_build import example_wasm
 from tests.redis_server import RedisServer, redis_server
