@@ -14,7 +14,7 @@ from extproc.config import parse_config
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.runner import PluginThreads
 from extproc.plugins.store import MemoryStore
-from tests.plugins.build import ensure_built
+from support.plugins import ensure_built
 from tests.redis_server import MISSING as REDIS_MISSING
 
 

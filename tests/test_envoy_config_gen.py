@@ -19,16 +19,9 @@ from extproc import cli
 from extproc.config import Config, parse_config
 from extproc.deploy import envoy_config as ec
 from extproc.deploy.demo import DemoPorts, demo_bootstrap
-from tests.e2e.harness import (
-    ManagedProcess,
-    envoy_argv,
-    envoy_validate,
-    free_port,
-    request,
-    start_upstream,
-    wait_for_http_ready,
-    wait_for_port,
-)
+from support.envoy import envoy_argv, envoy_validate
+from support.processes import ManagedProcess, free_port, wait_for_http_ready, wait_for_port
+from tests.e2e.harness import request, start_upstream
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "envoy" / "demo"

@@ -19,7 +19,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from extproc.config import parse_config
 from extproc.metrics import REGISTRY
 from extproc.server import Server
-from tests.e2e.harness import wait_until
+from support.processes import wait_until
 
 Stub = Any
 

@@ -24,9 +24,9 @@ from extproc.plugins import http_calls
 from extproc.plugins.http_calls import ErrorKind, HttpCallError, HttpPolicy, HttpRequest, fetch, parse_request
 from extproc.testing import PluginHarness, request
 from scripts import sdk_build
+from support.npm import npm
 from tests.e2e.test_tls import Authority
 from tests.examples_build import EXAMPLES_DIR, REPO_ROOT, ensure_installed
-from tests.npm import npm
 
 PROBE_SOURCE = REPO_ROOT / "sdk" / "assemblyscript" / "tests" / "http_probe.ts"
 

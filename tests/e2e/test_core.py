@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from support.bootstrap import EXT_PROC_STATS
+
 from .conftest import StackFactory
-from .envoy_config import EXT_PROC_STATS
 from .harness import Upstream, request
 
 pytestmark = pytest.mark.e2e

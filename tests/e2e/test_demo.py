@@ -20,8 +20,9 @@ import pytest
 from extproc.config import load_config
 from extproc.deploy import envoy_config as ec
 from extproc.deploy.demo import SHOWCASE_FILE, ShowcaseRequest, load_showcase
+from support.processes import REPO_ROOT, free_port
 
-from .harness import REPO_ROOT, free_port, request
+from .harness import request
 
 pytestmark = pytest.mark.e2e
 

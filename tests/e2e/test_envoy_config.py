@@ -12,8 +12,8 @@ import yaml
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from google.protobuf import json_format
 
-from .envoy_config import BODY_MODES, EXT_PROC_FILTER_NAME, render_bootstrap, render_ext_proc_filter
-from .harness import envoy_validate
+from support.bootstrap import BODY_MODES, EXT_PROC_FILTER_NAME, render_bootstrap, render_ext_proc_filter
+from support.envoy import envoy_validate
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},

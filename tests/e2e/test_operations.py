@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
+from support.metrics import metric, scrape_metrics
+from support.processes import free_port, wait_until
+
 from .conftest import StackFactory
-from .harness import Stack, free_port, metric, request, scrape_metrics, wait_until
+from .harness import Stack, request
 
 pytestmark = pytest.mark.e2e
 

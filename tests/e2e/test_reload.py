@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from support.processes import wait_until
+
 from .conftest import StackFactory
-from .harness import Stack, request, wait_until
+from .harness import Stack, request
 from .load import Outcome, run_load
 
 pytestmark = pytest.mark.e2e

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
+from support.processes import wait_until
+
 from .conftest import StackFactory
-from .harness import request, wait_until
+from .harness import request
 from .load import Outcome, rss_bytes, run_load
 
 pytestmark = pytest.mark.e2e

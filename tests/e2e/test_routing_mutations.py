@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from support.bootstrap import EXT_PROC_STATS
+
 from .conftest import StackFactory
-from .envoy_config import EXT_PROC_STATS
 from .harness import request
 
 pytestmark = pytest.mark.e2e

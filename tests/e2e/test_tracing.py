@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from extproc.tracing_otel import STREAM_SPAN
+from support.processes import wait_until
 from tests.otlp_collector import otlp_grpc_collector
 
 from .conftest import StackFactory
-from .harness import request, wait_until
+from .harness import request
 
 pytestmark = pytest.mark.e2e
 

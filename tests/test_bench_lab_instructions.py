@@ -1,4 +1,4 @@
-"""bench/instructions.py's callgrind parsing, grouping, plugin-call check and report, on hand-written
+"""bench/lab/instructions.py's callgrind parsing, grouping, plugin-call check and report, on hand-written
 samples (no valgrind here)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bench.cases import CASES, Kind, server_config
-from bench.instructions import (
+from bench.lab.instructions import (
     NOOP_STACKS,
     OTHER_ROLE,
     UNKNOWN_OBJECT,
@@ -173,7 +173,11 @@ def test_noop_stacks_are_no_op_variants_named_after_their_stack() -> None:
     variants = parse_noop_stacks("grpclib, aio,grpclib,")
     assert [case.name for case in variants] == ["noop-grpclib", "noop-aio"]
     assert {case.kind for case in variants} == {Kind.NOOP}
-    # Each variant runs bench/noop_server.py with its own --stack; the baseline keeps the sync server.
+    # Each variant runs bench/lab/noop_servers.py with its own --stack; the baseline keeps the sync server.
+    assert [case.noop_command for case in variants] == [
+        ("bench.lab.noop_servers", "--stack", "grpclib"),
+        ("bench.lab.noop_servers", "--stack", "aio"),
+    ]
     assert NOOP_STACKS == {"noop": "sync", "noop-aio": "aio", "noop-grpclib": "grpclib"}
     assert parse_noop_stacks("") == ()
 
