@@ -220,6 +220,7 @@ def _config(tmp_path: Path, roles: tuple[str, ...], **plugin_keys: Any) -> Confi
         ("generate", {("0-generate", "generate_response"): 1}),
         ("nomatch", {}),
     ],
+    ids=["header", "header3", "generate", "nomatch"],
 )
 def test_expected_plugin_calls_per_request_follow_the_config(tmp_path: Path, case: str, calls: dict[Any, int]) -> None:
     chosen = next(c for c in CASES if c.name == case)
@@ -248,6 +249,7 @@ def test_a_disabled_plugin_is_never_called(tmp_path: Path) -> None:
         # The first generated reply ends the exchange: the second plugin would not run.
         (("generate", "generate"), {}, "more than one generate_response"),
     ],
+    ids=["response-body", "response-headers", "no-execution-points", "header-match", "host-match", "two-generates"],
 )
 def test_configs_the_check_cannot_count_are_refused(
     tmp_path: Path, roles: tuple[str, ...], keys: dict[str, Any], reason: str

@@ -194,6 +194,7 @@ def test_re2_incompatible_patterns(pattern: str, problem: str) -> None:
             ("SEND", "SKIP", "BUFFERED", "NONE"),
         ),
     ],
+    ids=["request-headers", "response-headers", "transform-bodies", "generate", "generate-after-body"],
 )
 def test_processing_mode_is_what_the_plugins_export(
     plugin_dir: Path, tmp_path: Path, wasm: str, fields: dict[str, Any], mode: tuple[str, ...]
@@ -425,6 +426,15 @@ def test_json_format(plugin_dir: Path, capsys: pytest.CaptureFixture[str], monke
         ),
         (["--upstream", "u:80"], 2, "--upstream applies only with --bootstrap"),
         (["--listen", "127.0.0.1:1", "--admin", "127.0.0.1:2"], 2, "--listen, --admin applies only with --bootstrap"),
+    ],
+    ids=[
+        "bootstrap-without-upstream",
+        "server-without-port",
+        "listen-name",
+        "zero-timeout",
+        "route-cluster-with-bootstrap",
+        "upstream-without-bootstrap",
+        "listen-admin-without-bootstrap",
     ],
 )
 def test_bad_options_are_reported(

@@ -22,8 +22,9 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from support.plugins import scripted
 from support.processes import ManagedProcess, default_server_cmd, free_port, server_env, wait_for_http_ready, wait_until
-from tests.test_grpc_stream import REQUEST, body, exchange, headers, scripted
+from tests.test_grpc_stream import REQUEST, body, exchange, headers
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "extproc.json"
 # Added by Prometheus to every scraped sample, or by the supervisor with --workers.

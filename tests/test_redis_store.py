@@ -249,14 +249,15 @@ def test_fail_closed_fails_the_call_and_on_error_answers(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = make_store(redis_server)
-    settings = {
-        "state_failure": "fail_closed",
-        "on_error": "fail_closed",
-        "retries": 2,
-        "timeout_ms": PLUGIN_TIMEOUT_MS,
-    }
     with PluginHarness(
-        example_wasm("rate-limit"), name="rl-closed", config=RATE_LIMIT, store=store, **settings
+        example_wasm("rate-limit"),
+        name="rl-closed",
+        config=RATE_LIMIT,
+        store=store,
+        state_failure="fail_closed",
+        on_error="fail_closed",
+        retries=2,
+        timeout_ms=PLUGIN_TIMEOUT_MS,
     ) as harness:
         assert limit_statuses(harness, 1, "c") == [None]
         redis_server.stop()

@@ -119,6 +119,7 @@ def test_message_timeout_rendering() -> None:
         ({"request_body_mode": "FULL_DUPLEX_STREAMED", "request_trailer_mode": "SKIP"}, ValueError),
         ({"per_route_disabled_prefixes": "/off"}, TypeError),
     ],
+    ids=["body-mode-BUFFER", "lowercase-send", "duplex-with-trailers-skipped", "prefixes-as-a-string"],
 )
 def test_bad_arguments_are_rejected(kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from support.plugins import scripted
 from support.processes import wait_until
 
 from .conftest import StackFactory
@@ -24,13 +25,8 @@ pytestmark = pytest.mark.e2e
 
 def versioned_config(plugin_dir: Path, version: str, **server: Any) -> str:
     """A plugin that stamps `version` on the request (seen upstream) and on the response."""
-    stamp = json.dumps({"headers": {"set": [{"name": "x-version", "value": version}]}})
-    plugin = {
-        "name": "stamp",
-        "path": str(plugin_dir / "scripted.wasm"),
-        "execution_points": ["request_headers", "response_headers"],
-        "config": {"process_request_headers": stamp, "process_response_headers": stamp},
-    }
+    stamp = {"headers": {"set": [{"name": "x-version", "value": version}]}}
+    plugin = scripted(plugin_dir, "stamp", process_request_headers=stamp, process_response_headers=stamp)
     return json.dumps({"server": server, "plugins": [plugin]})
 
 
