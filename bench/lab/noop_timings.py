@@ -11,17 +11,16 @@ span's p50 and p99 next to the call's p99 as Envoy timed it.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from bench import loadgen, run
 from bench.envoy_configs import CallRecord
+from bench.lab import case_settings, serving
 from bench.lab.noop_servers import read_timings, recording_marker, spans, stack_case
-from support.processes import REPO_ROOT, wait_until
+from support.processes import wait_until
 
 
 def span_percentiles(timings_text: str, calls: Sequence[CallRecord]) -> dict[str, tuple[float, float]]:
@@ -45,19 +44,12 @@ def render(percentiles: dict[str, tuple[float, float]], call_p99_us: float | Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of the peak run (default 10)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
-    args = parser.parse_args(argv)
-    loadgen.ensure_tools()
-    settings = run.new_settings(args.out, args.duration)
+    settings = case_settings(argv, __doc__ or "", "seconds of the peak run")
     timings = settings.work / "noop_timed" / "stream-timings.txt"
     case = stack_case("noop_timed", "timed", "--timings", str(timings))
-    with run.upstream(settings.work) as (upstream_port, _), run.stack(case, settings, upstream_port) as running:
-        assert running.server is not None
+    with serving(case, settings) as (running, pid):
         run.warm_up(case, settings, running)
         peak = run.peak_run(case, settings, running)
-        pid = run.pid_of(running.server)
         started = time.time()
         os.kill(pid, signal.SIGUSR1)
         wait_until(recording_marker(timings).exists, 10.0, f"the no-op to start timing streams ({timings})")

@@ -12,9 +12,9 @@ use. Three views, all taken while wrk drives the case:
 - gil: only the thread holding the GIL (``--gil``): how the one Python interpreter lock is spent.
 - threads: CPU per thread name from /proc/<pid>/task/*/stat, which separates gRPC's C-core
   threads (``event_engine``, ...) from the Python threads running handlers.
-- binaries: ``perf record -e cpu-clock``: true
-  on-CPU time per shared object (interpreter, kernel, grpc's cygrpc, protobuf's upb, extism,
-  libc), which py-spy cannot give since it only sees Python frames and GIL waits look busy to it.
+- binaries: ``perf record -e cpu-clock``: true on-CPU time per shared object (interpreter, kernel,
+  grpc's cygrpc, protobuf's upb, extism, libc), which py-spy cannot give since it only sees Python
+  frames and GIL waits look busy to it.
 
 A sample's layer is that of its innermost frame belonging to a layer, so time in a lock taken by
 grpc's code is charged to the lock, not to grpc.
@@ -22,7 +22,6 @@ grpc's code is charged to the lock, not to grpc.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -33,11 +32,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import loadgen, run
+from bench import loadgen
 from bench.cases import CASES
-from bench.lab import pip_install
+from bench.lab import case_settings, pip_install, serving
 from bench.loadgen import Load
-from support.processes import REPO_ROOT
 
 # The case profiled: one header plugin.
 PROFILE_CASE = "header"
@@ -239,18 +237,11 @@ def record(url: str, load: Load, pid: int, duration_s: float, out: Path, work: P
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per view (default 10)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
-    args = parser.parse_args(argv)
-    loadgen.ensure_tools()
+    settings = case_settings(argv, __doc__ or "", "seconds per view")
     loadgen.ensure_commands({"perf": "linux-perf"})
     pip_install("py-spy", py_spy_path() is not None)
-    settings = run.new_settings(args.out, args.duration)
     case = next(c for c in CASES if c.name == PROFILE_CASE)
-    with run.upstream(settings.work) as (upstream_port, _), run.stack(case, settings, upstream_port) as running:
-        assert running.server is not None
-        pid = run.pid_of(running.server)
+    with serving(case, settings) as (running, pid):
         report = record(running.url, case.load, pid, settings.duration_s, settings.out, settings.work / "profile")
     print(report.read_text())
     return 0
