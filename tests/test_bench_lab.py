@@ -96,11 +96,11 @@ def test_the_noop_timings_table_puts_each_span_beside_envoys_view_of_the_call() 
 
 
 def test_the_grpc_stacks_lab_adds_the_noop_on_each_compared_stack() -> None:
-    assert [(case.name, case.title) for case in STACK_CASES] == [
+    assert [(case.name, case.title) for case in STACK_CASES.values()] == [
         ("noop_aio", "no-op on grpc.aio"),
         ("noop_grpclib", "no-op on grpclib + uvloop"),
     ]
-    assert {case.name for case in STACK_CASES}.isdisjoint(case.name for case in CASES)
+    assert {case.name for case in STACK_CASES.values()}.isdisjoint(case.name for case in CASES)
 
 
 def test_profile_drops_waits_and_charges_innermost_layer() -> None:

@@ -7,6 +7,7 @@ uvloop (bench/lab/noop_servers.py). Reported for comparison; the suite's targets
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 
 from bench import run
@@ -14,13 +15,19 @@ from bench.cases import CASES
 from bench.lab import pip_install
 from bench.lab.noop_servers import COMPARED_STACKS, STACK_PACKAGES, stack_case
 
-STACK_CASES = tuple(stack_case(f"noop_{stack}", stack) for stack in COMPARED_STACKS)
+STACK_CASES = {stack: stack_case(f"noop_{stack}", stack) for stack in COMPARED_STACKS}
 
 
 def main() -> int:
-    for package in sorted({package for stack in COMPARED_STACKS for package in STACK_PACKAGES[stack]}):
-        pip_install(package, importlib.util.find_spec(package) is not None)
-    return run.main(cases=(*CASES, *STACK_CASES), module=__spec__.name)
+    # Only the packages of the stacks this run measures (bench.run reads --cases the same way).
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--cases")
+    wanted = peek.parse_known_args()[0].cases
+    for stack, case in STACK_CASES.items():
+        if wanted is None or case.name in wanted.split(","):
+            for package in STACK_PACKAGES[stack]:
+                pip_install(package, importlib.util.find_spec(package) is not None)
+    return run.main(cases=(*CASES, *STACK_CASES.values()), module=__spec__.name)
 
 
 if __name__ == "__main__":
