@@ -12,9 +12,10 @@ from typing import Any
 
 from extproc import tracing
 from extproc.config import FailurePolicy
-from extproc.contract import Export, ImmediateReply, MessageView, build_input
+from extproc.contract import ImmediateReply, MessageView, build_input
 from extproc.errors import FailureKind, PluginCallError
 from extproc.headers import HeaderList
+from extproc.phases import Phase
 from extproc.plugins.registry import Selection
 
 log = logging.getLogger("extproc.chain")
@@ -35,15 +36,15 @@ class Exchange:
     response_body_changed: bool = False
     emitted_metadata: dict[str, Any] = field(default_factory=dict)
 
-    async def run(self, export: Export) -> ImmediateReply | None:
+    async def run(self, export: Phase) -> ImmediateReply | None:
         """Call `export` on every selected plugin that has it; stop at an immediate response."""
         for plugin in self.selection.plugins:
             if export not in plugin.exports:
                 continue
-            request_body = self.request_body if _sees_request_body(export, plugin.wants_request_body) else None
+            request_body = self.request_body if export in plugin.request_body_phases else None
             response = None
             if export.is_response and self.response is not None:
-                body = self.response_body if export is Export.RESPONSE_BODY else None
+                body = self.response_body if export is Phase.RESPONSE_BODY else None
                 response = MessageView(self.response.pairs, body)
             payload = build_input(
                 export,
@@ -80,18 +81,14 @@ class Exchange:
             if output.headers is not None and target is not None:
                 target.apply(output.headers)
             if output.body is not None:
-                if export is Export.REQUEST_BODY:
+                if export is Phase.REQUEST_BODY:
                     self.request_body, self.request_body_changed = output.body, True
                 else:
                     self.response_body, self.response_body_changed = output.body, True
         return None
 
 
-def _sees_request_body(export: Export, wants_request_body: bool) -> bool:
-    return export is Export.REQUEST_BODY or (export is Export.GENERATE_RESPONSE and wants_request_body)
-
-
-def _log_failure(exc: PluginCallError, export: Export, fail_open: bool) -> None:
+def _log_failure(exc: PluginCallError, export: Phase, fail_open: bool) -> None:
     extra = {"plugin": exc.plugin, "phase": export.value, "kind": exc.kind.value}
     action = "skipped its changes (fail_open)" if fail_open else "failed the request (fail_closed)"
     # An open breaker refuses every call; the state change itself was logged once already.

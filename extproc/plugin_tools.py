@@ -18,20 +18,15 @@ from typing import Any
 
 import yaml
 
-from extproc.contract import Export, MessageView, build_input
+from extproc.contract import MessageView, build_input
 from extproc.errors import ExtprocError
+from extproc.phases import CONFIG_NAMES as PHASE_NAMES
+from extproc.phases import Phase
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.runner import invoke, shared_threads
 from extproc.plugins.store import MemoryStore
 from extproc.testing import plugin_config, run_cases
 
-PHASES: dict[str, Export] = {
-    "request_headers": Export.REQUEST_HEADERS,
-    "request_body": Export.REQUEST_BODY,
-    "generate_response": Export.GENERATE_RESPONSE,
-    "response_headers": Export.RESPONSE_HEADERS,
-    "response_body": Export.RESPONSE_BODY,
-}
 # Instances created to estimate the memory of one: enough to average out allocator noise.
 MEMORY_SAMPLE_INSTANCES = 8
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -48,7 +43,7 @@ def add_commands(commands: Any) -> None:
 
     bench = tools.add_parser("bench", help="calls per second, latency and memory of one plugin export")
     bench.add_argument("wasm", type=Path, metavar="PLUGIN.wasm")
-    bench.add_argument("--phase", choices=sorted(PHASES), help="default: the plugin's first export")
+    bench.add_argument("--phase", choices=PHASE_NAMES, help="default: the plugin's first export")
     bench.add_argument("--body-size", type=int, default=0, metavar="N", help="body bytes in body phases")
     bench.add_argument("--config", type=Path, metavar="YAML", help="plugin config: a YAML mapping, as under config:")
     bench.add_argument("--seconds", type=float, default=2.0, help="how long to measure (default 2)")
@@ -107,7 +102,7 @@ class BenchResult:
         )
 
 
-def bench_payload(export: Export, body_size: int, plugin_name: str) -> dict[str, Any]:
+def bench_payload(export: Phase, body_size: int, plugin_name: str) -> dict[str, Any]:
     """A typical input for `export`; body phases get a JSON body of about `body_size` bytes."""
     body = _json_body(body_size) if export.is_body else None
     request_headers = [
@@ -122,11 +117,11 @@ def bench_payload(export: Export, body_size: int, plugin_name: str) -> dict[str,
         ("cookie", "a=1"),
         ("cookie", "b=2"),
     ]
-    request_body = body if export is Export.REQUEST_BODY else None
+    request_body = body if export is Phase.REQUEST_BODY else None
     response = None
     if export.is_response:
         response_headers = [(":status", "200"), ("content-type", "application/json"), ("etag", '"abc"')]
-        response = MessageView(response_headers, body if export is Export.RESPONSE_BODY else None)
+        response = MessageView(response_headers, body if export is Phase.RESPONSE_BODY else None)
     attributes = {"source.address": "10.0.0.7:53122", "request.id": "5b1f7c1e"}
     return build_input(export, plugin_name, MessageView(request_headers, request_body), response, attributes, {})
 
@@ -187,10 +182,10 @@ class BenchError(ExtprocError):
     """The benchmark cannot run as asked."""
 
 
-def _choose_export(plugin: LoadedPlugin, phase: str | None) -> Export:
+def _choose_export(plugin: LoadedPlugin, phase: str | None) -> Phase:
     if phase is None:
-        return min(plugin.exports, key=list(Export).index)
-    export = PHASES[phase]
+        return min(plugin.exports, key=list(Phase).index)
+    export = Phase.named(phase)
     if export not in plugin.exports:
         have = ", ".join(sorted(e.value for e in plugin.exports))
         raise BenchError(f"plugin {plugin.spec.path} does not export {export.value} (it has: {have})")
@@ -203,7 +198,7 @@ def _rss_bytes() -> int:
 
 
 async def _timed_calls(
-    plugin: LoadedPlugin, export: Export, payload: Mapping[str, Any], seconds: float
+    plugin: LoadedPlugin, export: Phase, payload: Mapping[str, Any], seconds: float
 ) -> tuple[list[int], float]:
     """Nanoseconds per call for `seconds`, and the seconds it really took; on the loop, as the server calls."""
     for _ in range(10):  # warm-up: first calls grow memory and fill caches
@@ -218,7 +213,7 @@ async def _timed_calls(
     return timings, time.perf_counter() - started
 
 
-async def _instance_memory(plugin: LoadedPlugin, export: Export, payload: Mapping[str, Any]) -> int:
+async def _instance_memory(plugin: LoadedPlugin, export: Phase, payload: Mapping[str, Any]) -> int:
     """Resident memory one warm instance adds: RSS growth over several pool instances, each called once."""
     data = plugin.encode(payload)
     gc.collect()

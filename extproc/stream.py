@@ -13,8 +13,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc import envoy, metrics
 from extproc.chain import Exchange
-from extproc.contract import Export, HeaderChanges, ImmediateReply
+from extproc.config import FailurePolicy
+from extproc.contract import HeaderChanges, ImmediateReply
 from extproc.headers import HeaderList
+from extproc.phases import Phase
 from extproc.plugins.registry import PluginSet
 
 log = logging.getLogger("extproc.stream")
@@ -26,6 +28,13 @@ _TOO_LARGE = ImmediateReply(
     headers=(("content-type", "text/plain"),),
     body=b"Payload Too Large\n",
     details="extproc_body_too_large",
+)
+# An upstream response larger than max_body_bytes, for a plugin that must see it (fail_closed).
+_RESPONSE_TOO_LARGE = ImmediateReply(
+    status=502,
+    headers=(("content-type", "text/plain"),),
+    body=b"Bad Gateway\n",
+    details="extproc_response_body_too_large",
 )
 
 
@@ -74,11 +83,11 @@ class ExchangeStream:
         if kind == "request_headers":
             return await self._request_headers(request)
         if kind == "request_body":
-            return await self._body(request.request_body, Export.REQUEST_BODY)
+            return await self._body(request.request_body, Phase.REQUEST_BODY)
         if kind == "response_headers":
             return await self._response_headers(request.response_headers)
         if kind == "response_body":
-            return await self._body(request.response_body, Export.RESPONSE_BODY)
+            return await self._body(request.response_body, Phase.RESPONSE_BODY)
         if kind == "request_trailers":
             return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
         if kind == "response_trailers":
@@ -105,10 +114,10 @@ class ExchangeStream:
         self._is_grpc = (headers.first("content-type") or "").startswith("application/grpc")
         exchange = Exchange(selection, headers, envoy.attributes(request), envoy.metadata_context(request))
         self._exchange = exchange
-        reply = await exchange.run(Export.REQUEST_HEADERS)
+        reply = await exchange.run(Phase.REQUEST_HEADERS)
         wait_for_body = selection.request_body and not message.end_of_stream
         if reply is None and selection.generate_response and not wait_for_body:
-            reply = await exchange.run(Export.GENERATE_RESPONSE)
+            reply = await exchange.run(Phase.GENERATE_RESPONSE)
         if reply is not None:
             return self._immediate(reply)
         self.done = not (wait_for_body or selection.response_headers or selection.response_body)
@@ -126,7 +135,7 @@ class ExchangeStream:
         if exchange is None:
             return ep.ProcessingResponse(response_headers=_EMPTY_HEADERS_REPLY)
         exchange.response = HeaderList(envoy.header_pairs(message.headers))
-        reply = await exchange.run(Export.RESPONSE_HEADERS)
+        reply = await exchange.run(Phase.RESPONSE_HEADERS)
         if reply is not None:
             return self._immediate(reply)
         self.done = not exchange.selection.response_body
@@ -135,25 +144,25 @@ class ExchangeStream:
         self._attach_metadata(response)
         return response
 
-    async def _body(self, message: ep.HttpBody, export: Export) -> ep.ProcessingResponse:
-        field = "request_body" if export is Export.REQUEST_BODY else "response_body"
+    async def _body(self, message: ep.HttpBody, export: Phase) -> ep.ProcessingResponse:
+        field = "request_body" if export is Phase.REQUEST_BODY else "response_body"
         exchange = self._exchange
         buffer = self._bodies.get(field) or self._bodies.setdefault(field, BodyBuffer())
         if exchange is None or buffer.passthrough:
             # No plugin wants this exchange (Envoy ignored our mode override), or the body outgrew the buffer.
             return ep.ProcessingResponse(**{field: ep.BodyResponse()})
         buffer.add(message.body)
+        if buffer.size > self._max_body_bytes:
+            return self._over_limit(field, buffer, exchange)
         if not message.end_of_stream:
             return self._hold_chunk(field, buffer)
-        if buffer.size > self._max_body_bytes:
-            return self._immediate(_TOO_LARGE)
         body = buffer.whole()
-        headers = exchange.request if export is Export.REQUEST_BODY else exchange.response
-        if export is Export.REQUEST_BODY:
+        headers = exchange.request if export is Phase.REQUEST_BODY else exchange.response
+        if export is Phase.REQUEST_BODY:
             exchange.request_body = body
             reply = await exchange.run(export)
             if reply is None and exchange.selection.generate_response:
-                reply = await exchange.run(Export.GENERATE_RESPONSE)
+                reply = await exchange.run(Phase.GENERATE_RESPONSE)
             changed, new_body = exchange.request_body_changed, exchange.request_body
         else:
             exchange.response_body = body
@@ -162,7 +171,7 @@ class ExchangeStream:
         if reply is not None:
             return self._immediate(reply)
         selection = exchange.selection
-        self.done = export is Export.RESPONSE_BODY or not (selection.response_headers or selection.response_body)
+        self.done = export is Phase.RESPONSE_BODY or not (selection.response_headers or selection.response_body)
         response = ep.ProcessingResponse()
         body_response = getattr(response, field)
         body_response.SetInParent()
@@ -173,24 +182,41 @@ class ExchangeStream:
             # Headers can still change only while Envoy buffers the whole body.
             if changed and headers.first("content-length") is not None:
                 headers.apply(_content_length(len(new_body or b"")))
-            self._fill_common(body_response, headers, route=export is Export.REQUEST_BODY)
+            self._fill_common(body_response, headers, route=export is Phase.REQUEST_BODY)
         self._attach_metadata(response)
         return response
 
     # --- helpers ---------------------------------------------------------------------------
 
     def _hold_chunk(self, field: str, buffer: BodyBuffer) -> ep.ProcessingResponse:
-        if field in self._partial_modes or buffer.size > self._max_body_bytes:
-            log.warning("%s larger than the buffer: passed through without plugins", field.replace("_", " "))
-            buffer.passthrough = True
-            # Chunks held so far went out empty; send them now, ahead of this one.
-            common = ep.CommonResponse()
-            if buffer.held:
-                common.body_mutation.body = buffer.whole()
-            buffer.chunks.clear()
-            return ep.ProcessingResponse(**{field: ep.BodyResponse(response=common)})
+        if field in self._partial_modes:
+            # The body outgrew Envoy's buffer: the rest never reaches us, and Envoy was told it may go on.
+            log.warning("%s larger than Envoy's buffer: passed through without plugins", field.replace("_", " "))
+            return self._pass_through(field, buffer)
         buffer.held = True
         common = ep.CommonResponse(body_mutation=ep.BodyMutation(clear_body=True))
+        return ep.ProcessingResponse(**{field: ep.BodyResponse(response=common)})
+
+    def _over_limit(self, field: str, buffer: BodyBuffer, exchange: Exchange) -> ep.ProcessingResponse:
+        """A body larger than max_body_bytes: a request gets 413; a response fails for its body plugins,
+        so it passes unprocessed only when every one of them is fail_open."""
+        if field == "request_body":
+            return self._immediate(_TOO_LARGE)
+        if any(
+            plugin.spec.on_error is FailurePolicy.FAIL_CLOSED and Phase.RESPONSE_BODY in plugin.exports
+            for plugin in exchange.selection.plugins
+        ):
+            return self._immediate(_RESPONSE_TOO_LARGE)
+        log.warning("response body larger than server.max_body_bytes: passed through without plugins (fail_open)")
+        return self._pass_through(field, buffer)
+
+    def _pass_through(self, field: str, buffer: BodyBuffer) -> ep.ProcessingResponse:
+        buffer.passthrough = True
+        # Chunks held so far went out empty; send them now, ahead of this one.
+        common = ep.CommonResponse()
+        if buffer.held:
+            common.body_mutation.body = buffer.whole()
+        buffer.chunks.clear()
         return ep.ProcessingResponse(**{field: ep.BodyResponse(response=common)})
 
     def _fill_common(self, reply: ep.HeadersResponse | ep.BodyResponse, headers: HeaderList, *, route: bool) -> None:

@@ -51,8 +51,8 @@ from bench.lab import pip_install
 from bench.lab.noop_servers import COMPARED_STACKS, STACK_PACKAGES, stack_case
 from bench.loadgen import Load, LoadError, LoadResult
 from bench.run import machine, upstream
-from extproc.config import Config, ExecutionPoint, load_config
-from extproc.contract import Export
+from extproc.config import Config, load_config
+from extproc.phases import Phase
 from support.bootstrap import EXT_PROC_STATS
 from support.envoy import envoy_stats, running_envoy
 from support.metrics import scrape_metrics
@@ -266,10 +266,7 @@ def parse_noop_stacks(text: str) -> tuple[Case, ...]:
 # Execution points a matching plugin runs exactly once on a bodiless GET, with the export each calls:
 # request headers always, then generate_response (stream.py asks it once every request_headers call
 # has returned without a reply).
-_ONCE_PER_GET = {
-    ExecutionPoint.REQUEST_HEADERS: Export.REQUEST_HEADERS,
-    ExecutionPoint.GENERATE_RESPONSE: Export.GENERATE_RESPONSE,
-}
+_ONCE_PER_GET = frozenset({Phase.REQUEST_HEADERS, Phase.GENERATE_RESPONSE})
 
 
 def expected_plugin_calls(config: Config, path: str) -> dict[tuple[str, str], int]:
@@ -285,16 +282,15 @@ def expected_plugin_calls(config: Config, path: str) -> dict[tuple[str, str], in
     calls: dict[tuple[str, str], int] = {}
     for plugin in config.plugins:
         points = plugin.execution_points
-        if points is None or not points <= _ONCE_PER_GET.keys():
-            listed = "none, so every export" if points is None else ", ".join(sorted(points))
-            raise ValueError(
-                f"plugin {plugin.name!r}: execution points {listed}; supported: {', '.join(_ONCE_PER_GET)}"
-            )
+        if points is None or not points <= _ONCE_PER_GET:
+            listed = "none, so every export" if points is None else ", ".join(sorted(p.config_name for p in points))
+            supported = ", ".join(sorted(p.config_name for p in _ONCE_PER_GET))
+            raise ValueError(f"plugin {plugin.name!r}: execution points {listed}; supported: {supported}")
         if plugin.match.hosts or plugin.match.headers:
             raise ValueError(f"plugin {plugin.name!r}: host or header match rules")
         if plugin.enabled and plugin.match.matches("GET", path, "", {}):
-            calls |= {(plugin.name, _ONCE_PER_GET[point].value): 1 for point in sorted(points)}
-    if sum(export == Export.GENERATE_RESPONSE.value for _, export in calls) > 1:
+            calls |= {(plugin.name, point.value): 1 for point in sorted(points)}
+    if sum(export == Phase.GENERATE_RESPONSE.value for _, export in calls) > 1:
         raise ValueError(f"more than one generate_response plugin matches {path}")
     return calls
 

@@ -24,8 +24,8 @@ from typing import Any, Final
 import yaml
 
 from extproc.config import Config, ConfigError, ListenAddress, PluginConfig
-from extproc.contract import Export
 from extproc.envoy import METADATA_NAMESPACE
+from extproc.phases import Phase
 from extproc.plugins.loader import LoadedPlugin
 from extproc.plugins.registry import PluginSet, Selection
 from extproc.plugins.runner import PluginThreads
@@ -52,10 +52,10 @@ _WAITS_PER_ATTEMPT: Final = 2
 # The exports one Envoy message can run, as extproc/stream.py answers it: generate_response follows the
 # request headers, or the request body when its plugin waits for the body.
 _MESSAGE_EXPORTS: Final = {
-    "request headers": frozenset({Export.REQUEST_HEADERS, Export.GENERATE_RESPONSE}),
-    "request body": frozenset({Export.REQUEST_BODY, Export.GENERATE_RESPONSE}),
-    "response headers": frozenset({Export.RESPONSE_HEADERS}),
-    "response body": frozenset({Export.RESPONSE_BODY}),
+    "request headers": frozenset({Phase.REQUEST_HEADERS, Phase.GENERATE_RESPONSE}),
+    "request body": frozenset({Phase.REQUEST_BODY, Phase.GENERATE_RESPONSE}),
+    "response headers": frozenset({Phase.RESPONSE_HEADERS}),
+    "response body": frozenset({Phase.RESPONSE_BODY}),
 }
 _ACCESS_LOG_FORMAT: Final = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '

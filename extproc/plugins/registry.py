@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from extproc.config import Config, StateBackend
-from extproc.contract import Export, Pair
+from extproc.contract import Pair
+from extproc.phases import Phase
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.runner import PluginThreads
 from extproc.plugins.store import KeyValueStore, default_store
@@ -27,10 +28,10 @@ class Selection:
         exports = frozenset().union(*(plugin.exports for plugin in plugins))
         return cls(
             plugins=plugins,
-            request_body=any(plugin.wants_request_body for plugin in plugins),
-            generate_response=Export.GENERATE_RESPONSE in exports,
-            response_headers=Export.RESPONSE_HEADERS in exports or Export.RESPONSE_BODY in exports,
-            response_body=Export.RESPONSE_BODY in exports,
+            request_body=any(plugin.request_body_phases for plugin in plugins),
+            generate_response=Phase.GENERATE_RESPONSE in exports,
+            response_headers=Phase.RESPONSE_HEADERS in exports or Phase.RESPONSE_BODY in exports,
+            response_body=Phase.RESPONSE_BODY in exports,
         )
 
 

@@ -27,3 +27,8 @@ export function process_response_body(): i32 {
 export function generate_response(): i32 {
   return script("generate_response");
 }
+
+// Empty (no declaration: every export is called) unless the config holds one.
+export function declare_phases(): i32 {
+  return script("declare_phases");
+}
