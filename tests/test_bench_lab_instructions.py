@@ -348,7 +348,7 @@ def test_report_targets_pass(results: dict[str, Measured]) -> None:
 
 
 def test_json_has_every_variant_and_the_targets(results: dict[str, Measured]) -> None:
-    data = to_json(results, {"nproc": "2"}, "python bench/instructions.py")
+    data = to_json(results, {"nproc": "2"}, "python -m bench.lab.instructions")
     assert list(data["variants"]) == ["noop", "header", "header3", "nomatch"]
     header = data["variants"]["header"]
     assert (header["ir_per_request"], header["vs_noop"]) == (8000.0, 1.6)
