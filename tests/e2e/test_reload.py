@@ -66,6 +66,8 @@ def versions(outcome: Outcome) -> tuple[str | None, str | None]:
 def test_reloads_under_load_fail_nothing_and_never_mix_versions(plugin_dir: Path, make_stack: StackFactory) -> None:
     with make_stack(versioned_config(plugin_dir, "v0", reload_poll_ms=50)) as stack:
         with steady_load(stack) as outcomes:
+            # Traffic on the first version before the first reload, which a busy machine may otherwise outrun.
+            wait_until(lambda: len(outcomes) >= 40, 30, "traffic on the first version")
             for reload_number in range(1, 11):
                 if reload_number == 6:
                     broken = json.loads(versioned_config(plugin_dir, "bad"))
