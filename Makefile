@@ -73,8 +73,8 @@ proto: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check extproc tests
-	$(BIN)/mypy extproc
+	$(BIN)/ruff format --check extproc support bench tests
+	$(BIN)/mypy extproc support bench tests
 
 test: setup
 	$(BIN)/python -m pytest

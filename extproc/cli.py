@@ -10,7 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from extproc import __version__, plugin_tools
-from extproc.config import LOG_LEVELS, Config, ConfigError, ListenAddress, check_plaintext, load_config
+from extproc.config import (
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    ListenAddress,
+    PlaintextRefused,
+    check_plaintext,
+    load_config,
+)
 from extproc.deploy import commands as deploy_commands
 from extproc.deploy import envoy_config as ec
 from extproc.errors import ExtprocError
@@ -81,7 +89,7 @@ def _run(argv: Sequence[str] | None) -> int:
         return _serve(config, args)
     except BrokenPipeError:
         raise  # not an error of the command: main() handles it
-    except (ConfigError, ExtprocError, OSError) as exc:
+    except (ExtprocError, OSError) as exc:
         print(f"extproc: error: {exc}", file=sys.stderr)
         return 1
 
@@ -162,7 +170,7 @@ def _address(config: Config, flag: str | None, key: str) -> ListenAddress | None
     address = ListenAddress.parse(flag, source=config.source, key=key)
     try:
         check_plaintext(config.server, address, tls_applies=key == "--listen")
-    except ValueError as exc:
+    except PlaintextRefused as exc:
         raise ConfigError(config.source, key, str(exc)) from None
     return address
 

@@ -24,6 +24,7 @@ from typing import Any, Final, TypeVar
 
 import yaml
 
+from extproc.errors import ExtprocError
 from extproc.phases import CONFIG_NAMES as PHASE_NAMES
 from extproc.phases import Phase
 from extproc.redaction import redact_url
@@ -134,7 +135,7 @@ class StateBackend(enum.StrEnum):
 _STATE_BACKENDS: Final = tuple(b.value for b in StateBackend)
 
 
-class ConfigError(ValueError):
+class ConfigError(ExtprocError, ValueError):
     """A configuration problem, located by file, key path (``plugins[2].timeout_ms``) and, for YAML
     syntax errors, 1-based line and column."""
 
@@ -150,7 +151,7 @@ class ConfigError(ValueError):
         super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
 
 
-class _Invalid(Exception):
+class _Invalid(ExtprocError):
     """Raised by the validators, which know the key path but not the file; parse_config adds the file."""
 
     def __init__(self, key: str, reason: str) -> None:
@@ -585,7 +586,7 @@ def _server(value: object, key: str, base_dir: Path) -> ServerConfig:
     return server
 
 
-class PlaintextRefused(ValueError):
+class PlaintextRefused(ExtprocError, ValueError):
     """A plaintext listener would be reachable from other machines without the config allowing it."""
 
     def __init__(self, address: ListenAddress, *, admin: bool) -> None:

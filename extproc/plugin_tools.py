@@ -18,15 +18,14 @@ from typing import Any
 
 import yaml
 
-from extproc.config import ConfigError
 from extproc.contract import MessageView, build_input
 from extproc.errors import ExtprocError
 from extproc.phases import CONFIG_NAMES as PHASE_NAMES
 from extproc.phases import Phase
-from extproc.plugins.host import MemoryStore
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.runner import invoke, shared_threads
-from extproc.testing import CasesError, plugin_config, run_cases
+from extproc.plugins.store import MemoryStore
+from extproc.testing import plugin_config, run_cases
 
 # Instances created to estimate the memory of one: enough to average out allocator noise.
 MEMORY_SAMPLE_INSTANCES = 8
@@ -58,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         if args.plugin_command == "test":
             return _test(args.wasm, args.cases)
         return _bench(args)
-    except (CasesError, ConfigError, ExtprocError, OSError) as exc:
+    except (ExtprocError, OSError) as exc:
         print(f"extproc: error: {exc}", file=sys.stderr)
         return 1
 

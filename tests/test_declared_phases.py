@@ -12,10 +12,10 @@ from extproc.config import Encoding, parse_config
 from extproc.errors import PluginLoadError
 from extproc.phases import Phase
 from extproc.plugins import loader
-from extproc.plugins.host import MemoryStore
 from extproc.plugins.loader import LoadedPlugin, PhaseSource, load_plugin
 from extproc.plugins.registry import PluginSet
 from extproc.plugins.runner import shared_threads
+from extproc.plugins.store import MemoryStore
 from extproc.testing import PluginHarness, exchange, request, response
 from tests.examples_build import example_wasm
 
@@ -47,14 +47,19 @@ def declaring(plugin_dir: Path, declaration: object, **fields: Any) -> dict[str,
     ids=["declared", "declared-none", "execution-points-win", "empty-answer-declares-nothing"],
 )
 def test_where_the_phases_come_from(
-    tmp_path: Path, plugin_dir: Path, declaration: object, fields: dict[str, Any], phases: set[Phase], source: str
+    tmp_path: Path,
+    plugin_dir: Path,
+    declaration: object,
+    fields: dict[str, Any],
+    phases: set[Phase],
+    source: PhaseSource,
 ) -> None:
     if declaration is None:
         entry = {"path": str(plugin_dir / "scripted.wasm"), **fields}
     else:
         entry = declaring(plugin_dir, declaration, **fields)
     plugin = loaded(tmp_path, Path(entry.pop("path")), **entry)
-    assert (plugin.exports, plugin.phase_source) == (phases, source)
+    assert (set(plugin.exports), plugin.phase_source) == (phases, source)
 
 
 @pytest.mark.parametrize(

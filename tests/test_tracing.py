@@ -22,8 +22,9 @@ from extproc import config as config_module
 from extproc import tracing
 from extproc.config import ConfigError, TracingConfig, parse_config
 from extproc.tracing_otel import STREAM_SPAN, provider_with
+from support.plugins import scripted
 from tests.otlp_collector import ExportedSpan, otlp_grpc_collector, spans_of
-from tests.test_grpc_stream import REQUEST, connect, exchange, headers, scripted
+from tests.test_grpc_stream import REQUEST, connect, exchange, headers
 
 __all__ = ["connect"]  # the fixture, imported so pytest finds it
 
@@ -82,6 +83,17 @@ def test_defaults_and_every_key(tmp_path: Path) -> None:
         ({"endpoint": "http://c:4317", "sample_ratio": True}, "tracing.sample_ratio", "from 0 to 1"),
         ({"endpoint": "http://c:4317", "service_name": ""}, "tracing.service_name", "must not be empty"),
         ({"endpoint": "http://c:4317", "sampler": 1}, "tracing.sampler", "did you mean 'sample_ratio'"),
+    ],
+    ids=[
+        "no-endpoint",
+        "no-scheme",
+        "grpc-with-path",
+        "bad-port-redacted",
+        "bad-protocol",
+        "ratio-over-1",
+        "ratio-bool",
+        "empty-service-name",
+        "misspelled-key",
     ],
 )
 def test_errors_name_the_key(section: dict[str, Any], key: str, reason: str, tmp_path: Path) -> None:
