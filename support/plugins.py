@@ -87,10 +87,13 @@ def ensure_built() -> pathlib.Path:
 
 def scripted(plugin_dir: pathlib.Path, name: str = "s", **outputs: Any) -> dict[str, Any]:
     """A server config entry of the scripted plugin: each ``process_<phase>`` or ``generate_response`` output
-    given is answered, as JSON, by that export, and only those phases run."""
-    return {
+    given is answered, as JSON, by that export, and only those phases run. With a ``declare_phases`` output
+    the plugin declares its phases itself (and the entry has no execution_points)."""
+    entry: dict[str, Any] = {
         "name": name,
         "path": str(plugin_dir / "scripted.wasm"),
-        "execution_points": sorted(export.removeprefix("process_") for export in outputs),
         "config": {export: json.dumps(output) for export, output in outputs.items()},
     }
+    if "declare_phases" not in outputs:
+        entry["execution_points"] = sorted(export.removeprefix("process_") for export in outputs)
+    return entry
