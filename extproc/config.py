@@ -110,6 +110,10 @@ class ExecutionPoint(enum.StrEnum):
     RESPONSE_HEADERS = "response_headers"
     RESPONSE_BODY = "response_body"
     GENERATE_RESPONSE = "generate_response"
+    REQUEST_BODY_CHUNK = "request_body_chunk"
+    RESPONSE_BODY_CHUNK = "response_body_chunk"
+    REQUEST_TRAILERS = "request_trailers"
+    RESPONSE_TRAILERS = "response_trailers"
 
 
 class Encoding(enum.StrEnum):

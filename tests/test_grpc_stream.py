@@ -115,11 +115,13 @@ def test_buffered_body_rewrite_fixes_content_length(connect: Any, plugin_dir: Pa
 
 
 def test_streamed_body_is_held_then_sent_whole(connect: Any, plugin_dir: Path) -> None:
+    """Envoy configured STREAMED (it says so in protocol_config): chunks are held for the whole-body plugin."""
     plugin = {"name": "t", "path": str(plugin_dir / "transform.wasm"), "config": {"suffix": "!"}}
     plugin["execution_points"] = ["request_body"]
+    streamed = ep.ProtocolConfiguration(request_body_mode=ProcessingMode.STREAMED)
     replies = exchange(
         connect(plugin),
-        headers(*REQUEST),
+        headers(*REQUEST, protocol_config=streamed),
         body(b"ab", end_of_stream=False),
         body(b"cd", end_of_stream=False),
         body(b"ef", end_of_stream=True),

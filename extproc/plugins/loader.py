@@ -36,13 +36,12 @@ log = logging.getLogger("extproc.plugins")
 
 WASM_PAGE_BYTES = 64 * 1024
 
-POINT_OF_EXPORT = {
-    Export.REQUEST_HEADERS: ExecutionPoint.REQUEST_HEADERS,
-    Export.REQUEST_BODY: ExecutionPoint.REQUEST_BODY,
-    Export.GENERATE_RESPONSE: ExecutionPoint.GENERATE_RESPONSE,
-    Export.RESPONSE_HEADERS: ExecutionPoint.RESPONSE_HEADERS,
-    Export.RESPONSE_BODY: ExecutionPoint.RESPONSE_BODY,
-}
+POINT_OF_EXPORT = {export: ExecutionPoint(export.name.lower()) for export in Export}
+# A plugin reads one direction's body whole or in chunks, not both: both would need two copies of the body.
+_BODY_EXPORT_PAIRS: Final = (
+    (Export.REQUEST_BODY, Export.REQUEST_BODY_CHUNK),
+    (Export.RESPONSE_BODY, Export.RESPONSE_BODY_CHUNK),
+)
 
 Encoder = Callable[[Mapping[str, Any]], bytes]
 Decoder = Callable[[bytes], PluginOutput | None]
@@ -439,7 +438,7 @@ def _active_exports(spec: PluginConfig, module_exports: frozenset[Export]) -> tu
     """
     points = spec.execution_points
     if points is None:
-        return module_exports, Export.REQUEST_BODY in module_exports
+        return _one_body_export_per_direction(spec, module_exports), Export.REQUEST_BODY in module_exports
     for point in points:
         export = next(e for e, p in POINT_OF_EXPORT.items() if p == point)
         serves_body_to_generate = point is ExecutionPoint.REQUEST_BODY and Export.GENERATE_RESPONSE in module_exports
@@ -450,4 +449,16 @@ def _active_exports(spec: PluginConfig, module_exports: frozenset[Export]) -> tu
                 f"execution point {point.value!r} needs export {export.value!r}, which is missing",
             )
     exports = frozenset(e for e in module_exports if POINT_OF_EXPORT[e] in points)
-    return exports, ExecutionPoint.REQUEST_BODY in points
+    return _one_body_export_per_direction(spec, exports), ExecutionPoint.REQUEST_BODY in points
+
+
+def _one_body_export_per_direction(spec: PluginConfig, exports: frozenset[Export]) -> frozenset[Export]:
+    for whole, chunk in _BODY_EXPORT_PAIRS:
+        if whole in exports and chunk in exports:
+            raise PluginLoadError(
+                spec.name,
+                spec.path,
+                f"exports both {whole.value} and {chunk.value}; narrow execution_points to one of "
+                f"{POINT_OF_EXPORT[whole].value!r} and {POINT_OF_EXPORT[chunk].value!r}",
+            )
+    return exports
