@@ -27,3 +27,19 @@ export function process_response_body(): i32 {
 export function generate_response(): i32 {
   return script("generate_response");
 }
+
+export function process_request_body_chunk(): i32 {
+  return script("process_request_body_chunk");
+}
+
+export function process_response_body_chunk(): i32 {
+  return script("process_response_body_chunk");
+}
+
+export function process_request_trailers(): i32 {
+  return script("process_request_trailers");
+}
+
+export function process_response_trailers(): i32 {
+  return script("process_response_trailers");
+}
