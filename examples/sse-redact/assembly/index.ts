@@ -22,31 +22,47 @@ function startsWith(data: Uint8Array, at: i32, prefix: Uint8Array): bool {
   return true;
 }
 
-/** `data` with every token that begins with one of `prefixes` replaced by `replacement`. */
-function redact(data: Uint8Array, prefixes: Array<Uint8Array>, replacement: Uint8Array): Uint8Array {
-  const out = new Array<u8>();
-  let i = 0;
-  while (i < data.length) {
-    let end = -1;
-    // A token begins where the previous byte is not part of one.
-    if (i == 0 || !isTokenByte(data[i - 1])) {
-      for (let p = 0; p < prefixes.length && end < 0; p++) {
-        if (!startsWith(data, i, prefixes[p])) continue;
-        let j = i + prefixes[p].length;
-        while (j < data.length && isTokenByte(data[j])) j++;
-        if (j > i + prefixes[p].length) end = j;
-      }
-    }
-    if (end < 0) {
-      out.push(data[i++]);
-      continue;
-    }
-    for (let r = 0; r < replacement.length; r++) out.push(replacement[r]);
-    i = end;
+/** Where the token that begins with one of `prefixes` at `at` ends, or -1 when none begins there. */
+function tokenEnd(data: Uint8Array, at: i32, prefixes: Array<Uint8Array>): i32 {
+  // A token begins where the previous byte is not part of one.
+  if (at > 0 && isTokenByte(data[at - 1])) return -1;
+  for (let p = 0; p < prefixes.length; p++) {
+    if (!startsWith(data, at, prefixes[p])) continue;
+    let end = at + prefixes[p].length;
+    while (end < data.length && isTokenByte(data[end])) end++;
+    if (end > at + prefixes[p].length) return end;
   }
-  const bytes = new Uint8Array(out.length);
-  for (let k = 0; k < out.length; k++) bytes[k] = out[k];
-  return bytes;
+  return -1;
+}
+
+/** `data` with every token that begins with one of `prefixes` replaced by `replacement`. Two passes (size,
+ * then copy) so a large chunk costs one output allocation: the plugin's memory limit bounds the chunk size. */
+function redact(data: Uint8Array, prefixes: Array<Uint8Array>, replacement: Uint8Array): Uint8Array {
+  let size = 0;
+  for (let i = 0; i < data.length; ) {
+    const end = tokenEnd(data, i, prefixes);
+    if (end < 0) {
+      size++;
+      i++;
+    } else {
+      size += replacement.length;
+      i = end;
+    }
+  }
+  if (size == data.length && prefixes.length == 0) return data;
+  const out = new Uint8Array(size);
+  let o = 0;
+  for (let i = 0; i < data.length; ) {
+    const end = tokenEnd(data, i, prefixes);
+    if (end < 0) {
+      out[o++] = data[i++];
+    } else {
+      out.set(replacement, o);
+      o += replacement.length;
+      i = end;
+    }
+  }
+  return out;
 }
 
 /** Where the last complete event of `data` ends (after its blank line), or 0. */
