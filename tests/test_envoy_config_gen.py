@@ -309,21 +309,7 @@ WORST_MESSAGE: dict[str, tuple[list[dict[str, Any]], ec.MessageBudget]] = {
         ec.MessageBudget(2 * 100 * 3, "request headers", ("api", "v1", "all")),
     ),
     "generate-response-follows-request-headers": (
-        [
-            {
-                "name": "s",
-                "wasm": "scripted.wasm",
-                "timeout_ms": 100,
-                # scripted exports every phase, and a plugin reads a body whole or in chunks, not both.
-                "execution_points": [
-                    "request_headers",
-                    "request_body",
-                    "generate_response",
-                    "response_headers",
-                    "response_body",
-                ],
-            }
-        ],
+        [{"name": "s", "wasm": "scripted.wasm", "timeout_ms": 100}],
         ec.MessageBudget(2 * 100 * 2, "request headers", ("s",)),
     ),
     "response-phase-only": (

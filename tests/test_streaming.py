@@ -99,7 +99,7 @@ def test_outputs_a_phase_cannot_carry_fail_the_plugin(
 ) -> None:
     point = export.removeprefix("process_")
     config = {export: json.dumps(output)}
-    with PluginHarness(plugin_dir / "scripted.wasm", config=config, execution_points=[point]) as harness:
+    with PluginHarness(plugin_dir / "scripted_streaming.wasm", config=config, execution_points=[point]) as harness:
         result = harness.run(request(), response(chunks=["a"], trailers=GRPC_STATUS_OK))
     assert result.immediate and result.status == 503
     assert f"bad_output: {field}" in caplog.text
@@ -116,8 +116,9 @@ def test_output_state_decodes_to_bytes(state: object, kept: bytes) -> None:
 
 
 def test_a_plugin_may_read_a_body_whole_or_in_chunks_not_both(plugin_dir: Path) -> None:
-    with pytest.raises(PluginLoadError, match="exports both process_request_body and process_request_body_chunk"):
-        PluginHarness(plugin_dir / "scripted.wasm")
+    points = ["response_body", "response_body_chunk"]
+    with pytest.raises(PluginLoadError, match="exports both process_response_body and process_response_body_chunk"):
+        PluginHarness(plugin_dir / "scripted_streaming.wasm", execution_points=points)
 
 
 def test_route_metadata_reaches_the_plugin_as_its_route_values(plugin_dir: Path) -> None:

@@ -28,18 +28,7 @@ export function generate_response(): i32 {
   return script("generate_response");
 }
 
-export function process_request_body_chunk(): i32 {
-  return script("process_request_body_chunk");
-}
-
-export function process_response_body_chunk(): i32 {
-  return script("process_response_body_chunk");
-}
-
-export function process_request_trailers(): i32 {
-  return script("process_request_trailers");
-}
-
-export function process_response_trailers(): i32 {
-  return script("process_response_trailers");
+// Empty (no declaration: every export is called) unless the config holds one.
+export function declare_phases(): i32 {
+  return script("declare_phases");
 }
