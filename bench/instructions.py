@@ -56,8 +56,8 @@ from bench.envoy_configs import ProxyFilter, proxy_bootstrap, upstream_bootstrap
 from bench.loadgen import Load, LoadError, LoadResult  # noqa: E402
 from bench.noop_server import BENCH_PACKAGES, STACKS  # noqa: E402
 from bench.run import NOOP_SERVER, _envoy, _pip_install, _write_yaml, machine  # noqa: E402
-from extproc.config import Config, ExecutionPoint, load_config  # noqa: E402
-from extproc.contract import Export  # noqa: E402
+from extproc.config import Config, load_config  # noqa: E402
+from extproc.contract import Phase  # noqa: E402
 from tests.e2e.envoy_config import EXT_PROC_STATS  # noqa: E402
 from tests.e2e.harness import (  # noqa: E402
     ManagedProcess,
@@ -279,10 +279,7 @@ def parse_noop_stacks(text: str) -> tuple[Case, ...]:
 # Execution points a matching plugin runs exactly once on a bodiless GET, with the export each calls:
 # request headers always, then generate_response (stream.py asks it once every request_headers call
 # has returned without a reply).
-_ONCE_PER_GET = {
-    ExecutionPoint.REQUEST_HEADERS: Export.REQUEST_HEADERS,
-    ExecutionPoint.GENERATE_RESPONSE: Export.GENERATE_RESPONSE,
-}
+_ONCE_PER_GET = frozenset({Phase.REQUEST_HEADERS, Phase.GENERATE_RESPONSE})
 
 
 def expected_plugin_calls(config: Config, path: str) -> dict[tuple[str, str], int]:
@@ -298,16 +295,15 @@ def expected_plugin_calls(config: Config, path: str) -> dict[tuple[str, str], in
     calls: dict[tuple[str, str], int] = {}
     for plugin in config.plugins:
         points = plugin.execution_points
-        if points is None or not points <= _ONCE_PER_GET.keys():
-            listed = "none, so every export" if points is None else ", ".join(sorted(points))
-            raise ValueError(
-                f"plugin {plugin.name!r}: execution points {listed}; supported: {', '.join(_ONCE_PER_GET)}"
-            )
+        if points is None or not points <= _ONCE_PER_GET:
+            listed = "none, so every export" if points is None else ", ".join(sorted(p.config_name for p in points))
+            supported = ", ".join(sorted(p.config_name for p in _ONCE_PER_GET))
+            raise ValueError(f"plugin {plugin.name!r}: execution points {listed}; supported: {supported}")
         if plugin.match.hosts or plugin.match.headers:
             raise ValueError(f"plugin {plugin.name!r}: host or header match rules")
         if plugin.enabled and plugin.match.matches("GET", path, "", {}):
-            calls |= {(plugin.name, _ONCE_PER_GET[point].value): 1 for point in sorted(points)}
-    if sum(export == Export.GENERATE_RESPONSE.value for _, export in calls) > 1:
+            calls |= {(plugin.name, point.value): 1 for point in sorted(points)}
+    if sum(export == Phase.GENERATE_RESPONSE.value for _, export in calls) > 1:
         raise ValueError(f"more than one generate_response plugin matches {path}")
     return calls
 

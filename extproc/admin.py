@@ -27,7 +27,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from extproc import metrics
 from extproc.config import Config, ListenAddress, is_loopback
-from extproc.plugins.loader import POINT_OF_EXPORT
 from extproc.plugins.registry import PluginSet
 from extproc.reload import ReloadResult
 
@@ -63,7 +62,8 @@ def describe_plugins(config: Config, loaded: PluginSet) -> list[dict[str, Any]]:
             entry |= {
                 "sha256": plugin.sha256,
                 "exports": sorted(export.value for export in plugin.module_exports),
-                "execution_points": sorted(POINT_OF_EXPORT[export].value for export in plugin.exports),
+                "execution_points": sorted(phase.config_name for phase in plugin.exports),
+                "phases_from": plugin.phase_source.value,
                 "state": plugin.breaker.state.value,
             }
         described.append(entry)

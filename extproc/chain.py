@@ -14,9 +14,10 @@ from typing import Any
 
 from extproc import tracing
 from extproc.config import FailurePolicy
-from extproc.contract import Chunk, Export, ImmediateReply, MessageView, build_input
+from extproc.contract import Chunk, ImmediateReply, MessageView, build_input
 from extproc.errors import FailureKind, PluginCallError
 from extproc.headers import HeaderList
+from extproc.phases import Phase
 from extproc.plugins.registry import Selection
 
 log = logging.getLogger("extproc.chain")
@@ -37,23 +38,23 @@ class Direction:
     """What is fixed about one direction: its exports, in the order its messages meet them."""
 
     name: str
-    headers: Export
-    chunk: Export
-    body: Export
-    trailers: Export
+    headers: Phase
+    chunk: Phase
+    body: Phase
+    trailers: Phase
     # Header changes here may send the request to another route.
     routes: bool
 
 
 REQUEST = Direction(
-    "request", Export.REQUEST_HEADERS, Export.REQUEST_BODY_CHUNK, Export.REQUEST_BODY, Export.REQUEST_TRAILERS, True
+    "request", Phase.REQUEST_HEADERS, Phase.REQUEST_BODY_CHUNK, Phase.REQUEST_BODY, Phase.REQUEST_TRAILERS, True
 )
 RESPONSE = Direction(
     "response",
-    Export.RESPONSE_HEADERS,
-    Export.RESPONSE_BODY_CHUNK,
-    Export.RESPONSE_BODY,
-    Export.RESPONSE_TRAILERS,
+    Phase.RESPONSE_HEADERS,
+    Phase.RESPONSE_BODY_CHUNK,
+    Phase.RESPONSE_BODY,
+    Phase.RESPONSE_TRAILERS,
     False,
 )
 
@@ -141,7 +142,7 @@ class Exchange:
         self.emitted_metadata: dict[str, Any] | None = None
         self.states: dict[str, bytes] | None = None
 
-    async def run(self, export: Export, instead: Export | None = None) -> ImmediateReply | None:
+    async def run(self, export: Phase, instead: Phase | None = None) -> ImmediateReply | None:
         """Call `export` on every selected plugin that has it (or `instead`, on those that have that);
         stop at an immediate response."""
         for plugin in self.selection.plugins:
@@ -160,8 +161,8 @@ class Exchange:
                 called,
                 name,
                 MessageView(self.request.headers.pairs)  # type: ignore[union-attr]  # set from the first message
-                if called is Export.REQUEST_HEADERS
-                else self._request_view(called, plugin.wants_request_body),
+                if called is Phase.REQUEST_HEADERS
+                else self._request_view(called, plugin.request_body_phases),
                 self._response_view(called) if called.is_response else None,
                 self.attributes,
                 self.metadata,
@@ -204,18 +205,18 @@ class Exchange:
                 side.body, side.body_changed = output.body, True
         return None
 
-    def _request_view(self, export: Export, wants_request_body: bool) -> MessageView:
+    def _request_view(self, export: Phase, request_body_phases: frozenset[Phase]) -> MessageView:
         request = self.request
         assert request.headers is not None  # the exchange begins with the request headers
-        sees_body = export in _SEES_REQUEST_BODY or (export is Export.GENERATE_RESPONSE and wants_request_body)
+        sees_body = export is Phase.REQUEST_BODY_CHUNK or export in request_body_phases
         trailers = request.trailers
         return MessageView(
             request.headers.pairs,
             request.body if sees_body else None,
-            trailers.pairs if export is Export.REQUEST_TRAILERS and trailers is not None else None,
+            trailers.pairs if export is Phase.REQUEST_TRAILERS and trailers is not None else None,
         )
 
-    def _response_view(self, export: Export) -> MessageView | None:
+    def _response_view(self, export: Phase) -> MessageView | None:
         response = self.response
         if response.headers is None:
             return None
@@ -223,7 +224,7 @@ class Exchange:
         return MessageView(
             response.headers.pairs,
             response.body if export.is_body else None,
-            trailers.pairs if export is Export.RESPONSE_TRAILERS and trailers is not None else None,
+            trailers.pairs if export is Phase.RESPONSE_TRAILERS and trailers is not None else None,
         )
 
     def _keep_state(self, plugin: str, state: bytes) -> None:
@@ -236,10 +237,7 @@ class Exchange:
             states.pop(plugin, None)
 
 
-_SEES_REQUEST_BODY = frozenset({Export.REQUEST_BODY, Export.REQUEST_BODY_CHUNK})
-
-
-def _log_failure(exc: PluginCallError, export: Export, fail_open: bool) -> None:
+def _log_failure(exc: PluginCallError, export: Phase, fail_open: bool) -> None:
     extra = {"plugin": exc.plugin, "phase": export.value, "kind": exc.kind.value}
     action = "skipped its changes (fail_open)" if fail_open else "failed the request (fail_closed)"
     # An open breaker refuses every call; the state change itself was logged once already.

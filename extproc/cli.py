@@ -14,6 +14,7 @@ from extproc.config import LOG_LEVELS, Config, ConfigError, ListenAddress, check
 from extproc.deploy import commands as deploy_commands
 from extproc.deploy import envoy_config as ec
 from extproc.errors import ExtprocError
+from extproc.phases import Phase
 from extproc.plugins.registry import PluginSet
 from extproc.plugins.runner import PluginThreads
 from extproc.redaction import redact_url
@@ -107,8 +108,9 @@ def _check(config: Config, envoy_configs: Sequence[Path]) -> int:
             if plugin is None:
                 print(f"  {spec.name}: disabled ({spec.path})")
                 continue
-            exports = ", ".join(sorted(export.value for export in plugin.exports))
-            print(f"  {spec.name}: {spec.path} sha256:{plugin.sha256[:16]} calls: {exports}")
+            phases = ", ".join(phase.value for phase in sorted(plugin.exports, key=list(Phase).index)) or "nothing"
+            source = plugin.phase_source.value
+            print(f"  {spec.name}: {spec.path} sha256:{plugin.sha256[:16]} calls: {phases} (from {source})")
         worst = ec.worst_message(plugins.plugins)
         for path, filters in envoy:
             for found in filters:

@@ -24,6 +24,8 @@ from typing import Any, Final, TypeVar
 
 import yaml
 
+from extproc.phases import CONFIG_NAMES as PHASE_NAMES
+from extproc.phases import Phase
 from extproc.redaction import redact_url
 
 # Far above any real configuration; it only stops a wrong path (a log file, a device) from being slurped.
@@ -104,24 +106,11 @@ _MATCH_KEYS: Final = ("path_prefix", "path_regex", "hosts", "methods", "headers"
 _HEADER_RULE_KEYS: Final = ("name", "present", "equals")
 
 
-class ExecutionPoint(enum.StrEnum):
-    REQUEST_HEADERS = "request_headers"
-    REQUEST_BODY = "request_body"
-    RESPONSE_HEADERS = "response_headers"
-    RESPONSE_BODY = "response_body"
-    GENERATE_RESPONSE = "generate_response"
-    REQUEST_BODY_CHUNK = "request_body_chunk"
-    RESPONSE_BODY_CHUNK = "response_body_chunk"
-    REQUEST_TRAILERS = "request_trailers"
-    RESPONSE_TRAILERS = "response_trailers"
-
-
 class Encoding(enum.StrEnum):
     JSON = "json"
     PROTOBUF = "protobuf"
 
 
-_EXECUTION_POINTS: Final = tuple(p.value for p in ExecutionPoint)
 _ENCODINGS: Final = tuple(e.value for e in Encoding)
 
 
@@ -300,7 +289,7 @@ class PluginConfig:
     # because mapping proxies are unhashable; equal configs still hash equal.
     config: Mapping[str, object] = dataclasses.field(default_factory=lambda: MappingProxyType({}), hash=False)
     enabled: bool = True
-    execution_points: frozenset[ExecutionPoint] | None = None  # None: every export the plugin has
+    execution_points: frozenset[Phase] | None = None  # None: what the plugin declares, or every export it has
     timeout_ms: int = 100
     memory_limit_mb: int = 16
     encoding: Encoding = Encoding.JSON
@@ -841,14 +830,14 @@ def _existing_file(value: object, key: str, base_dir: Path) -> Path:
     return path
 
 
-def _execution_points(value: object, key: str) -> frozenset[ExecutionPoint]:
+def _execution_points(value: object, key: str) -> frozenset[Phase]:
     points = _string_list(
         value,
         key,
-        lambda v, k: _one_of(v, k, _EXECUTION_POINTS),
-        empty_hint="omit it to run at every execution point the plugin exports",
+        lambda v, k: _one_of(v, k, PHASE_NAMES),
+        empty_hint="omit it to run at every execution point the plugin declares or exports",
     )
-    return frozenset(ExecutionPoint(p) for p in points)
+    return frozenset(Phase.named(p) for p in points)
 
 
 def _plugin_config(value: object, key: str) -> Mapping[str, object]:

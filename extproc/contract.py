@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -22,54 +20,11 @@ from google.protobuf import json_format
 from extproc._pb.extproc.plugin.v1 import plugin_pb2
 from extproc.errors import OutputError
 from extproc.fields import match_header_name, value_bytes, value_problem, value_text
+from extproc.phases import Phase
 
 Pair = tuple[str, str]
 
 
-class Export(StrEnum):
-    """The functions a plugin may export, in the order a request meets them."""
-
-    REQUEST_HEADERS = "process_request_headers"
-    REQUEST_BODY_CHUNK = "process_request_body_chunk"
-    REQUEST_BODY = "process_request_body"
-    GENERATE_RESPONSE = "generate_response"
-    REQUEST_TRAILERS = "process_request_trailers"
-    RESPONSE_HEADERS = "process_response_headers"
-    RESPONSE_BODY_CHUNK = "process_response_body_chunk"
-    RESPONSE_BODY = "process_response_body"
-    RESPONSE_TRAILERS = "process_response_trailers"
-
-    # Cached: read several times per request, and a cached value is a plain attribute read.
-    @functools.cached_property
-    def phase_name(self) -> str:
-        """The `phase` value the plugin sees in its input."""
-        return _PHASE_NAMES[self]
-
-    @functools.cached_property
-    def is_response(self) -> bool:
-        return self in _RESPONSE_EXPORTS
-
-    @functools.cached_property
-    def is_body(self) -> bool:
-        """Whether the phase carries a body (whole or one chunk), which its output may replace."""
-        return self in _BODY_EXPORTS
-
-    @functools.cached_property
-    def is_chunk(self) -> bool:
-        return self in (Export.REQUEST_BODY_CHUNK, Export.RESPONSE_BODY_CHUNK)
-
-    @functools.cached_property
-    def is_trailers(self) -> bool:
-        return self in (Export.REQUEST_TRAILERS, Export.RESPONSE_TRAILERS)
-
-
-_PHASE_NAMES = {export: export.name for export in Export}
-_RESPONSE_EXPORTS = frozenset(
-    {Export.RESPONSE_HEADERS, Export.RESPONSE_BODY_CHUNK, Export.RESPONSE_BODY, Export.RESPONSE_TRAILERS}
-)
-_BODY_EXPORTS = frozenset(
-    {Export.REQUEST_BODY, Export.REQUEST_BODY_CHUNK, Export.RESPONSE_BODY, Export.RESPONSE_BODY_CHUNK}
-)
 # The most a plugin may hand from one phase to the next in `state` (docs/plugin-abi.md).
 MAX_STATE_BYTES = 16 * 1024
 
@@ -161,7 +116,7 @@ def _pseudo_headers(headers: Sequence[Pair]) -> dict[str, str]:
 
 
 def build_input(
-    export: Export,
+    export: Phase,
     plugin_name: str,
     request: MessageView,
     response: MessageView | None,
@@ -186,7 +141,7 @@ def build_input(
         http_request["body"] = body_json(request.body)
     if request.trailers is not None:
         http_request["trailers"] = _headers_json(request.trailers)
-    data: dict[str, Any] = {"phase": export.phase_name, "plugin_name": plugin_name, "request": http_request}
+    data: dict[str, Any] = {"phase": export.wire_name, "plugin_name": plugin_name, "request": http_request}
     if response is not None:
         status = _pseudo_headers(response.headers).get(":status", "")
         http_response: dict[str, Any] = {
@@ -256,6 +211,44 @@ def decode_protobuf(raw: bytes) -> PluginOutput | None:
     except Exception as exc:  # the upb parser raises a bare DecodeError subclass of Exception
         raise OutputError("", f"output is not a valid PluginOutput protobuf: {exc}") from None
     return validate_output(json_format.MessageToDict(message, preserving_proto_field_name=True))
+
+
+# --- the phase declaration ---------------------------------------------------------------
+
+DECLARE_PHASES = "declare_phases"
+
+
+def declared_phases_json(raw: bytes) -> frozenset[Phase]:
+    """`declare_phases`' output in the JSON encoding: {"phases": ["request_headers", ...]}."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise OutputError("", f"output is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or set(data) - {"phases"}:
+        raise OutputError("", 'must be {"phases": [...]} and nothing else')
+    return _declared(data.get("phases", []))
+
+
+def declared_phases_protobuf(raw: bytes) -> frozenset[Phase]:
+    message = plugin_pb2.PhaseDeclaration()
+    try:
+        message.ParseFromString(raw)
+    except Exception as exc:  # the upb parser raises a bare DecodeError subclass of Exception
+        raise OutputError("", f"output is not a valid PhaseDeclaration protobuf: {exc}") from None
+    return _declared(list(message.phases))
+
+
+def _declared(names: object) -> frozenset[Phase]:
+    if not isinstance(names, list):
+        raise OutputError("phases", "must be a list of phase names")
+    phases = set()
+    for index, name in enumerate(names):
+        try:
+            phases.add(Phase.named(name if isinstance(name, str) else ""))
+        except ValueError:
+            choices = ", ".join(phase.config_name for phase in Phase)
+            raise OutputError(f"phases[{index}]", f"{name!r} is not a phase; phases are {choices}") from None
+    return frozenset(phases)
 
 
 def validate_output(data: object) -> PluginOutput | None:
@@ -439,7 +432,7 @@ SETTABLE_REQUEST_PSEUDO = frozenset({":path", ":authority", ":method", ":scheme"
 SETTABLE_RESPONSE_PSEUDO = frozenset({":status"})
 
 
-def check_for_export(output: PluginOutput, export: Export) -> None:
+def check_for_export(output: PluginOutput, export: Phase) -> None:
     """Reject changes the phase cannot carry: bodies outside body phases, headers in chunk phases,
     forbidden pseudo-headers (any, in trailers).
 

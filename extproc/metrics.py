@@ -33,8 +33,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from extproc import __version__
-from extproc.contract import Export
 from extproc.errors import FailureKind
+from extproc.phases import Phase
 from extproc.plugins.breaker import BreakerState, CircuitBreaker
 
 # From 50 us (a trivial plugin) to the largest sensible timeout; a plugin call is rarely below 20 us.
@@ -114,15 +114,15 @@ class PluginMetrics:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.phases = {export: PhaseMetrics() for export in Export}
+        self.phases = {export: PhaseMetrics() for export in Phase}
 
-    def record(self, export: Export, seconds: float, failure: FailureKind | None = None) -> None:
+    def record(self, export: Phase, seconds: float, failure: FailureKind | None = None) -> None:
         self.phases[export].record(seconds, failure)
 
-    def cancelled(self, export: Export) -> None:
+    def cancelled(self, export: Phase) -> None:
         self.phases[export].cancelled()
 
-    def attempt_failed(self, export: Export, kind: FailureKind) -> None:
+    def attempt_failed(self, export: Phase, kind: FailureKind) -> None:
         self.phases[export].attempt_failed(kind)
 
 

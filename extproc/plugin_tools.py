@@ -19,14 +19,15 @@ from typing import Any
 import yaml
 
 from extproc.config import ConfigError
-from extproc.contract import Chunk, Export, MessageView, build_input
+from extproc.contract import Chunk, MessageView, build_input
 from extproc.errors import ExtprocError
+from extproc.phases import CONFIG_NAMES as PHASE_NAMES
+from extproc.phases import Phase
 from extproc.plugins.host import MemoryStore
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.runner import invoke, shared_threads
 from extproc.testing import CasesError, plugin_config, run_cases
 
-PHASES: dict[str, Export] = {export.name.lower(): export for export in Export}
 # Instances created to estimate the memory of one: enough to average out allocator noise.
 MEMORY_SAMPLE_INSTANCES = 8
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -43,7 +44,7 @@ def add_commands(commands: Any) -> None:
 
     bench = tools.add_parser("bench", help="calls per second, latency and memory of one plugin export")
     bench.add_argument("wasm", type=Path, metavar="PLUGIN.wasm")
-    bench.add_argument("--phase", choices=sorted(PHASES), help="default: the plugin's first export")
+    bench.add_argument("--phase", choices=PHASE_NAMES, help="default: the plugin's first export")
     bench.add_argument(
         "--body-size", type=int, default=0, metavar="N", help="body bytes in body phases (per chunk in chunk phases)"
     )
@@ -104,7 +105,7 @@ class BenchResult:
         )
 
 
-def bench_payload(export: Export, body_size: int, plugin_name: str) -> dict[str, Any]:
+def bench_payload(export: Phase, body_size: int, plugin_name: str) -> dict[str, Any]:
     """A typical input for `export`; body phases get a JSON body of about `body_size` bytes (chunk phases: a
     middle chunk of a text/event-stream body, of that size), trailers phases gRPC's trailers."""
     body = _json_body(body_size) if export.is_body else None
@@ -197,10 +198,10 @@ class BenchError(ExtprocError):
     """The benchmark cannot run as asked."""
 
 
-def _choose_export(plugin: LoadedPlugin, phase: str | None) -> Export:
+def _choose_export(plugin: LoadedPlugin, phase: str | None) -> Phase:
     if phase is None:
-        return min(plugin.exports, key=list(Export).index)
-    export = PHASES[phase]
+        return min(plugin.exports, key=list(Phase).index)
+    export = Phase.named(phase)
     if export not in plugin.exports:
         have = ", ".join(sorted(e.value for e in plugin.exports))
         raise BenchError(f"plugin {plugin.spec.path} does not export {export.value} (it has: {have})")
@@ -213,7 +214,7 @@ def _rss_bytes() -> int:
 
 
 async def _timed_calls(
-    plugin: LoadedPlugin, export: Export, payload: Mapping[str, Any], seconds: float
+    plugin: LoadedPlugin, export: Phase, payload: Mapping[str, Any], seconds: float
 ) -> tuple[list[int], float]:
     """Nanoseconds per call for `seconds`, and the seconds it really took; on the loop, as the server calls."""
     for _ in range(10):  # warm-up: first calls grow memory and fill caches
@@ -228,7 +229,7 @@ async def _timed_calls(
     return timings, time.perf_counter() - started
 
 
-async def _instance_memory(plugin: LoadedPlugin, export: Export, payload: Mapping[str, Any]) -> int:
+async def _instance_memory(plugin: LoadedPlugin, export: Phase, payload: Mapping[str, Any]) -> int:
     """Resident memory one warm instance adds: RSS growth over several pool instances, each called once."""
     data = plugin.encode(payload)
     gc.collect()

@@ -26,8 +26,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc import envoy, metrics
 from extproc.chain import REQUEST, RESPONSE, BodyBuffer, Direction, Exchange, Flow, Side, SidePlan
-from extproc.contract import Chunk, Export, HeaderChanges, ImmediateReply
+from extproc.config import FailurePolicy
+from extproc.contract import Chunk, HeaderChanges, ImmediateReply
 from extproc.headers import HeaderList
+from extproc.phases import Phase
 from extproc.plugins.registry import PluginSet, Selection
 
 log = logging.getLogger("extproc.stream")
@@ -40,6 +42,13 @@ _TOO_LARGE = ImmediateReply(
     headers=(("content-type", "text/plain"),),
     body=b"Payload Too Large\n",
     details="extproc_body_too_large",
+)
+# An upstream response larger than max_body_bytes, for a plugin that must see it (fail_closed).
+_RESPONSE_TOO_LARGE = ImmediateReply(
+    status=502,
+    headers=(("content-type", "text/plain"),),
+    body=b"Bad Gateway\n",
+    details="extproc_response_body_too_large",
 )
 _STREAMED: Final = ProcessingMode.STREAMED
 _DUPLEX: Final = ProcessingMode.FULL_DUPLEX_STREAMED
@@ -186,7 +195,7 @@ class ExchangeStream:
         reply = await exchange.run(REQUEST.headers)
         waits_for_body = has_body and selection.request_body
         if reply is None and selection.generate_response and not waits_for_body:
-            reply = await exchange.run(Export.GENERATE_RESPONSE)
+            reply = await exchange.run(Phase.GENERATE_RESPONSE)
         if reply is not None:
             return self._immediate(reply)
         response = ep.ProcessingResponse.FromString(exchange_plan.with_body if has_body else exchange_plan.without_body)
@@ -246,15 +255,16 @@ class ExchangeStream:
         side_plan = side.plan
         last = message.end_of_stream
         if side_plan.flow is Flow.WHOLE:
-            if not last and side_plan.partial:
-                # BUFFERED_PARTIAL: the body outgrew Envoy's buffer and the rest never reaches us.
-                log.warning("%s body larger than the buffer: passed through without plugins", side_plan.direction.name)
-                side.wants = side_plan.trailers
-                return _body_reply(side, None, False)
-            # Otherwise a message without end_of_stream is a whole body with trailers to follow.
+            # A message without end_of_stream is a whole body with trailers to follow (or under
+            # BUFFERED_PARTIAL, the part that filled Envoy's buffer: the rest never reaches us).
             side.wants = not last and side_plan.trailers
+            if not last and side_plan.partial:
+                log.warning(
+                    "%s body larger than Envoy's buffer: passed through without plugins", side_plan.direction.name
+                )
+                return _body_reply(side, None, False)
             if len(message.body) > self._max_body_bytes:
-                return self._immediate(_TOO_LARGE)
+                return self._over_limit(exchange, side, None, last)
             return await self._run_whole(exchange, side, message.body, last, headers_open=True)
         buffer = side.buffer
         if buffer is None:
@@ -265,7 +275,7 @@ class ExchangeStream:
             return _body_reply(side, message.body if side_plan.duplex else None, last)
         buffer.add(message.body)
         if buffer.size > self._max_body_bytes:
-            return self._pass_through(side, buffer, last)
+            return self._over_limit(exchange, side, buffer, last)
         if not last:
             if side_plan.duplex:
                 return ()  # held: under FULL_DUPLEX_STREAMED a chunk needs no reply of its own
@@ -284,7 +294,7 @@ class ExchangeStream:
         side.body, side.body_changed, side.chunk = body, False, _LAST_CHUNK
         reply = await exchange.run(direction.body, direction.chunk)
         if reply is None and direction is REQUEST and exchange.selection.generate_response:
-            reply = await exchange.run(Export.GENERATE_RESPONSE)
+            reply = await exchange.run(Phase.GENERATE_RESPONSE)
         if reply is not None:
             return self._immediate(reply)
         new_body, changed = side.body, side.body_changed
@@ -299,9 +309,26 @@ class ExchangeStream:
         self._attach_metadata(response)
         return response
 
+    def _over_limit(
+        self, exchange: Exchange, side: Side, buffer: BodyBuffer | None, last: bool
+    ) -> ep.ProcessingResponse:
+        """A body larger than max_body_bytes: a request gets 413; a response fails for its whole-body plugins,
+        so it passes unprocessed only when every one of them is fail_open."""
+        direction = side.plan.direction
+        if direction is REQUEST:
+            return self._immediate(_TOO_LARGE)
+        if any(
+            plugin.spec.on_error is FailurePolicy.FAIL_CLOSED and direction.body in plugin.exports
+            for plugin in exchange.selection.plugins
+        ):
+            return self._immediate(_RESPONSE_TOO_LARGE)
+        log.warning("response body larger than server.max_body_bytes: passed through without plugins (fail_open)")
+        if buffer is None:
+            return _body_reply(side, None, last)
+        return self._pass_through(side, buffer, last)
+
     def _pass_through(self, side: Side, buffer: BodyBuffer, last: bool) -> ep.ProcessingResponse:
-        """A collected body outgrew max_body_bytes: what was held goes on now, the rest as it comes."""
-        log.warning("%s body larger than the buffer: passed through without plugins", side.plan.direction.name)
+        """A collected body goes on without plugins: what was held now, the rest as it comes."""
         buffer.passthrough = True
         if last:
             side.wants = False

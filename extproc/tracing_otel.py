@@ -28,9 +28,10 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from extproc import __version__, envoy
 from extproc.config import FailurePolicy, TracingConfig
-from extproc.contract import Export, PluginOutput
+from extproc.contract import PluginOutput
 from extproc.errors import PluginCallError
 from extproc.metrics import StreamEnd
+from extproc.phases import Phase
 
 _SERVICE: Final = ep.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
 STREAM_SPAN: Final = f"{_SERVICE}/Process"
@@ -98,7 +99,7 @@ class OtelTracer:
         _stream.set(trace.set_span_in_context(span) if span.is_recording() else None)
         return StreamTrace(span)
 
-    def plugin_called(self, plugin: str, export: Export, seconds: float, output: PluginOutput | None) -> None:
+    def plugin_called(self, plugin: str, export: Phase, seconds: float, output: PluginOutput | None) -> None:
         immediate = None if output is None else output.immediate
         attributes: dict[str, str | int] = {"extproc.outcome": "ok" if immediate is None else "immediate_response"}
         if immediate is not None:
@@ -106,13 +107,13 @@ class OtelTracer:
         self._plugin_span(plugin, export, seconds, attributes, None)
 
     def plugin_failed(
-        self, plugin: str, export: Export, seconds: float, error: PluginCallError, on_error: FailurePolicy
+        self, plugin: str, export: Phase, seconds: float, error: PluginCallError, on_error: FailurePolicy
     ) -> None:
         attributes = {"extproc.outcome": error.kind.value, "extproc.on_error": on_error.value}
         self._plugin_span(plugin, export, seconds, attributes, Status(StatusCode.ERROR, str(error)))
 
     def _plugin_span(
-        self, plugin: str, export: Export, seconds: float, attributes: Mapping[str, str | int], status: Status | None
+        self, plugin: str, export: Phase, seconds: float, attributes: Mapping[str, str | int], status: Status | None
     ) -> None:
         parent = _stream.get()
         if parent is None:

@@ -14,10 +14,10 @@ import pytest
 
 from extproc.chain import REQUEST, RESPONSE, Exchange, Flow, Side, SidePlan
 from extproc.config import BreakerConfig
-from extproc.contract import Export
 from extproc.errors import FailureKind, PluginCallError
 from extproc.headers import HeaderList
 from extproc.metrics import REGISTRY
+from extproc.phases import Phase
 from extproc.plugins import loader, runner
 from extproc.plugins.breaker import Admission, BreakerState, CircuitBreaker
 from extproc.plugins.loader import LoadedPlugin
@@ -33,12 +33,12 @@ Ending = Callable[[LoadedPlugin, pytest.MonkeyPatch], Awaitable[None]]
 
 
 async def succeeds(plugin: LoadedPlugin, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert await plugin.call(Export.REQUEST_HEADERS, PASSING) is not None
+    assert await plugin.call(Phase.REQUEST_HEADERS, PASSING) is not None
 
 
 async def plugin_fails(plugin: LoadedPlugin, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(PluginCallError) as info:
-        await plugin.call(Export.REQUEST_HEADERS, FAILING)
+        await plugin.call(Phase.REQUEST_HEADERS, FAILING)
     assert info.value.kind is FailureKind.TRAP
 
 
@@ -49,7 +49,7 @@ async def instance_cannot_be_created(plugin: LoadedPlugin, monkeypatch: pytest.M
     plugin.pool.clear()  # the call needs a new instance
     monkeypatch.setattr(plugin.pool, "factory", refuse)
     with pytest.raises(PluginCallError, match="cannot instantiate: failed to reserve") as info:
-        await plugin.call(Export.REQUEST_HEADERS, PASSING)
+        await plugin.call(Phase.REQUEST_HEADERS, PASSING)
     assert info.value.kind is FailureKind.MEMORY
 
 
@@ -59,7 +59,7 @@ async def input_cannot_be_encoded(plugin: LoadedPlugin, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(plugin, "encode", broken)
     with pytest.raises(TypeError, match="a bug of ours"):
-        await plugin.call(Export.REQUEST_HEADERS, PASSING)
+        await plugin.call(Phase.REQUEST_HEADERS, PASSING)
 
 
 async def cancelled(plugin: LoadedPlugin, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,7 +73,7 @@ async def cancelled(plugin: LoadedPlugin, monkeypatch: pytest.MonkeyPatch) -> No
         return runner.invoke(*args)
 
     monkeypatch.setattr(runner, "invoke", held)
-    call = asyncio.create_task(plugin.call(Export.REQUEST_HEADERS, PASSING))
+    call = asyncio.create_task(plugin.call(Phase.REQUEST_HEADERS, PASSING))
     try:
         await running
         call.cancel()
@@ -137,9 +137,9 @@ def test_failed_attempts_are_counted_apart_from_the_calls_they_belong_to(
     exchange = Exchange(Selection.of((plugin,)), request, response, {}, {}, None)
 
     async def two_calls() -> None:
-        assert await exchange.run(Export.REQUEST_HEADERS) is None  # the retry succeeded
+        assert await exchange.run(Phase.REQUEST_HEADERS) is None  # the retry succeeded
         request.headers = HeaderList([(":path", "/"), ("x-fail", "1")])
-        assert await exchange.run(Export.REQUEST_HEADERS) is plugin.failure_reply  # both attempts trapped
+        assert await exchange.run(Phase.REQUEST_HEADERS) is plugin.failure_reply  # both attempts trapped
 
     asyncio.run(two_calls())
     assert count("extproc_plugin_calls_total", plugin) == 2

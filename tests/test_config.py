@@ -12,7 +12,6 @@ from extproc.config import (
     Config,
     ConfigError,
     Encoding,
-    ExecutionPoint,
     HeaderRule,
     ListenAddress,
     MatchRules,
@@ -25,6 +24,7 @@ from extproc.config import (
     load_config,
     parse_config,
 )
+from extproc.phases import Phase
 
 FULL = """\
 server:
@@ -95,7 +95,7 @@ def test_full_config(tmp_path: Path, wasm_dir: Path) -> None:
                 path=wasm_dir / "add_header.wasm",
                 config={"header": "x-a", "nested": {"list": (1, 2.5, True, None)}},
                 enabled=False,
-                execution_points=frozenset({ExecutionPoint.REQUEST_HEADERS, ExecutionPoint.RESPONSE_HEADERS}),
+                execution_points=frozenset({Phase.REQUEST_HEADERS, Phase.RESPONSE_HEADERS}),
                 timeout_ms=250,
                 memory_limit_mb=32,
                 encoding=Encoding.PROTOBUF,

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from extproc._pb.extproc.plugin.v1 import plugin_pb2
 from extproc.contract import (
-    Export,
     HeaderChanges,
     ImmediateReply,
     MessageView,
@@ -23,6 +22,7 @@ from extproc.contract import (
     encode_protobuf,
 )
 from extproc.errors import OutputError
+from extproc.phases import Phase
 
 REQUEST = MessageView(
     headers=[
@@ -38,7 +38,7 @@ REQUEST = MessageView(
 
 
 def test_input_carries_request_with_repeated_headers() -> None:
-    data = build_input(Export.REQUEST_BODY, "p", REQUEST, None, {"source.address": "1.2.3.4:5"}, {})
+    data = build_input(Phase.REQUEST_BODY, "p", REQUEST, None, {"source.address": "1.2.3.4:5"}, {})
     assert data["phase"] == "REQUEST_BODY"
     assert data["request"]["method"] == "POST"
     assert data["request"]["path"] == "/a?b=1"
@@ -54,7 +54,7 @@ def test_input_carries_request_with_repeated_headers() -> None:
 
 def test_binary_body_is_base64() -> None:
     view = MessageView(headers=[(":status", "200")], body=b"\xff\x00")
-    data = build_input(Export.RESPONSE_BODY, "p", REQUEST, view, {}, {})
+    data = build_input(Phase.RESPONSE_BODY, "p", REQUEST, view, {}, {})
     assert data["response"] == {
         "status": 200,
         "headers": [{"name": ":status", "value": "200"}],
@@ -69,7 +69,7 @@ def test_binary_body_is_base64() -> None:
 )
 def test_response_status_is_a_number_only_when_it_is_three_digits(status: str, number: int) -> None:
     view = MessageView(headers=[(":status", status)])
-    data = build_input(Export.RESPONSE_HEADERS, "p", REQUEST, view, {}, {})
+    data = build_input(Phase.RESPONSE_HEADERS, "p", REQUEST, view, {}, {})
     assert data["response"]["status"] == number
     assert data["response"]["headers"] == [{"name": ":status", "value": status}]
     for encode in (encode_json, encode_protobuf):
@@ -77,7 +77,7 @@ def test_response_status_is_a_number_only_when_it_is_three_digits(status: str, n
 
 
 def test_json_and_protobuf_inputs_describe_the_same_message() -> None:
-    data = build_input(Export.REQUEST_HEADERS, "p", REQUEST, None, {"n": 1.0}, {"ns": {"k": "v"}})
+    data = build_input(Phase.REQUEST_HEADERS, "p", REQUEST, None, {"n": 1.0}, {"ns": {"k": "v"}})
     from_json = plugin_pb2.PluginInput()
     from google.protobuf import json_format
 
@@ -272,14 +272,14 @@ def test_garbage_protobuf_is_rejected() -> None:
 @pytest.mark.parametrize(
     ("output", "export"),
     [
-        (PluginOutput(body=b"x"), Export.REQUEST_HEADERS),
-        (PluginOutput(headers=HeaderChanges(set=((":status", "200"),))), Export.REQUEST_HEADERS),
-        (PluginOutput(headers=HeaderChanges(set=((":path", "/x"),))), Export.RESPONSE_HEADERS),
-        (PluginOutput(headers=HeaderChanges(remove=(":path",))), Export.REQUEST_HEADERS),
-        (PluginOutput(headers=HeaderChanges(append=((":authority", "x"),))), Export.REQUEST_HEADERS),
+        (PluginOutput(body=b"x"), Phase.REQUEST_HEADERS),
+        (PluginOutput(headers=HeaderChanges(set=((":status", "200"),))), Phase.REQUEST_HEADERS),
+        (PluginOutput(headers=HeaderChanges(set=((":path", "/x"),))), Phase.RESPONSE_HEADERS),
+        (PluginOutput(headers=HeaderChanges(remove=(":path",))), Phase.REQUEST_HEADERS),
+        (PluginOutput(headers=HeaderChanges(append=((":authority", "x"),))), Phase.REQUEST_HEADERS),
     ],
 )
-def test_phase_rules(output: PluginOutput, export: Export) -> None:
+def test_phase_rules(output: PluginOutput, export: Phase) -> None:
     with pytest.raises(OutputError):
         check_for_export(output, export)
 
@@ -287,13 +287,13 @@ def test_phase_rules(output: PluginOutput, export: Export) -> None:
 @pytest.mark.parametrize(
     ("output", "export"),
     [
-        (PluginOutput(body=b"x"), Export.RESPONSE_BODY),
-        (PluginOutput(headers=HeaderChanges(set=((":path", "/x"),))), Export.REQUEST_HEADERS),
-        (PluginOutput(headers=HeaderChanges(set=((":status", "418"),))), Export.RESPONSE_HEADERS),
-        (PluginOutput(headers=HeaderChanges(set=((":method", "OPTIONS"), (":path", "*")))), Export.REQUEST_HEADERS),
+        (PluginOutput(body=b"x"), Phase.RESPONSE_BODY),
+        (PluginOutput(headers=HeaderChanges(set=((":path", "/x"),))), Phase.REQUEST_HEADERS),
+        (PluginOutput(headers=HeaderChanges(set=((":status", "418"),))), Phase.RESPONSE_HEADERS),
+        (PluginOutput(headers=HeaderChanges(set=((":method", "OPTIONS"), (":path", "*")))), Phase.REQUEST_HEADERS),
     ],
 )
-def test_phase_rules_allow(output: PluginOutput, export: Export) -> None:
+def test_phase_rules_allow(output: PluginOutput, export: Phase) -> None:
     check_for_export(output, export)
 
 
@@ -330,7 +330,7 @@ def test_any_output_parses_or_fails_with_a_clear_error(raw: bytes) -> None:
         assert str(exc)
         return
     if output is not None:
-        for export in Export:
+        for export in Phase:
             try:
                 check_for_export(output, export)
             except OutputError as exc:

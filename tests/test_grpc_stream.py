@@ -139,10 +139,40 @@ def test_buffered_partial_overflow_passes_through(connect: Any, plugin_dir: Path
     assert not replies[1].request_body.response.HasField("body_mutation")
 
 
-def test_body_over_limit_is_413(connect: Any, plugin_dir: Path) -> None:
+@pytest.mark.parametrize(
+    "chunks", [[b"too long"], [b"too", b" long"]], ids=["buffered", "streamed-grows-past-the-limit"]
+)
+def test_a_request_body_over_the_limit_is_413(connect: Any, plugin_dir: Path, chunks: list[bytes]) -> None:
     plugin = {"name": "t", "path": str(plugin_dir / "transform.wasm"), "execution_points": ["request_body"]}
-    replies = exchange(connect(plugin, max_body_bytes=4), headers(*REQUEST), body(b"too long", end_of_stream=True))
-    assert replies[1].immediate_response.status.code == 413
+    messages = [body(chunk, end_of_stream=i == len(chunks) - 1) for i, chunk in enumerate(chunks)]
+    replies = exchange(connect(plugin, max_body_bytes=4), headers(*REQUEST), *messages)
+    assert replies[-1].immediate_response.status.code == 413
+    assert replies[-1].immediate_response.details == "extproc_body_too_large"
+
+
+def response_body(data: bytes) -> ep.ProcessingRequest:
+    return ep.ProcessingRequest(response_body=ep.HttpBody(body=data, end_of_stream=True))
+
+
+def response_headers() -> ep.ProcessingRequest:
+    header_map = base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=":status", raw_value=b"200")])
+    return ep.ProcessingRequest(response_headers=ep.HttpHeaders(headers=header_map))
+
+
+@pytest.mark.parametrize(("on_error", "status"), [("fail_closed", 502), ("fail_open", None)])
+def test_a_response_body_over_the_limit_fails_for_its_plugins(
+    connect: Any, plugin_dir: Path, on_error: str, status: int | None
+) -> None:
+    plugin = {"name": "t", "path": str(plugin_dir / "transform.wasm"), "config": {"prefix": "!"}}
+    plugin |= {"execution_points": ["response_body"], "on_error": on_error}
+    stub = connect(plugin, max_body_bytes=4)
+    replies = exchange(stub, headers(*REQUEST, end_of_stream=True), response_headers(), response_body(b"too long"))
+    last = replies[-1]
+    if status is None:  # every body plugin is fail_open: the body passes as it came
+        assert last.HasField("response_body") and not last.response_body.response.HasField("body_mutation")
+    else:
+        assert last.immediate_response.status.code == status
+        assert last.immediate_response.details == "extproc_response_body_too_large"
 
 
 @pytest.mark.parametrize(("status", "grpc_status"), [(403, 7), (429, 14), (200, 0), (418, 2)])

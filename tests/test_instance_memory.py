@@ -16,9 +16,9 @@ import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
-from extproc.contract import Export
 from extproc.errors import FailureKind, PluginCallError
 from extproc.metrics import REGISTRY
+from extproc.phases import Phase
 from extproc.plugins import loader, runner
 from extproc.plugins.loader import LoadedPlugin, default_max_output_bytes
 from extproc.plugins.runner import RawResult
@@ -47,10 +47,10 @@ def test_an_output_over_max_output_bytes_is_bad_output(plugin_dir: Path, load: A
         max_output_bytes=len(output) - over_by,
     )
     if not fails:
-        assert asyncio.run(plugin.call(Export.REQUEST_HEADERS, HEADERS_INPUT)) is not None
+        assert asyncio.run(plugin.call(Phase.REQUEST_HEADERS, HEADERS_INPUT)) is not None
         return
     with pytest.raises(PluginCallError, match=rf"output of {len(output)} bytes is over max_output_bytes") as info:
-        asyncio.run(plugin.call(Export.REQUEST_HEADERS, HEADERS_INPUT))
+        asyncio.run(plugin.call(Phase.REQUEST_HEADERS, HEADERS_INPUT))
     assert info.value.kind is FailureKind.BAD_OUTPUT
 
 
@@ -65,14 +65,14 @@ def recycled(plugin: LoadedPlugin) -> float:
 
 # (plugin, its settings, the call's export and input, whether its instance is pooled again)
 RECYCLING_CASES = {
-    "small-call-kept": ("transform.wasm", {}, Export.REQUEST_BODY, body_input(100 * 1024), True),
+    "small-call-kept": ("transform.wasm", {}, Phase.REQUEST_BODY, body_input(100 * 1024), True),
     # Input and output each under RECYCLE_AFTER_BYTES, together over it.
-    "large-input-and-output": ("transform.wasm", {}, Export.REQUEST_BODY, body_input(600 * 1024), False),
+    "large-input-and-output": ("transform.wasm", {}, Phase.REQUEST_BODY, body_input(600 * 1024), False),
     # On the loop: a tiny input, an output of 20 headers of 60 KB.
     "large-output": (
         "scripted.wasm",
         {"config": {"process_request_headers": header_output(60 * 1024, 20)}},
-        Export.REQUEST_HEADERS,
+        Phase.REQUEST_HEADERS,
         HEADERS_INPUT,
         False,
     ),
@@ -88,7 +88,7 @@ def test_an_instance_that_moved_over_a_mib_is_dropped_and_freed(
     monkeypatch: pytest.MonkeyPatch,
     wasm: str,
     settings: dict[str, Any],
-    export: Export,
+    export: Phase,
     payload: dict[str, Any],
     kept: bool,
 ) -> None:

@@ -10,9 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from extproc import metrics
 from extproc.config import BreakerConfig
-from extproc.contract import Export
 from extproc.errors import FailureKind
 from extproc.metrics import StreamEnd
+from extproc.phases import Phase
 from extproc.plugins.breaker import BreakerState, CircuitBreaker
 from extproc.workers import _MergedMetrics
 
@@ -24,9 +24,9 @@ def sample(name: str, **labels: str) -> float | None:
 def test_plugin_calls_become_a_histogram_and_failure_counts() -> None:
     plugin = metrics.plugin_metrics("unit-histogram")
     assert metrics.plugin_metrics("unit-histogram") is plugin  # one object per name: reloads keep counting
-    plugin.record(Export.REQUEST_HEADERS, 0.00005)  # exactly on a bound: counted in that bucket ("le")
-    plugin.record(Export.REQUEST_HEADERS, 0.0003)
-    plugin.record(Export.REQUEST_HEADERS, 7.0, FailureKind.TIMEOUT)
+    plugin.record(Phase.REQUEST_HEADERS, 0.00005)  # exactly on a bound: counted in that bucket ("le")
+    plugin.record(Phase.REQUEST_HEADERS, 0.0003)
+    plugin.record(Phase.REQUEST_HEADERS, 7.0, FailureKind.TIMEOUT)
 
     labels = {"plugin": "unit-histogram", "phase": "process_request_headers"}
     assert sample("extproc_plugin_calls_total", **labels) == 3
@@ -46,7 +46,7 @@ def test_concurrent_records_are_not_lost() -> None:
 
     def work() -> None:
         for _ in range(5000):
-            plugin.record(Export.RESPONSE_BODY, 0.001)
+            plugin.record(Phase.RESPONSE_BODY, 0.001)
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for thread in threads:

@@ -15,9 +15,10 @@ import extism
 import pytest
 
 from extproc.config import parse_config
-from extproc.contract import Export
+from extproc.contract import DECLARE_PHASES
 from extproc.errors import FailureKind, PluginCallError
 from extproc.metrics import plugin_metrics
+from extproc.phases import Phase
 from extproc.plugins import loader, runner
 from extproc.plugins.breaker import BreakerState
 from extproc.plugins.host import MemoryStore
@@ -32,9 +33,10 @@ def call_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the threads plugin calls run on, in order, whichever path they take."""
     seen: list[str] = []
 
-    def spy(*args: Any) -> RawResult:
-        seen.append(threading.current_thread().name)
-        return invoke(*args)
+    def spy(instance: Any, export: str, *args: Any) -> RawResult:
+        if export != DECLARE_PHASES:  # asked once at load, not a call of a phase
+            seen.append(threading.current_thread().name)
+        return invoke(instance, export, *args)
 
     monkeypatch.setattr(loader, "invoke", spy)
     monkeypatch.setattr(runner, "invoke", spy)
@@ -52,7 +54,7 @@ def test_a_quick_plugin_runs_on_the_loop_thread(plugin_dir: Path, load: Any, cal
     plugin = load(plugin_dir / "scripted.wasm")
 
     async def scenario() -> str:
-        await plugin.call(Export.REQUEST_HEADERS, HEADERS_INPUT)
+        await plugin.call(Phase.REQUEST_HEADERS, HEADERS_INPUT)
         return threading.current_thread().name
 
     loop_thread = asyncio.run(scenario())
@@ -64,7 +66,7 @@ def test_a_large_input_runs_on_a_thread_and_the_plugin_stays_inline(
     plugin_dir: Path, load: Any, call_threads: list[str]
 ) -> None:
     plugin = load(plugin_dir / "transform.wasm", config={"suffix": "!"}, memory_limit_mb=64, timeout_ms=5000)
-    asyncio.run(plugin.call(Export.REQUEST_BODY, body_input(100_000)))
+    asyncio.run(plugin.call(Phase.REQUEST_BODY, body_input(100_000)))
     assert call_threads == ["test-plugin-0"]
     assert plugin.inline
 
@@ -75,11 +77,11 @@ def test_a_plugin_once_over_the_budget_moves_to_the_threads_for_good(
     plugin = load(plugin_dir / "transform.wasm", {"inline_call_budget_us": 1}, config={"suffix": "!"})
 
     async def three_calls() -> None:
-        await plugin.call(Export.REQUEST_BODY, body_input(10))
+        await plugin.call(Phase.REQUEST_BODY, body_input(10))
         assert plugin.inline  # a fresh instance's first call also pays for its new memory: not held against it
-        await plugin.call(Export.REQUEST_BODY, body_input(10))
+        await plugin.call(Phase.REQUEST_BODY, body_input(10))
         assert not plugin.inline  # more than 1 us of CPU
-        await plugin.call(Export.REQUEST_BODY, body_input(10))
+        await plugin.call(Phase.REQUEST_BODY, body_input(10))
 
     asyncio.run(three_calls())
     assert call_threads[2] == "test-plugin-0"
@@ -99,9 +101,9 @@ def test_a_garbage_collection_during_a_call_is_not_held_against_the_plugin(
         return invoke(*args)
 
     async def calls() -> None:
-        await plugin.call(Export.REQUEST_BODY, body_input(10))  # warms the instance
+        await plugin.call(Phase.REQUEST_BODY, body_input(10))  # warms the instance
         monkeypatch.setattr(loader, "invoke", collecting)
-        await plugin.call(Export.REQUEST_BODY, body_input(10))
+        await plugin.call(Phase.REQUEST_BODY, body_input(10))
 
     asyncio.run(calls())
     assert plugin.inline
@@ -117,7 +119,7 @@ def test_a_full_pool_fails_the_call_but_leaves_the_breaker_closed(plugin_dir: Pa
     held = plugin.pool.take_idle()  # the only instance, busy elsewhere
     assert held is not None
     with pytest.raises(PluginCallError) as info:
-        asyncio.run(plugin.call(Export.REQUEST_HEADERS, HEADERS_INPUT))
+        asyncio.run(plugin.call(Phase.REQUEST_HEADERS, HEADERS_INPUT))
     assert info.value.kind is FailureKind.POOL_EXHAUSTED
     # An overloaded server is not an unwell plugin: with failures: 1 a plugin failure would have opened it.
     assert plugin.breaker.state is BreakerState.CLOSED
@@ -161,10 +163,10 @@ def test_an_abandoned_running_call_is_interrupted_and_counted_as_cancelled(plugi
         timeout_ms=30_000,
         circuit_breaker={"failures": 1},
     )
-    phase = plugin_metrics(plugin.name).phases[Export.REQUEST_HEADERS]
+    phase = plugin_metrics(plugin.name).phases[Phase.REQUEST_HEADERS]
 
     async def scenario() -> None:
-        call = asyncio.create_task(plugin.call(Export.REQUEST_HEADERS, HEADERS_INPUT))
+        call = asyncio.create_task(plugin.call(Phase.REQUEST_HEADERS, HEADERS_INPUT))
         # Wait until the call runs on its thread, then walk away from it.
         while not plugin.pool.size or plugin.pool.idle:
             await asyncio.sleep(0.01)
@@ -200,10 +202,10 @@ def test_a_queued_call_whose_caller_left_never_starts(
         spinner, echo = (load_plugin(spec, config.server, one_thread, MemoryStore()) for spec in config.plugins)
 
         async def scenario() -> None:
-            blocker = asyncio.create_task(spinner.call(Export.REQUEST_HEADERS, HEADERS_INPUT))
+            blocker = asyncio.create_task(spinner.call(Phase.REQUEST_HEADERS, HEADERS_INPUT))
             while spinner.pool.idle:  # the only thread is busy spinning
                 await asyncio.sleep(0.01)
-            queued = asyncio.create_task(echo.call(Export.REQUEST_HEADERS, HEADERS_INPUT))
+            queued = asyncio.create_task(echo.call(Phase.REQUEST_HEADERS, HEADERS_INPUT))
             await asyncio.sleep(0.05)
             queued.cancel()
             blocker.cancel()
@@ -216,7 +218,7 @@ def test_a_queued_call_whose_caller_left_never_starts(
 
         asyncio.run(asyncio.wait_for(scenario(), 20))
         assert call_threads == ["one-0"]  # the spinner's call only
-        assert plugin_metrics("q-echo").phases[Export.REQUEST_HEADERS].snapshot().cancelled == 1
+        assert plugin_metrics("q-echo").phases[Phase.REQUEST_HEADERS].snapshot().cancelled == 1
         spinner.close()
         echo.close()
     finally:
@@ -279,7 +281,7 @@ def test_pool_waits_end_in_pool_exhausted_not_in_a_held_thread(plugin_dir: Path,
     )
 
     async def scenario() -> list[Any]:
-        calls = [plugin.call(Export.REQUEST_HEADERS, HEADERS_INPUT) for _ in range(3)]
+        calls = [plugin.call(Phase.REQUEST_HEADERS, HEADERS_INPUT) for _ in range(3)]
         return await asyncio.gather(*calls, return_exceptions=True)
 
     outcomes = asyncio.run(scenario())

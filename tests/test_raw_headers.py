@@ -19,7 +19,6 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from extproc import envoy
 from extproc._pb.extproc.plugin.v1 import plugin_pb2
 from extproc.contract import (
-    Export,
     HeaderChanges,
     MessageView,
     build_input,
@@ -30,6 +29,7 @@ from extproc.contract import (
 )
 from extproc.fields import value_bytes
 from extproc.headers import HeaderList
+from extproc.phases import Phase
 from extproc.testing import PluginHarness, request, response
 from tests.examples_build import example_wasm
 
@@ -51,7 +51,7 @@ def test_envoy_header_bytes_keep_their_identity() -> None:
 
 def test_plugin_input_carries_the_exact_bytes_in_raw_value() -> None:
     pairs = envoy.header_pairs(header_map((":path", b"/caf\xe9"), ("x-latin", LATIN1), ("x-utf8", UTF8)))
-    data = json.loads(encode_json(build_input(Export.REQUEST_HEADERS, "p", MessageView(pairs), None, {}, {})))
+    data = json.loads(encode_json(build_input(Phase.REQUEST_HEADERS, "p", MessageView(pairs), None, {}, {})))
     request_json = data["request"]
     assert request_json["headers"] == [
         {"name": ":path", "value": "/caf\ufffd", "raw_value": base64.b64encode(b"/caf\xe9").decode()},
@@ -63,7 +63,7 @@ def test_plugin_input_carries_the_exact_bytes_in_raw_value() -> None:
 
 def test_protobuf_plugins_get_the_same_bytes() -> None:
     pairs = envoy.header_pairs(header_map(("x-latin", LATIN1), ("x-utf8", UTF8)))
-    data = build_input(Export.REQUEST_HEADERS, "p", MessageView(pairs), None, {}, {})
+    data = build_input(Phase.REQUEST_HEADERS, "p", MessageView(pairs), None, {}, {})
     message = plugin_pb2.PluginInput.FromString(encode_protobuf(data))
     assert [(h.name, h.value, h.raw_value) for h in message.request.headers] == [
         ("x-latin", "caf\ufffd", LATIN1),

@@ -24,8 +24,8 @@ from typing import Any, Final
 import yaml
 
 from extproc.config import Config, ConfigError, ListenAddress, PluginConfig
-from extproc.contract import Export
 from extproc.envoy import METADATA_NAMESPACE, ROUTE_METADATA_ATTRIBUTE
+from extproc.phases import Phase
 from extproc.plugins.loader import LoadedPlugin
 from extproc.plugins.registry import PluginSet, Selection
 from extproc.plugins.runner import PluginThreads
@@ -52,12 +52,12 @@ _WAITS_PER_ATTEMPT: Final = 2
 # The exports one Envoy message can run, as extproc/stream.py answers it: generate_response follows the
 # request headers, or the request body when its plugin waits for the body.
 _MESSAGE_EXPORTS: Final = {
-    "request headers": frozenset({Export.REQUEST_HEADERS, Export.GENERATE_RESPONSE}),
-    "request body": frozenset({Export.REQUEST_BODY, Export.REQUEST_BODY_CHUNK, Export.GENERATE_RESPONSE}),
-    "request trailers": frozenset({Export.REQUEST_TRAILERS}),
-    "response headers": frozenset({Export.RESPONSE_HEADERS}),
-    "response body": frozenset({Export.RESPONSE_BODY, Export.RESPONSE_BODY_CHUNK}),
-    "response trailers": frozenset({Export.RESPONSE_TRAILERS}),
+    "request headers": frozenset({Phase.REQUEST_HEADERS, Phase.GENERATE_RESPONSE}),
+    "request body": frozenset({Phase.REQUEST_BODY, Phase.REQUEST_BODY_CHUNK, Phase.GENERATE_RESPONSE}),
+    "request trailers": frozenset({Phase.REQUEST_TRAILERS}),
+    "response headers": frozenset({Phase.RESPONSE_HEADERS}),
+    "response body": frozenset({Phase.RESPONSE_BODY, Phase.RESPONSE_BODY_CHUNK}),
+    "response trailers": frozenset({Phase.RESPONSE_TRAILERS}),
 }
 _ACCESS_LOG_FORMAT: Final = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '

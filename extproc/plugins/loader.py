@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
 from http import HTTPStatus
 from time import thread_time
@@ -19,10 +20,11 @@ import extism.extism as extism_internals
 from extism.extism import CompiledPlugin
 
 from extproc import contract
-from extproc.config import Encoding, ExecutionPoint, PluginConfig, ServerConfig
-from extproc.contract import Export, ImmediateReply, PluginOutput
+from extproc.config import Encoding, PluginConfig, ServerConfig
+from extproc.contract import ImmediateReply, PluginOutput
 from extproc.errors import FailureKind, OutputError, PluginCallError, PluginLoadError
 from extproc.metrics import PluginMetrics, instance_recycled, plugin_metrics
+from extproc.phases import Phase
 from extproc.plugins.breaker import Admission, CircuitBreaker
 from extproc.plugins.host import HOST_FUNCTIONS, HTTP_REQUEST, KeyValueStore, PluginHost, default_store
 from extproc.plugins.host import NAMESPACE as HOST_NAMESPACE
@@ -36,19 +38,36 @@ log = logging.getLogger("extproc.plugins")
 
 WASM_PAGE_BYTES = 64 * 1024
 
-POINT_OF_EXPORT = {export: ExecutionPoint(export.name.lower()) for export in Export}
 # A plugin reads one direction's body whole or in chunks, not both: both would need two copies of the body.
-_BODY_EXPORT_PAIRS: Final = (
-    (Export.REQUEST_BODY, Export.REQUEST_BODY_CHUNK),
-    (Export.RESPONSE_BODY, Export.RESPONSE_BODY_CHUNK),
+_BODY_PAIRS: Final = (
+    (Phase.REQUEST_BODY, Phase.REQUEST_BODY_CHUNK),
+    (Phase.RESPONSE_BODY, Phase.RESPONSE_BODY_CHUNK),
 )
 
 Encoder = Callable[[Mapping[str, Any]], bytes]
 Decoder = Callable[[bytes], PluginOutput | None]
-_CODECS: dict[Encoding, tuple[Encoder, Decoder]] = {
-    Encoding.JSON: (contract.encode_json, contract.decode_json),
-    Encoding.PROTOBUF: (contract.encode_protobuf, contract.decode_protobuf),
+DeclarationDecoder = Callable[[bytes], frozenset[Phase]]
+_CODECS: dict[Encoding, tuple[Encoder, Decoder, DeclarationDecoder]] = {
+    Encoding.JSON: (contract.encode_json, contract.decode_json, contract.declared_phases_json),
+    Encoding.PROTOBUF: (contract.encode_protobuf, contract.decode_protobuf, contract.declared_phases_protobuf),
 }
+
+
+class PhaseSource(StrEnum):
+    """Where a loaded plugin's phases came from, in order of precedence."""
+
+    EXECUTION_POINTS = "execution_points"  # the server config says
+    DECLARED = "declared"  # the plugin's declare_phases export says, for its config
+    EXPORTS = "exports"  # neither: every phase the module exports
+
+
+@dataclass(frozen=True, slots=True)
+class ActivePhases:
+    phases: frozenset[Phase]
+    source: PhaseSource
+    # The phases whose input carries the request body: the request body phase, and generate_response
+    # when it waits for the body (then it runs after the body instead of after the headers).
+    with_request_body: frozenset[Phase]
 
 
 # A retry would meet the same full pool or the same failing state backend.
@@ -150,9 +169,10 @@ class LoadedPlugin:
 
     spec: PluginConfig
     sha256: str
-    module_exports: frozenset[Export]
-    exports: frozenset[Export]
-    wants_request_body: bool
+    module_exports: frozenset[Phase]
+    exports: frozenset[Phase]  # the phases it is called for
+    phase_source: PhaseSource
+    request_body_phases: frozenset[Phase]  # ActivePhases.with_request_body
     pool: InstancePool[Instance] = field(repr=False)
     encode: Encoder = field(repr=False)
     decode: Decoder = field(repr=False)
@@ -181,7 +201,7 @@ class LoadedPlugin:
         # Shared by every load of a plugin of this name, so counters carry on across reloads.
         return plugin_metrics(self.name)
 
-    async def call(self, export: Export, payload: Mapping[str, Any]) -> PluginOutput | None:
+    async def call(self, export: Phase, payload: Mapping[str, Any]) -> PluginOutput | None:
         """Run one export within the plugin's limits, retries and circuit breaker.
 
         Every failure, including a call refused by an open breaker, becomes a PluginCallError. A call
@@ -232,7 +252,7 @@ class LoadedPlugin:
             breaker.record_abandoned(admission)
             raise
 
-    async def _call_on_thread(self, export: Export, data: bytes) -> RawResult:
+    async def _call_on_thread(self, export: Phase, data: bytes) -> RawResult:
         try:
             instance = await self.pool.acquire(self.spec.timeout_ms / 1000)
         except PoolExhausted as exc:
@@ -243,7 +263,7 @@ class LoadedPlugin:
             raise AssertionError("a call the caller still waits for always runs")
         return result
 
-    def _call_inline(self, instance: Instance, export: Export, data: bytes) -> RawResult:
+    def _call_inline(self, instance: Instance, export: Phase, data: bytes) -> RawResult:
         # CPU time of this thread: what the call itself costs the loop, without waits for the GIL.
         collections_before = _collections.count
         started = thread_time()
@@ -255,7 +275,7 @@ class LoadedPlugin:
         self._give_back(instance, data, result)
         return result
 
-    def _demote(self, export: Export, elapsed: float) -> None:
+    def _demote(self, export: Phase, elapsed: float) -> None:
         """Every further call runs on the threads: a plugin that was slow once may be slow again, and
         on the loop it would hold up every other stream of this worker meanwhile."""
         self.runs_on_threads = f"{export.value} took {elapsed * 1000:.1f} ms of CPU on the event loop"
@@ -288,7 +308,7 @@ class LoadedPlugin:
         else:
             self.pool.release(instance)
 
-    def _output(self, export: Export, result: RawResult) -> PluginOutput | None:
+    def _output(self, export: Phase, result: RawResult) -> PluginOutput | None:
         if result.error is not None:
             raise PluginCallError(self.name, export.value, classify(result.error), str(result.error))
         if result.state_failure is not None:
@@ -344,31 +364,37 @@ def load_plugin(
         first = new_instance()
     except extism.Error as exc:
         raise PluginLoadError(spec.name, spec.path, f"cannot instantiate: {exc}") from None
-    module_exports = frozenset(export for export in Export if first.plugin.function_exists(export.value))
+    module_exports = frozenset(phase for phase in Phase if first.plugin.function_exists(phase.value))
     if not module_exports:
-        names = ", ".join(export.value for export in Export)
+        names = ", ".join(phase.value for phase in Phase)
         raise PluginLoadError(spec.name, spec.path, f"exports none of the plugin functions ({names})")
-    exports, wants_request_body = _active_exports(spec, module_exports)
+    encode, decode, decode_declaration = _CODECS[spec.encoding]
+    host = PluginHost(
+        spec.name,
+        store,
+        timeout_ms=spec.timeout_ms,
+        state_failure=spec.state_failure,
+        http=HttpPolicy(spec.allowed_hosts, spec.max_http_response_bytes),
+    )
+    declaration = None
+    if first.plugin.function_exists(contract.DECLARE_PHASES):
+        declaration = _declaration(spec, first, host, decode_declaration)
+        first.warm = True
+    active = _active_phases(spec, module_exports, declaration)
     pool_size = spec.pool_size or _pool_size(spec, threads.max_threads)
     pool: InstancePool[Instance] = InstancePool(new_instance, pool_size)
     pool.add_idle(first)
-    encode, decode = _CODECS[spec.encoding]
     return LoadedPlugin(
         spec=spec,
         sha256=hashlib.sha256(wasm).hexdigest(),
         module_exports=module_exports,
-        exports=exports,
-        wants_request_body=wants_request_body,
+        exports=active.phases,
+        phase_source=active.source,
+        request_body_phases=active.with_request_body,
         pool=pool,
         encode=encode,
         decode=decode,
-        host=PluginHost(
-            spec.name,
-            store,
-            timeout_ms=spec.timeout_ms,
-            state_failure=spec.state_failure,
-            http=HttpPolicy(spec.allowed_hosts, spec.max_http_response_bytes),
-        ),
+        host=host,
         breaker=CircuitBreaker(spec.name, spec.circuit_breaker),
         failure_reply=failure_reply(spec.error_status),
         max_body_bytes=server.max_body_bytes,
@@ -430,35 +456,65 @@ def _pool_size(spec: PluginConfig, threads: int) -> int:
     return min(threads, 2 * (os.cpu_count() or 1))
 
 
-def _active_exports(spec: PluginConfig, module_exports: frozenset[Export]) -> tuple[frozenset[Export], bool]:
-    """Exports to call, and whether generate_response should wait for the request body.
+def _declaration(
+    spec: PluginConfig, instance: Instance, host: PluginHost, decode: DeclarationDecoder
+) -> frozenset[Phase] | None:
+    """Call the module's declare_phases export, which answers for the config it was loaded with. An empty
+    answer declares nothing (every export is called), as if the export were absent."""
+    where = contract.DECLARE_PHASES
+    result = invoke(instance, where, b"", host, 64 * 1024)
+    if result.error is not None:
+        raise PluginLoadError(spec.name, spec.path, f"{where} failed: {result.error}")
+    if not result.output:
+        return None
+    try:
+        return decode(result.output)
+    except OutputError as exc:
+        raise PluginLoadError(spec.name, spec.path, f"{where} output: {exc}") from None
 
-    Listing `request_body` for a plugin that only exports generate_response means
-    "call generate_response with the whole request body".
+
+def _active_phases(
+    spec: PluginConfig, module_exports: frozenset[Phase], declaration: frozenset[Phase] | None
+) -> ActivePhases:
+    """The phases to call: execution_points if the config has them, else the plugin's declaration if it
+    makes one, else every phase it exports.
+
+    `request_body` for a plugin that exports generate_response but not process_request_body means "call
+    generate_response with the whole request body".
     """
-    points = spec.execution_points
-    if points is None:
-        return _one_body_export_per_direction(spec, module_exports), Export.REQUEST_BODY in module_exports
-    for point in points:
-        export = next(e for e, p in POINT_OF_EXPORT.items() if p == point)
-        serves_body_to_generate = point is ExecutionPoint.REQUEST_BODY and Export.GENERATE_RESPONSE in module_exports
-        if export not in module_exports and not serves_body_to_generate:
+    if spec.execution_points is not None:
+        named, source, where = spec.execution_points, PhaseSource.EXECUTION_POINTS, "execution point"
+    elif declaration is not None:
+        named, source, where = declaration, PhaseSource.DECLARED, f"{contract.DECLARE_PHASES} names phase"
+    else:
+        with_body = module_exports & _BODY_READERS if Phase.REQUEST_BODY in module_exports else frozenset()
+        return ActivePhases(_one_body_phase_per_direction(spec, module_exports), PhaseSource.EXPORTS, with_body)
+    generate_reads_body = (
+        Phase.REQUEST_BODY in named
+        and Phase.REQUEST_BODY not in module_exports
+        and Phase.GENERATE_RESPONSE in module_exports
+    )
+    for phase in named:
+        if phase not in module_exports and not (phase is Phase.REQUEST_BODY and generate_reads_body):
+            raise PluginLoadError(
+                spec.name, spec.path, f"{where} {phase.config_name!r} needs export {phase.value!r}, which is missing"
+            )
+    phases = (named & module_exports) | ({Phase.GENERATE_RESPONSE} if generate_reads_body else frozenset())
+    with_body = phases & _BODY_READERS if Phase.REQUEST_BODY in named else frozenset()
+    return ActivePhases(_one_body_phase_per_direction(spec, frozenset(phases)), source, frozenset(with_body))
+
+
+_BODY_READERS: Final = frozenset({Phase.REQUEST_BODY, Phase.GENERATE_RESPONSE})
+
+
+def _one_body_phase_per_direction(spec: PluginConfig, phases: frozenset[Phase]) -> frozenset[Phase]:
+    for whole, chunk in _BODY_PAIRS:
+        if whole in phases and chunk in phases:
             raise PluginLoadError(
                 spec.name,
                 spec.path,
-                f"execution point {point.value!r} needs export {export.value!r}, which is missing",
+                f"reads its {whole.config_name.removesuffix('_body')} body both whole and in chunks ({whole.value} "
+                f"and {chunk.value}); narrow execution_points (or its phase declaration) to "
+                f"{whole.config_name!r} or {chunk.config_name!r}",
             )
-    exports = frozenset(e for e in module_exports if POINT_OF_EXPORT[e] in points)
-    return _one_body_export_per_direction(spec, exports), ExecutionPoint.REQUEST_BODY in points
-
-
-def _one_body_export_per_direction(spec: PluginConfig, exports: frozenset[Export]) -> frozenset[Export]:
-    for whole, chunk in _BODY_EXPORT_PAIRS:
-        if whole in exports and chunk in exports:
-            raise PluginLoadError(
-                spec.name,
-                spec.path,
-                f"exports both {whole.value} and {chunk.value}; narrow execution_points to one of "
-                f"{POINT_OF_EXPORT[whole].value!r} and {POINT_OF_EXPORT[chunk].value!r}",
-            )
-    return exports
+    return phases

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from extproc.config import Config, StateBackend
-from extproc.contract import Export, Pair
+from extproc.contract import Pair
+from extproc.phases import Phase
 from extproc.plugins.host import KeyValueStore, default_store
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.runner import PluginThreads
@@ -34,14 +35,14 @@ class Selection:
         exports = frozenset().union(*(plugin.exports for plugin in plugins))
         return cls(
             plugins=plugins,
-            request_body=any(plugin.wants_request_body for plugin in plugins),
-            request_chunks=Export.REQUEST_BODY_CHUNK in exports,
-            request_trailers=Export.REQUEST_TRAILERS in exports,
-            generate_response=Export.GENERATE_RESPONSE in exports,
-            response_headers=any(export.is_response for export in exports),
-            response_body=Export.RESPONSE_BODY in exports,
-            response_chunks=Export.RESPONSE_BODY_CHUNK in exports,
-            response_trailers=Export.RESPONSE_TRAILERS in exports,
+            request_body=any(plugin.request_body_phases for plugin in plugins),
+            request_chunks=Phase.REQUEST_BODY_CHUNK in exports,
+            request_trailers=Phase.REQUEST_TRAILERS in exports,
+            generate_response=Phase.GENERATE_RESPONSE in exports,
+            response_headers=any(phase.is_response for phase in exports),
+            response_body=Phase.RESPONSE_BODY in exports,
+            response_chunks=Phase.RESPONSE_BODY_CHUNK in exports,
+            response_trailers=Phase.RESPONSE_TRAILERS in exports,
         )
 
 

@@ -141,3 +141,27 @@ def test_five_mebibyte_bodies_round_trip_through_body_plugins(plugin_dir: Path, 
     echoed = json.loads(response.body[1:])
     assert echoed["body_length"] == len(body) + 1
     assert echoed["body"].endswith("x!")
+
+
+@pytest.mark.parametrize(("on_error", "status"), [("fail_closed", 502), ("fail_open", 200)])
+def test_bodies_over_max_body_bytes_get_the_documented_answer(
+    plugin_dir: Path, make_stack: StackFactory, on_error: str, status: int
+) -> None:
+    body_plugin = {
+        "name": "t",
+        "path": str(plugin_dir / "transform.wasm"),
+        "execution_points": ["request_body", "response_body"],
+        "config": {"suffix": "!", "prefix": ">"},
+        "on_error": on_error,
+    }
+    config = json.dumps({"server": {"max_body_bytes": 64 * 1024}, "plugins": [body_plugin]})
+    with make_stack(config) as stack:
+        too_large_request = request("POST", f"{stack.url}/upload", body=b"x" * (100 * 1024))
+        too_large_response = request("GET", f"{stack.url}/bytes/{100 * 1024}")
+        fits = request("POST", f"{stack.url}/fits", body=b"small")
+    assert too_large_request.status == 413
+    assert too_large_response.status == status
+    if status == 200:  # passed through unprocessed: no prefix
+        assert len(too_large_response.body) == 100 * 1024 and not too_large_response.body.startswith(b">")
+    assert fits.status == 200 and fits.body.startswith(b">")  # the echoed JSON, processed
+    assert json.loads(fits.body[1:])["body"] == "small!"

@@ -7,7 +7,7 @@
 //     public: ["/healthz", "/public/*"] # paths that need no key
 //
 // The key header itself is removed before the request goes upstream.
-import { config, globMatch, Input, JsonValue, Output, run } from "@extproc/sdk";
+import { config, declarePhases, globMatch, Input, JsonValue, Output, Phase, run } from "@extproc/sdk";
 
 function onRequest(input: Input, out: Output): void {
   const cfg = config();
@@ -33,4 +33,8 @@ function onRequest(input: Input, out: Output): void {
 
 export function process_request_headers(): i32 {
   return run(onRequest);
+}
+
+export function declare_phases(): i32 {
+  return declarePhases([Phase.REQUEST_HEADERS]);
 }

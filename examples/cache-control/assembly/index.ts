@@ -10,7 +10,7 @@
 // A GET or HEAD whose If-None-Match lists the response's ETag (or, without If-None-Match, whose
 // If-Modified-Since is not older than Last-Modified) gets 304 with the validators and caching headers.
 import {
-  config, fnv1a64Hex, globMatch, Input, JsonValue, Output, parseHttpDate, Request, Response, run,
+  config, declarePhases, fnv1a64Hex, globMatch, Input, JsonValue, Output, parseHttpDate, Phase, Request, Response, run,
 } from "@extproc/sdk";
 
 function ruleFor(request: Request, response: Response): JsonValue | null {
@@ -113,4 +113,11 @@ export function process_response_headers(): i32 {
 
 export function process_response_body(): i32 {
   return run(onResponseBody);
+}
+
+// The response body is read only to compute an ETag.
+export function declare_phases(): i32 {
+  const phases = [Phase.RESPONSE_HEADERS];
+  if (config().getBool("etag")) phases.push(Phase.RESPONSE_BODY);
+  return declarePhases(phases);
 }

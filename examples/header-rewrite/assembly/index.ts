@@ -6,7 +6,7 @@
 //
 // `set` replaces every value (adds the header when absent), `add` appends one more value (a list
 // adds several), `remove` drops every value, `rename` moves every value to the new name.
-import { config, Headers, Input, JsonValue, Output, run } from "@extproc/sdk";
+import { config, declarePhases, Headers, Input, JsonValue, Output, Phase, run } from "@extproc/sdk";
 
 function valuesOf(v: JsonValue): Array<string> {
   const out = new Array<string>();
@@ -66,4 +66,12 @@ export function process_request_headers(): i32 {
 
 export function process_response_headers(): i32 {
   return run(onResponse);
+}
+
+// Only the sides the config rewrites: with request rules alone, Envoy is never asked for the response.
+export function declare_phases(): i32 {
+  const phases = new Array<string>();
+  if (config().get("request") !== null) phases.push(Phase.REQUEST_HEADERS);
+  if (config().get("response") !== null) phases.push(Phase.RESPONSE_HEADERS);
+  return declarePhases(phases);
 }

@@ -6,7 +6,7 @@
 //     response: {redact: [internal_id], rename: {}, replacement: "***"}
 //
 // With `replacement`, redacted fields keep their key and get that string instead of disappearing.
-import { Body, config, Headers, Input, JsonValue, Log, Output, run } from "@extproc/sdk";
+import { Body, config, declarePhases, Headers, Input, JsonValue, Log, Output, Phase, run } from "@extproc/sdk";
 
 function isJson(headers: Headers): bool {
   const type = headers.get("content-type");
@@ -66,4 +66,12 @@ export function process_request_body(): i32 {
 
 export function process_response_body(): i32 {
   return run(onResponse);
+}
+
+// Only the bodies the config transforms: each one Envoy buffers for the server costs a round trip.
+export function declare_phases(): i32 {
+  const phases = new Array<string>();
+  if (config().get("request") !== null) phases.push(Phase.REQUEST_BODY);
+  if (config().get("response") !== null) phases.push(Phase.RESPONSE_BODY);
+  return declarePhases(phases);
 }

@@ -7,7 +7,7 @@
 //     key_header: x-api-key     # optional: bucket per value of this header; default: per client address
 //
 // Over the limit: 429 with Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset.
-import { config, Input, JsonValue, KV, Log, nowMs, Output, run, stripPort } from "@extproc/sdk";
+import { config, declarePhases, Input, JsonValue, KV, Log, nowMs, Output, Phase, run, stripPort } from "@extproc/sdk";
 
 // Attempts at the read-modify-write before giving up; each failed attempt means another request
 // changed the bucket in between, so this bounds work under contention, not correctness.
@@ -76,4 +76,8 @@ function onRequest(input: Input, out: Output): void {
 
 export function process_request_headers(): i32 {
   return run(onRequest);
+}
+
+export function declare_phases(): i32 {
+  return declarePhases([Phase.REQUEST_HEADERS]);
 }

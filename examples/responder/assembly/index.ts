@@ -7,7 +7,7 @@
 //       - {path: /mock/user, method: GET, status: 200, json: {id: 7, name: Ada}, headers: {x-mock: "1"}}
 //       - {path: /docs/*, redirect: https://docs.example.com/, status: 302}
 //       - {path: /robots.txt, body: "User-agent: *\nDisallow: /\n", content_type: text/plain}
-import { config, globMatch, Input, JsonValue, Output, run } from "@extproc/sdk";
+import { config, declarePhases, globMatch, Input, JsonValue, Output, Phase, run } from "@extproc/sdk";
 
 function answer(route: JsonValue, out: Output): void {
   const redirect = route.get("redirect");
@@ -57,4 +57,8 @@ function onRequest(input: Input, out: Output): void {
 
 export function generate_response(): i32 {
   return run(onRequest);
+}
+
+export function declare_phases(): i32 {
+  return declarePhases([Phase.GENERATE_RESPONSE]);
 }

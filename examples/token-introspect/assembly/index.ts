@@ -10,7 +10,7 @@
 // The endpoint answering anything but 200 with a JSON object gives 503: the token could not be checked.
 // So does a call that got no answer (host not in allowed_hosts, too large a response, timeout, connection
 // failure, too many redirects); the server's log then has a warning line with the reason.
-import { config, formEncode, fnv1a64Hex, Http, Input, JsonValue, KV, Log, Output, run } from "@extproc/sdk";
+import { config, declarePhases, fnv1a64Hex, formEncode, Http, Input, JsonValue, KV, Log, Output, Phase, run } from "@extproc/sdk";
 
 function deny(out: Output, status: i32, details: string, error: string): void {
   out.respond(status)
@@ -65,4 +65,8 @@ function onRequest(input: Input, out: Output): void {
 
 export function process_request_headers(): i32 {
   return run(onRequest);
+}
+
+export function declare_phases(): i32 {
+  return declarePhases([Phase.REQUEST_HEADERS]);
 }

@@ -471,6 +471,39 @@ export function run(handler: Handler): i32 {
   return 0;
 }
 
+/** The phases a plugin can declare, by their config names (see declarePhases). */
+export namespace Phase {
+  export const REQUEST_HEADERS = "request_headers";
+  export const REQUEST_BODY_CHUNK = "request_body_chunk";
+  export const REQUEST_BODY = "request_body";
+  export const GENERATE_RESPONSE = "generate_response";
+  export const REQUEST_TRAILERS = "request_trailers";
+  export const RESPONSE_HEADERS = "response_headers";
+  export const RESPONSE_BODY_CHUNK = "response_body_chunk";
+  export const RESPONSE_BODY = "response_body";
+  export const RESPONSE_TRAILERS = "response_trailers";
+}
+
+/**
+ * Answers the server's `declare_phases` call: the phases this plugin's config uses. The server then
+ * calls only those exports and asks Envoy for only those phases. Use it as the whole body of the export:
+ *
+ *   export function declare_phases(): i32 {
+ *     return declarePhases([Phase.REQUEST_HEADERS]);
+ *   }
+ */
+export function declarePhases(phases: Array<string>): i32 {
+  const w = new JsonWriter();
+  w.raw('{"phases":[');
+  for (let i = 0; i < phases.length; i++) {
+    if (i > 0) w.raw(",");
+    w.string(phases[i]);
+  }
+  w.raw("]}");
+  writeOutputBytes(w.toBytes());
+  return 0;
+}
+
 /** Makes the call fail with `message` (the server logs it and answers per on_error); returns 1. */
 export function fail(message: string): i32 {
   setError(message);

@@ -1,5 +1,5 @@
 // extproc SDK for AssemblyScript plugins. See docs/writing-plugins.md.
-export { Body, config, fail, Handler, Headers, ImmediateResponse, Input, isUtf8, Output, readInput, Request, Response, run } from "./contract";
+export { Body, config, declarePhases, fail, Handler, Headers, ImmediateResponse, Input, isUtf8, Output, Phase, readInput, Request, Response, run } from "./contract";
 export { ByteBuffer, JsonKind, JsonValue, JsonWriter, quote } from "./json";
 export { base64Decode, base64Encode } from "./base64";
 export { INCR_ERROR, KV, Log, nowMs } from "./host";

@@ -140,3 +140,9 @@ class PluginOutput(_message.Message):
     dynamic_metadata: _struct_pb2.Struct
     state: Body
     def __init__(self, headers: _Optional[_Union[HeaderMutation, _Mapping]] = ..., body: _Optional[_Union[Body, _Mapping]] = ..., immediate_response: _Optional[_Union[ImmediateResponse, _Mapping]] = ..., dynamic_metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[Body, _Mapping]] = ...) -> None: ...
+
+class PhaseDeclaration(_message.Message):
+    __slots__ = ("phases",)
+    PHASES_FIELD_NUMBER: _ClassVar[int]
+    phases: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, phases: _Optional[_Iterable[str]] = ...) -> None: ...
