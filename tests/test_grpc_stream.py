@@ -145,7 +145,10 @@ def test_buffered_partial_overflow_passes_through(connect: Any, plugin_dir: Path
 def test_a_request_body_over_the_limit_is_413(connect: Any, plugin_dir: Path, chunks: list[bytes]) -> None:
     plugin = {"name": "t", "path": str(plugin_dir / "transform.wasm"), "execution_points": ["request_body"]}
     messages = [body(chunk, end_of_stream=i == len(chunks) - 1) for i, chunk in enumerate(chunks)]
-    replies = exchange(connect(plugin, max_body_bytes=4), headers(*REQUEST), *messages)
+    # Chunks come only when Envoy is configured to stream, and it says so.
+    mode = ProcessingMode.STREAMED if len(chunks) > 1 else ProcessingMode.BUFFERED
+    config = ep.ProtocolConfiguration(request_body_mode=mode)
+    replies = exchange(connect(plugin, max_body_bytes=4), headers(*REQUEST, protocol_config=config), *messages)
     assert replies[-1].immediate_response.status.code == 413
     assert replies[-1].immediate_response.details == "extproc_body_too_large"
 

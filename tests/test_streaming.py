@@ -117,7 +117,7 @@ def test_output_state_decodes_to_bytes(state: object, kept: bytes) -> None:
 
 def test_a_plugin_may_read_a_body_whole_or_in_chunks_not_both(plugin_dir: Path) -> None:
     points = ["response_body", "response_body_chunk"]
-    with pytest.raises(PluginLoadError, match="exports both process_response_body and process_response_body_chunk"):
+    with pytest.raises(PluginLoadError, match="reads its response body both whole and in chunks"):
         PluginHarness(plugin_dir / "scripted_streaming.wasm", execution_points=points)
 
 
