@@ -81,8 +81,9 @@ def body_json(body: bytes) -> dict[str, str]:
         return {"data": base64.b64encode(body).decode("ascii")}
 
 
-# A header value holds bytes that are not UTF-8 as these surrogate escapes (see extproc.fields).
-_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+# A header value holds bytes that are not UTF-8 as these surrogate escapes (see extproc.fields). Written
+# as regex escapes: mypyc cannot compile a string literal holding surrogates.
+_ESCAPED_BYTE = re.compile(r"[\udc80-\udcff]")
 
 
 def _headers_json(headers: Sequence[Pair]) -> list[dict[str, str]]:
@@ -324,9 +325,11 @@ def _pairs(value: object, where: str, *, pseudo: bool = True) -> tuple[Pair, ...
             if "raw_value" in entry:
                 field, text = "raw_value", _raw_value(entry)
             else:
-                field, text = "value", entry.get("value", "")
-                if not isinstance(text, str):
-                    raise OutputError(field, f"header value must be a string, got {type(text).__name__}")
+                # Typed as object until checked: compiled (mypyc), a str variable would refuse the int itself.
+                field, given = "value", entry.get("value", "")
+                if not isinstance(given, str):
+                    raise OutputError(field, f"header value must be a string, got {type(given).__name__}")
+                text = given
             if len(text) > MAX_HEADER_VALUE:
                 raise OutputError(field, f"header value longer than {MAX_HEADER_VALUE} bytes")
             problem = value_problem(name, text)

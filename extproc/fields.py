@@ -24,8 +24,9 @@ _NAME = re.compile(
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 # RFC 9110 5.5: field-vchar (VCHAR or obs-text) at both ends, SP and HTAB allowed inside. Surrogates
-# other than the escapes of single bytes cannot be encoded, so they are not field-vchar.
-_VCHAR = "!-~\x80-\ud7ff\udc80-\udcff\ue000-\U0010ffff"
+# other than the escapes of single bytes cannot be encoded, so they are not field-vchar. Regex escapes,
+# not the characters: mypyc cannot compile a string literal holding surrogates.
+_VCHAR = r"!-~\x80-\ud7ff\udc80-\udcff\ue000-\U0010ffff"
 _FIELD_VALUE = re.compile(f"(?:[{_VCHAR}](?:[\t {_VCHAR}]*[{_VCHAR}])?)?")
 
 # origin-form (RFC 9112 3.2.1) loosened to any visible ASCII but "#" (a fragment is never part of a

@@ -14,6 +14,7 @@ code and tests can tell our metrics apart; the process and platform collectors a
 from __future__ import annotations
 
 import enum
+import importlib.util
 import platform
 import threading
 from bisect import bisect_left
@@ -362,12 +363,21 @@ def _distribution_version(name: str) -> str:
         return "unknown"
 
 
+def _request_path_compiled() -> bool:
+    """Whether this install runs the request path compiled with mypyc (setup.py, EXTPROC_MYPYC=1); looked up
+    without importing it, since it imports this module."""
+    spec = importlib.util.find_spec("extproc.stream")
+    return spec is not None and spec.origin is not None and not spec.origin.endswith(".py")
+
+
+REQUEST_PATH_COMPILED: Final = _request_path_compiled()
 _BUILD.info(
     {
         "version": __version__,
         "python": platform.python_version(),
         "extism": _distribution_version("extism"),
         "grpcio": _distribution_version("grpcio"),
+        "compiled": "mypyc" if REQUEST_PATH_COMPILED else "no",
     }
 )
 _RELOADS.labels("success")

@@ -118,7 +118,12 @@ class Server:
         self._on_loop(self._start())
         if self.admin is not None:
             self.admin.start()
-        log.info("listening on %s with %d plugin(s)", self.address, len(self.plugins.plugins))
+        log.info(
+            "listening on %s with %d plugin(s); request path %s",
+            self.address,
+            len(self.plugins.plugins),
+            "compiled (mypyc)" if metrics.REQUEST_PATH_COMPILED else "interpreted",
+        )
 
     async def _start(self) -> None:
         await self._grpc.start()
