@@ -154,7 +154,13 @@ class ExchangeStream:
             else:
                 raise ValueError(f"ProcessingRequest without a known message (got {kind!r})")
         exchange = self._exchange
-        self.done = exchange is None or not (exchange.request.wants or exchange.response.wants)
+        if exchange is None:  # no plugin wants the exchange, or an immediate response (which took the metadata)
+            self.done = True
+            return reply
+        if exchange.emitted_metadata:
+            # On the last reply; a chunk held without a reply of its own ran no plugin, so emitted nothing.
+            self._attach_metadata(reply if isinstance(reply, ep.ProcessingResponse) else reply[-1])
+        self.done = not (exchange.request.wants or exchange.response.wants)
         return reply
 
     # --- phases ----------------------------------------------------------------------------
@@ -173,9 +179,11 @@ class ExchangeStream:
             headers.first(":authority") or "",
             pairs,
         )
-        exchange_plan = selection.plans.get(configured)
-        if exchange_plan is None:
-            exchange_plan = selection.plans[configured] = plan(selection, configured)
+        plans = selection.plans
+        # A containment test and a subscript: no method call on the path of every request.
+        exchange_plan = (
+            plans[configured] if configured in plans else plans.setdefault(configured, plan(selection, configured))
+        )
         request_plan = exchange_plan.request
         if not selection.plugins and not (request_plan.duplex or exchange_plan.response.duplex):
             return ep.ProcessingResponse.FromString(exchange_plan.without_body)
@@ -202,7 +210,6 @@ class ExchangeStream:
         if has_body:
             _drop_content_length(exchange.request)
         self._fill_common(response.request_headers, headers, route=True)
-        self._attach_metadata(response)
         return response
 
     async def _response_headers(self, exchange: Exchange, message: ep.HttpHeaders) -> ep.ProcessingResponse:
@@ -219,7 +226,6 @@ class ExchangeStream:
             _drop_content_length(side)
         response = ep.ProcessingResponse()
         self._fill_common(response.response_headers, headers, route=False)
-        self._attach_metadata(response)
         return response
 
     async def _body(self, exchange: Exchange, side: Side, message: ep.HttpBody) -> Replies:
@@ -247,7 +253,6 @@ class ExchangeStream:
         body, changed = side.body, side.body_changed
         side.body = None
         response = _body_reply(side, body if changed or side.plan.duplex else None, last)
-        self._attach_metadata(response)
         return response
 
     async def _whole(self, exchange: Exchange, side: Side, message: ep.HttpBody) -> Replies:
@@ -306,7 +311,6 @@ class ExchangeStream:
             if changed and headers.first("content-length") is not None:
                 headers.apply(HeaderChanges(set=(("content-length", str(len(new_body or b""))),)))
             self._fill_common(_body_of(side, response), headers, route=direction.routes)
-        self._attach_metadata(response)
         return response
 
     def _over_limit(
@@ -364,7 +368,6 @@ class ExchangeStream:
         if trailers.changed:
             envoy.fill_header_mutation(trailers_reply.header_mutation, trailers.diff())
             trailers.rebase()
-        self._attach_metadata(response)
         return response if before is None else (before, response)
 
     # --- helpers ---------------------------------------------------------------------------
