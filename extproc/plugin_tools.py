@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from extproc.contract import MessageView, build_input
+from extproc.contract import Chunk, MessageView, build_input
 from extproc.errors import ExtprocError
 from extproc.phases import CONFIG_NAMES as PHASE_NAMES
 from extproc.phases import Phase
@@ -44,7 +44,9 @@ def add_commands(commands: Any) -> None:
     bench = tools.add_parser("bench", help="calls per second, latency and memory of one plugin export")
     bench.add_argument("wasm", type=Path, metavar="PLUGIN.wasm")
     bench.add_argument("--phase", choices=PHASE_NAMES, help="default: the plugin's first export")
-    bench.add_argument("--body-size", type=int, default=0, metavar="N", help="body bytes in body phases")
+    bench.add_argument(
+        "--body-size", type=int, default=0, metavar="N", help="body bytes in body phases (per chunk in chunk phases)"
+    )
     bench.add_argument("--config", type=Path, metavar="YAML", help="plugin config: a YAML mapping, as under config:")
     bench.add_argument("--seconds", type=float, default=2.0, help="how long to measure (default 2)")
     bench.add_argument("--timeout-ms", type=int, default=1000, help="per-call limit (default 1000)")
@@ -94,7 +96,7 @@ class BenchResult:
         mib = 1024 * 1024
         return (
             f"plugin   {self.plugin}\n"
-            f"export   {self.export}, body {self.body_bytes} bytes\n"
+            f"export   {self.export}, body {self.body_bytes} bytes{' per chunk' if 'chunk' in self.export else ''}\n"
             f"calls    {self.calls} in {self.seconds:.2f} s = {self.calls_per_second:,.0f} calls/s\n"
             f"latency  p50 {self.p50_us:,.1f} us, p99 {self.p99_us:,.1f} us, max {self.max_us:,.1f} us per call\n"
             f"memory   {self.instance_memory_bytes / mib:.2f} MiB per warm instance "
@@ -103,8 +105,12 @@ class BenchResult:
 
 
 def bench_payload(export: Phase, body_size: int, plugin_name: str) -> dict[str, Any]:
-    """A typical input for `export`; body phases get a JSON body of about `body_size` bytes."""
+    """A typical input for `export`; body phases get a JSON body of about `body_size` bytes (chunk phases: a
+    middle chunk of a text/event-stream body, of that size), trailers phases gRPC's trailers."""
     body = _json_body(body_size) if export.is_body else None
+    if export.is_chunk:
+        body = _events(body_size)
+    trailers = [("grpc-status", "0"), ("grpc-message", "")] if export.is_trailers else None
     request_headers = [
         (":authority", "shop.example.com"),
         (":path", "/api/items?page=2"),
@@ -117,13 +123,22 @@ def bench_payload(export: Phase, body_size: int, plugin_name: str) -> dict[str, 
         ("cookie", "a=1"),
         ("cookie", "b=2"),
     ]
-    request_body = body if export is Phase.REQUEST_BODY else None
+    request_body = None if export.is_response else body
     response = None
     if export.is_response:
-        response_headers = [(":status", "200"), ("content-type", "application/json"), ("etag", '"abc"')]
-        response = MessageView(response_headers, body if export is Phase.RESPONSE_BODY else None)
+        content_type = "text/event-stream" if export.is_chunk else "application/json"
+        response_headers = [(":status", "200"), ("content-type", content_type), ("etag", '"abc"')]
+        response = MessageView(response_headers, body, trailers)
     attributes = {"source.address": "10.0.0.7:53122", "request.id": "5b1f7c1e"}
-    return build_input(export, plugin_name, MessageView(request_headers, request_body), response, attributes, {})
+    request = MessageView(request_headers, request_body, None if export.is_response else trailers)
+    chunk = Chunk(3, False) if export.is_chunk else None
+    return build_input(export, plugin_name, request, response, attributes, {}, chunk=chunk)
+
+
+def _events(size: int) -> bytes:
+    """Server-sent events of about `size` bytes, as an LLM streams tokens."""
+    event = b'data: {"choices":[{"delta":{"content":" token"}}]}\n\n'
+    return event * max(1, size // len(event))
 
 
 def _json_body(size: int) -> bytes:

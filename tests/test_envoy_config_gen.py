@@ -16,7 +16,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from google.protobuf import json_format
 
 from extproc import cli
-from extproc.config import Config, parse_config
+from extproc.config import Config, ConfigError, parse_config
 from extproc.deploy import envoy_config as ec
 from extproc.deploy.demo import DemoPorts, demo_bootstrap
 from support.envoy import envoy_argv, envoy_validate
@@ -205,6 +205,58 @@ def test_processing_mode_is_what_the_plugins_export(
     keys = ("request_header_mode", "response_header_mode", "request_body_mode", "response_body_mode")
     assert tuple(got[k] for k in keys) == mode
     assert (got["request_trailer_mode"], got["response_trailer_mode"]) == ("SKIP", "SKIP")
+
+
+@pytest.mark.parametrize(
+    ("plugins", "modes"),
+    [
+        # Chunk plugins only: the bodies stream, trailers are sent for the plugin that reads them.
+        ([{}], ("STREAMED", "STREAMED", "SEND", "SEND")),
+        # A whole-body plugin beside them buffers that direction (chunk plugins then see one last chunk).
+        (
+            [{"execution_points": ["response_body_chunk"]}, {"wasm": "transform.wasm", "name": "t"}],
+            ("BUFFERED", "BUFFERED", "SKIP", "SKIP"),
+        ),
+        ([{"execution_points": ["request_body_chunk"]}], ("STREAMED", "NONE", "SKIP", "SKIP")),
+    ],
+    ids=["chunks-and-trailers", "whole-beside-chunks", "request-chunks-only"],
+)
+def test_streaming_plugins_get_streamed_bodies_and_trailers(
+    plugin_dir: Path, tmp_path: Path, plugins: list[dict[str, Any]], modes: tuple[str, ...]
+) -> None:
+    entries = [
+        plugin(plugin_dir / fields.pop("wasm", "stream.wasm"), **{"name": f"p{i}", **fields})
+        for i, fields in enumerate(dict(p) for p in plugins)
+    ]
+    config = make_config(tmp_path, *entries)
+    got = ec.ext_proc_filter(config, ec.phase_needs(config), options())["typed_config"]["processing_mode"]
+    keys = ("request_body_mode", "response_body_mode", "request_trailer_mode", "response_trailer_mode")
+    assert tuple(got[k] for k in keys) == modes
+
+
+def test_route_values_become_route_metadata_ahead_of_the_plan(plugin_dir: Path, tmp_path: Path) -> None:
+    config = make_config(tmp_path, plugin(plugin_dir / "echo.wasm", name="echo", match={"path_prefix": "/api"}))
+    values = (
+        ec.RouteValues.parse('/api/gold={"echo": {"tier": "gold"}}', ["echo"]),
+        ec.RouteValues.parse('/api/gold/vip={"echo": {"tier": "vip"}}', ["echo"]),
+    )
+    document = ec.bootstrap(config, ec.phase_needs(config), options(route_values=values), PROXY)
+    assert_valid(tmp_path, document)
+    routes = vhost_routes(document)
+    # The longest prefix first, then the plan's routes.
+    assert [r["match"].get("prefix") for r in routes] == ["/api/gold/vip", "/api/gold", "/api", "/"]
+    assert routes[0]["metadata"] == {"filter_metadata": {"extproc": {"echo": {"tier": "vip"}}}}
+    assert "xds.route_metadata" in ext_proc_typed_config(document)["request_attributes"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["api={}", "/api", "/api=[1]", '/api={"echo": 1}', '/api={"nobody": {}}', "/api={not json"],
+    ids=["no-slash", "no-json", "not-object", "value-not-object", "unknown-plugin", "bad-json"],
+)
+def test_bad_route_values_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="--route-values"):
+        ec.RouteValues.parse(text, ["echo"])
 
 
 def test_filter_matches_the_proto_and_carries_the_options(plugin_dir: Path, tmp_path: Path) -> None:

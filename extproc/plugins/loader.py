@@ -39,6 +39,12 @@ log = logging.getLogger("extproc.plugins")
 
 WASM_PAGE_BYTES = 64 * 1024
 
+# A plugin reads one direction's body whole or in chunks, not both: both would need two copies of the body.
+_BODY_PAIRS: Final = (
+    (Phase.REQUEST_BODY, Phase.REQUEST_BODY_CHUNK),
+    (Phase.RESPONSE_BODY, Phase.RESPONSE_BODY_CHUNK),
+)
+
 Encoder = Callable[[Mapping[str, Any]], bytes]
 Decoder = Callable[[bytes], PluginOutput | None]
 DeclarationDecoder = Callable[[bytes], frozenset[Phase]]
@@ -483,7 +489,7 @@ def _active_phases(
         named, source, where = declaration, PhaseSource.DECLARED, f"{contract.DECLARE_PHASES} names phase"
     else:
         with_body = module_exports & _BODY_READERS if Phase.REQUEST_BODY in module_exports else frozenset()
-        return ActivePhases(module_exports, PhaseSource.EXPORTS, with_body)
+        return ActivePhases(_one_body_phase_per_direction(spec, module_exports), PhaseSource.EXPORTS, with_body)
     generate_reads_body = (
         Phase.REQUEST_BODY in named
         and Phase.REQUEST_BODY not in module_exports
@@ -496,7 +502,20 @@ def _active_phases(
             )
     phases = (named & module_exports) | ({Phase.GENERATE_RESPONSE} if generate_reads_body else frozenset())
     with_body = phases & _BODY_READERS if Phase.REQUEST_BODY in named else frozenset()
-    return ActivePhases(frozenset(phases), source, frozenset(with_body))
+    return ActivePhases(_one_body_phase_per_direction(spec, frozenset(phases)), source, frozenset(with_body))
 
 
 _BODY_READERS: Final = frozenset({Phase.REQUEST_BODY, Phase.GENERATE_RESPONSE})
+
+
+def _one_body_phase_per_direction(spec: PluginConfig, phases: frozenset[Phase]) -> frozenset[Phase]:
+    for whole, chunk in _BODY_PAIRS:
+        if whole in phases and chunk in phases:
+            raise PluginLoadError(
+                spec.name,
+                spec.path,
+                f"reads its {whole.config_name.removesuffix('_body')} body both whole and in chunks ({whole.value} "
+                f"and {chunk.value}); narrow execution_points (or its phase declaration) to "
+                f"{whole.config_name!r} or {chunk.config_name!r}",
+            )
+    return phases

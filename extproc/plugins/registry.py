@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from extproc.config import Config, StateBackend
 from extproc.contract import Pair
@@ -18,10 +19,16 @@ class Selection:
     """The plugins one request runs through, in config order, and the phases they need."""
 
     plugins: tuple[LoadedPlugin, ...]
-    request_body: bool
+    request_body: bool  # some plugin reads the request body whole
+    request_chunks: bool  # some plugin reads it chunk by chunk
+    request_trailers: bool
     generate_response: bool
-    response_headers: bool
+    response_headers: bool  # some plugin works on the response at all
     response_body: bool
+    response_chunks: bool
+    response_trailers: bool
+    # How exchanges of this selection flow, by Envoy's configured body modes (filled in by extproc.stream).
+    plans: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, plugins: tuple[LoadedPlugin, ...]) -> Selection:
@@ -29,9 +36,13 @@ class Selection:
         return cls(
             plugins=plugins,
             request_body=any(plugin.request_body_phases for plugin in plugins),
+            request_chunks=Phase.REQUEST_BODY_CHUNK in exports,
+            request_trailers=Phase.REQUEST_TRAILERS in exports,
             generate_response=Phase.GENERATE_RESPONSE in exports,
-            response_headers=Phase.RESPONSE_HEADERS in exports or Phase.RESPONSE_BODY in exports,
+            response_headers=any(phase.is_response for phase in exports),
             response_body=Phase.RESPONSE_BODY in exports,
+            response_chunks=Phase.RESPONSE_BODY_CHUNK in exports,
+            response_trailers=Phase.RESPONSE_TRAILERS in exports,
         )
 
 

@@ -120,8 +120,10 @@ export class Request {
   scheme: string = "";
   authority: string = "";
   headers: Headers = new Headers();
-  /** Present in REQUEST_BODY (and GENERATE_RESPONSE when the plugin asked for the body). */
+  /** Present in REQUEST_BODY (and GENERATE_RESPONSE when the plugin asked for the body); in REQUEST_BODY_CHUNK, the chunk. */
   body: Body | null = null;
+  /** Present in REQUEST_TRAILERS. */
+  trailers: Headers | null = null;
 
   /** The path without its query string. */
   get pathOnly(): string {
@@ -133,12 +135,17 @@ export class Request {
 export class Response {
   status: i32 = 0;
   headers: Headers = new Headers();
-  /** Present in RESPONSE_BODY. */
+  /** Present in RESPONSE_BODY; in RESPONSE_BODY_CHUNK, the chunk. */
   body: Body | null = null;
+  /** Present in RESPONSE_TRAILERS. */
+  trailers: Headers | null = null;
 }
 
 export class Input {
-  /** REQUEST_HEADERS, REQUEST_BODY, GENERATE_RESPONSE, RESPONSE_HEADERS or RESPONSE_BODY. */
+  /**
+   * REQUEST_HEADERS, REQUEST_BODY_CHUNK, REQUEST_BODY, GENERATE_RESPONSE, REQUEST_TRAILERS,
+   * RESPONSE_HEADERS, RESPONSE_BODY_CHUNK, RESPONSE_BODY or RESPONSE_TRAILERS.
+   */
   phase: string = "";
   pluginName: string = "";
   request: Request = new Request();
@@ -148,6 +155,22 @@ export class Input {
   attributes: JsonValue = JsonValue.object();
   /** Envoy's metadata context: namespace -> values. */
   metadata: JsonValue = JsonValue.object();
+  /** What this plugin returned as state in an earlier phase or chunk of this exchange, or null. */
+  state: Body | null = null;
+  /** The values the route gives this plugin (an empty object when it gives none). */
+  route: JsonValue = JsonValue.object();
+  /** Chunk phases: this chunk is the body's last (a body that ends with trailers has none). */
+  endOfStream: bool = false;
+  /** Chunk phases: the chunk's place in its body, from 0. */
+  chunkIndex: i32 = 0;
+
+  /** The state as text ("" when there is none). */
+  get stateText(): string {
+    const s = this.state;
+    if (s === null) return "";
+    const t = s.text;
+    return t === null ? "" : t;
+  }
 
   /** An attribute as text ("source.address" -> "10.0.0.7:53122"), or null. */
   attribute(name: string): string | null {
@@ -173,6 +196,8 @@ export class Input {
       r.authority = req.getString("authority");
       r.headers = Headers.from(req.get("headers"));
       r.body = Body.from(req.get("body"));
+      const t = req.get("trailers");
+      if (t !== null) r.trailers = Headers.from(t);
     }
     const resp = root.get("response");
     if (resp !== null) {
@@ -180,12 +205,19 @@ export class Input {
       r.status = <i32>resp.getNumber("status");
       r.headers = Headers.from(resp.get("headers"));
       r.body = Body.from(resp.get("body"));
+      const t = resp.get("trailers");
+      if (t !== null) r.trailers = Headers.from(t);
       input.response = r;
     }
     const attrs = root.get("attributes");
     if (attrs !== null && attrs.isObject) input.attributes = attrs;
     const meta = root.get("metadata");
     if (meta !== null && meta.isObject) input.metadata = meta;
+    input.state = Body.from(root.get("state"));
+    const route = root.get("route");
+    if (route !== null && route.isObject) input.route = route;
+    input.endOfStream = root.getBool("end_of_stream");
+    input.chunkIndex = <i32>root.getNumber("chunk_index");
     return input;
   }
 }
@@ -236,8 +268,9 @@ export class Output {
   private newBody: Uint8Array | null = null;
   private immediate: ImmediateResponse | null = null;
   private meta: JsonValue = JsonValue.object();
+  private newState: Uint8Array | null = null;
 
-  /** Replace every value of `name` (added when absent). */
+  /** Replace every value of `name` (added when absent). In trailers phases these change the trailers. */
   setHeader(name: string, value: string): Output { this.sets.push(new Pair(name.toLowerCase(), value)); return this; }
   /** Add one more value of `name`. */
   appendHeader(name: string, value: string): Output { this.appends.push(new Pair(name.toLowerCase(), value)); return this; }
@@ -248,7 +281,7 @@ export class Output {
   /** Remove every value of `name`. */
   removeHeader(name: string): Output { this.removes.push(name.toLowerCase()); return this; }
 
-  /** Replace the phase's body (body phases only); the server fixes content-length. */
+  /** Replace the phase's body (body phases only; in chunk phases, this chunk); the server fixes content-length. */
   setBody(text: string): Output { this.newBody = Uint8Array.wrap(String.UTF8.encode(text)); return this; }
   setBodyBytes(bytes: Uint8Array): Output { this.newBody = bytes; return this; }
   setBodyJson(value: JsonValue): Output { this.newBody = value.toBytes(); return this; }
@@ -260,12 +293,19 @@ export class Output {
     return r;
   }
 
+  /**
+   * Hand `bytes` to this plugin's later phases and chunks of the same exchange (`Input.state`), at most
+   * 16 KiB; empty drops the state. Without a call the state stays as it was.
+   */
+  setStateBytes(bytes: Uint8Array): Output { this.newState = bytes; return this; }
+  setState(text: string): Output { return this.setStateBytes(Uint8Array.wrap(String.UTF8.encode(text))); }
+
   /** Emit `key: value` as Envoy dynamic metadata (namespace extproc, under the plugin's name). */
   metadata(key: string, value: JsonValue): Output { this.meta.set(key, value); return this; }
 
   get isEmpty(): bool {
     return this.sets.length == 0 && this.appends.length == 0 && this.removes.length == 0 &&
-      this.newBody === null && this.immediate === null && this.meta.keys.length == 0;
+      this.newBody === null && this.immediate === null && this.meta.keys.length == 0 && this.newState === null;
   }
 
   /** The output JSON (empty when nothing changed). */
@@ -316,6 +356,13 @@ export class Output {
       if (!first) w.raw(",");
       w.raw('"dynamic_metadata":');
       w.value(this.meta);
+      first = false;
+    }
+    const state = this.newState;
+    if (state !== null) {
+      if (!first) w.raw(",");
+      w.raw('"state":');
+      bodyJson(w, state);
     }
     w.raw("}");
     return w.toBytes();
@@ -427,10 +474,14 @@ export function run(handler: Handler): i32 {
 /** The phases a plugin can declare, by their config names (see declarePhases). */
 export namespace Phase {
   export const REQUEST_HEADERS = "request_headers";
+  export const REQUEST_BODY_CHUNK = "request_body_chunk";
   export const REQUEST_BODY = "request_body";
   export const GENERATE_RESPONSE = "generate_response";
+  export const REQUEST_TRAILERS = "request_trailers";
   export const RESPONSE_HEADERS = "response_headers";
+  export const RESPONSE_BODY_CHUNK = "response_body_chunk";
   export const RESPONSE_BODY = "response_body";
+  export const RESPONSE_TRAILERS = "response_trailers";
 }
 
 /**
