@@ -20,6 +20,7 @@ import pytest
 
 from extproc.config import ServerConfig, default_memory_limit_mb
 from extproc.contract import MessageView, build_input
+from extproc.errors import FailureKind, PluginCallError
 from extproc.phases import Phase
 from extproc.plugin_tools import call_memory_mb
 from extproc.testing import PluginHarness, plugin_config
@@ -127,3 +128,14 @@ def test_a_body_rewrite_needs_at_most_four_times_the_body(
     assert needs <= 4 * body_mib + CONSTANT_MB
     # The default for a server whose bodies are this large covers it.
     assert needs <= default_memory_limit_mb(body_mib * MIB)
+
+
+def test_the_measured_memory_is_the_limit_the_call_needs(probe: Path) -> None:
+    payload = response_body_input(text_body(MIB))
+    spec = plugin_config(probe).plugins[0]
+    needs = call_memory_mb(spec, ServerConfig(), Phase.RESPONSE_BODY, payload)
+    with PluginHarness(probe, memory_limit_mb=needs) as harness:
+        assert asyncio.run(harness.plugin.call(Phase.RESPONSE_BODY, payload)) is not None
+    with PluginHarness(probe, memory_limit_mb=needs - 1) as harness, pytest.raises(PluginCallError) as failed:
+        asyncio.run(harness.plugin.call(Phase.RESPONSE_BODY, payload))
+    assert failed.value.kind is FailureKind.MEMORY
