@@ -77,8 +77,8 @@ export class Headers {
 
 /**
  * A message body: the bytes, and whether they are UTF-8 text (`text` in the contract) or not (`data`).
- * The bytes share the call input's memory. `text` decodes them to a string of two bytes per character:
- * for a large body, `indexOf`, `replaceAll` and `json()` work on the bytes instead.
+ * A text body's bytes are part of the call input (no copy). `text` decodes them to a string of two
+ * bytes per character: for a large body, `indexOf`, `replaceAll` and `json()` work on the bytes instead.
  */
 export class Body {
   private textCache: string | null = null;
@@ -113,7 +113,7 @@ export class Body {
 
   /**
    * The body's bytes with every `search` replaced by `replacement` (both as UTF-8), for `setBodyBytes`;
-   * the body's own bytes when there is none. On text, what `text.replaceAll` gives, in a third of the memory.
+   * the body's own bytes when there is none. On text, what `text.replaceAll` gives, without its strings.
    */
   replaceAll(search: string, replacement: string): Uint8Array {
     return replaceAllBytes(this.raw, Uint8Array.wrap(String.UTF8.encode(search)), Uint8Array.wrap(String.UTF8.encode(replacement)));
@@ -458,16 +458,10 @@ export type Handler = (input: Input, output: Output) => void;
  * `export function process_request_headers(): i32 { return run(onRequest); }`.
  */
 export function run(handler: Handler): i32 {
+  const input = readInput();
   const output = new Output();
-  handler(readInput(), output);
-  // Frees the input and the handler's garbage before the output is written, so a body's bytes and
-  // its rewrite are not both held while the output needs memory too. The collector sees only
-  // globals and pinned objects (the minimal runtime scans no stack), hence the pin; nothing else
-  // on the stack is used after this.
-  __pin(changetype<usize>(output));
-  __collect();
+  handler(input, output);
   output.write();
-  __unpin(changetype<usize>(output));
   // Nothing survives the call but globals, so this is cheap; without it the heap only grows.
   __collect();
   return 0;
