@@ -139,3 +139,20 @@ def test_the_measured_memory_is_the_limit_the_call_needs(probe: Path) -> None:
     with PluginHarness(probe, memory_limit_mb=needs - 1) as harness, pytest.raises(PluginCallError) as failed:
         asyncio.run(harness.plugin.call(Phase.RESPONSE_BODY, payload))
     assert failed.value.kind is FailureKind.MEMORY
+
+
+# Bodies whose input JSON has every kind of escape, and one sent as base64: the SDK decodes them in place.
+ESCAPED_BODIES = {
+    "quotes-and-backslashes": b'Ada said "\\\\ is a backslash" and Ada left',
+    "control-characters": b"Ada\x00\x01\x1f\x7f\tAda\r\n\x08\x0c",
+    "non-ascii": "Zoë 😀 Ada ünïcode Ada".encode(),
+    "not-utf8": b"Ada\xff\xfe\x00Ada\xc3",
+    "escape-at-the-end": b'Ada "',
+}
+
+
+@pytest.mark.parametrize("body", ESCAPED_BODIES.values(), ids=ESCAPED_BODIES)
+def test_bodies_survive_the_parse_in_place(probe: Path, body: bytes) -> None:
+    with PluginHarness(probe) as harness:
+        output = asyncio.run(harness.plugin.call(Phase.RESPONSE_BODY, response_body_input(body)))
+    assert output is not None and output.body == body.replace(b"Ada", b"Eve")
