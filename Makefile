@@ -11,6 +11,8 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# xds-protos installs an older copy of opentelemetry-proto's files over them (docs/operations.md, tracing).
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps opentelemetry-proto
 	touch $@
 
 tests/plugins/node_modules: tests/plugins/package-lock.json
@@ -71,8 +73,8 @@ proto: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check extproc tests
-	$(BIN)/mypy extproc
+	$(BIN)/ruff format --check extproc support bench tests
+	$(BIN)/mypy extproc support bench tests
 
 test: setup
 	$(BIN)/python -m pytest

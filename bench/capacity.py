@@ -1,4 +1,4 @@
-"""Capacity under concurrency: ``python bench/capacity.py [--baseline REV] [--duration S]``.
+"""Capacity under concurrency: ``python -m bench.capacity [--baseline REV] [--duration S]``.
 
 Three questions, each answered against baselines measured in the same run (docs/performance.md):
 
@@ -20,47 +20,29 @@ another prepared checkout, e.g. this commit with its request path compiled (``gi
 
 from __future__ import annotations
 
-import sys
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-# Run as a script, so the repo root (for `bench`, `tests` and `extproc`) is not on the path yet.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from bench import loadgen, procstat
+from bench.cases import PLUGINS, server_config, write_config
+from bench.envoy_configs import SLOW_PATH, ProxyFilter, proxy_bootstrap
+from bench.loadgen import Load, LoadResult
+from bench.run import CONNECTIONS, STARTUP_TIMEOUT_S, upstream
+from support.envoy import running_envoy
+from support.plugins import ensure_built
+from support.processes import REPO_ROOT, ManagedProcess, default_server_cmd, free_port, wait_for_port
+from support.slow_clients import idle_streams, stalled_bodies
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
-
-import yaml  # noqa: E402
-
-from bench import loadgen, procstat  # noqa: E402
-from bench.cases import PLUGINS, server_config  # noqa: E402
-from bench.envoy_configs import SLOW_PATH, ProxyFilter, proxy_bootstrap, upstream_bootstrap  # noqa: E402
-from bench.loadgen import Load, LoadResult  # noqa: E402
-from tests.e2e.harness import (  # noqa: E402
-    ManagedProcess,
-    default_server_cmd,
-    envoy_argv,
-    free_port,
-    wait_for_http_ready,
-    wait_for_port,
-)
-from tests.e2e.slow_clients import idle_streams, stalled_bodies  # noqa: E402
-
-# mypy takes tests/plugins/build/ (the output folder) for a namespace package; Python imports build.py.
-from tests.plugins.build import ensure_built  # type: ignore[attr-defined]  # noqa: E402
-
-STARTUP_TIMEOUT_S = 60.0
-CONNECTIONS = 16
 SLOW_CONNECTIONS = (64, 512)
 IDLE_STREAMS = 300
 STALLED_BODIES = 150
@@ -114,22 +96,6 @@ class Running:
     extproc_port: int
 
 
-def _write_yaml(path: Path, data: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-@contextlib.contextmanager
-def _envoy(name: str, bootstrap: dict[str, Any], work: Path, listen_port: int) -> Iterator[ManagedProcess]:
-    path = _write_yaml(work / f"{name}.yaml", bootstrap)
-    with ManagedProcess(name, envoy_argv(path), work / f"{name}.log") as proc:
-        admin = bootstrap["admin"]["address"]["socket_address"]["port_value"]
-        wait_for_http_ready(f"http://127.0.0.1:{admin}/ready", STARTUP_TIMEOUT_S, process=proc)
-        wait_for_port("127.0.0.1", listen_port, STARTUP_TIMEOUT_S, process=proc)
-        yield proc
-
-
 @contextlib.contextmanager
 def _stack(server: Server, config: dict[str, Any], work: Path, upstream_port: int) -> Iterator[Running]:
     work.mkdir(parents=True, exist_ok=True)
@@ -137,7 +103,7 @@ def _stack(server: Server, config: dict[str, Any], work: Path, upstream_port: in
     with contextlib.ExitStack() as processes:
         process = None
         if server.checkout is not None:
-            argv = default_server_cmd(_write_yaml(work / "extproc.yaml", config), extproc_port)
+            argv = default_server_cmd(write_config(work / "extproc.yaml", config), extproc_port)
             env = {**os.environ, "PYTHONPATH": str(server.checkout)}
             process = ManagedProcess(server.label, argv, work / "server.log", env=env, cwd=server.checkout)
             processes.enter_context(process)
@@ -149,7 +115,7 @@ def _stack(server: Server, config: dict[str, Any], work: Path, upstream_port: in
             upstream_port=upstream_port,
             extproc_port=extproc_port,
         )
-        envoy = processes.enter_context(_envoy("envoy", bootstrap, work, listen_port))
+        envoy = processes.enter_context(running_envoy("envoy", bootstrap, work, STARTUP_TIMEOUT_S))
         yield Running(f"http://127.0.0.1:{listen_port}", envoy, process, extproc_port)
 
 
@@ -313,9 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             if not directory:
                 parser.error(f"--checkout wants LABEL=DIR, got {extra!r}")
             servers.append(Server(label, Path(directory).resolve()))
-        upstream_port = free_port()
-        bootstrap = upstream_bootstrap(listen_port=upstream_port, admin_port=free_port())
-        stack.enter_context(_envoy("upstream", bootstrap, args.work, upstream_port))
+        upstream_port, _ = stack.enter_context(upstream(args.work))
         started = time.monotonic()
         if "slow_upstream" in sections:
             results["slow_upstream"] = slow_upstream(servers, args, upstream_port)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import enum
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from bench.envoy_configs import BENCH_HEADER
 from bench.loadgen import Load
@@ -77,6 +80,13 @@ def server_config(roles: tuple[str, ...], plugin_dir: Path) -> dict[str, Any]:
     return {"server": {"log_level": "warning"}, "plugins": entries}
 
 
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    """A server config written as the YAML file `extproc serve --config` reads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 class Kind(enum.Enum):
     ENVOY = "Envoy, no filter"
     LUA = "Envoy + Lua filter"
@@ -93,7 +103,12 @@ class Case:
     plugins: tuple[str, ...] = ()
     bypass_prefixes: tuple[str, ...] = ()
     workers: int | None = None  # passed as --workers N when set
-    noop_stack: str = "sync"  # Kind.NOOP only: bench/noop_server.py --stack
+    # Kind.NOOP only: the module the server runs as (`python -m MODULE ARGS --port P`), with its arguments.
+    noop_command: tuple[str, ...] = ("bench.noop_server",)
+
+    def noop_argv(self, port: int) -> list[str]:
+        """Kind.NOOP: the no-op server's command line."""
+        return [sys.executable, "-m", *self.noop_command, "--port", str(port)]
 
     @property
     def body_bytes(self) -> int:
@@ -108,9 +123,6 @@ CASES: tuple[Case, ...] = (
     Case("envoy", "Envoy, no filter (ceiling)", Kind.ENVOY),
     Case("lua", "Envoy + Lua header filter", Kind.LUA),
     Case("noop", "grpcio no-op ext_proc (floor)", Kind.NOOP),
-    # The same no-op on the other Python gRPC stacks: reported, not targets.
-    Case("noop_aio", "no-op on grpc.aio", Kind.NOOP, noop_stack="aio"),
-    Case("noop_grpclib", "no-op on grpclib + uvloop", Kind.NOOP, noop_stack="grpclib"),
     Case("header", "1 header plugin", Kind.SERVER, plugins=("header",)),
     Case("header3", "3 chained header plugins", Kind.SERVER, plugins=("header", "header2", "header3")),
     Case("req_body_1k", "request body plugin, 1 KiB", Kind.SERVER, Load("/", KIB), ("request_body",)),
@@ -140,6 +152,3 @@ MEMORY_CASE = Case(
     Load(f"/body/{KIB}", KIB),
     ("header", "header2", "header3", "request_body", "response_body"),
 )
-
-# The case py-spy profiles.
-PROFILE_CASE = "header"

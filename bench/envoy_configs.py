@@ -1,6 +1,6 @@
 """Envoy bootstraps for the bench: the proxy under test and a fast direct_response upstream.
 
-The proxy starts from the e2e tests' bootstrap (tests/e2e/envoy_config.py) so the ext_proc
+The proxy starts from the e2e tests' bootstrap (support/bootstrap.py) so the ext_proc
 filter is configured exactly as the tests configure it; the bench then drops the access log
 (writing a log line per request would be measured too) and, for the reference cases, swaps
 the ext_proc filter for nothing or for a Lua filter making the same header change.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.envoy_config import EXT_PROC_FILTER_NAME, render_bootstrap
+from support.bootstrap import EXT_PROC_FILTER_NAME, render_bootstrap
 
 _TYPE = "type.googleapis.com/"
 _HCM_NAME = "envoy.filters.network.http_connection_manager"

@@ -19,6 +19,7 @@ import json
 import math
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,12 @@ class LoadResult:
 
 def ensure_tools() -> None:
     """Install wrk and h2load with apt-get when they are missing (the bench runs as root)."""
-    missing = [package for tool, package in PACKAGES.items() if shutil.which(tool) is None]
+    ensure_commands(PACKAGES)
+
+
+def ensure_commands(packages: Mapping[str, str]) -> None:
+    """Install with apt-get the Debian package (the value) of each command (the key) not on PATH."""
+    missing = sorted({package for command, package in packages.items() if shutil.which(command) is None})
     if not missing:
         return
     for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):

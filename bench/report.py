@@ -50,8 +50,6 @@ class CaseResult:
     half_envoy_cpu_us: float | None = None
     half_server_cpu_us: float | None = None
     half_call_p99_us: float | None = None  # ext_proc call p99 as Envoy timed it (request headers), half-peak run
-    # --noop-timings: (p50, p99) us of each span of a stream inside the no-op's handler, half-peak run
-    half_handler_spans: dict[str, tuple[float, float]] | None = None
     body_bytes: int = 0
     at_rates: tuple[RateRun, ...] = ()  # one per --rates value the case could sustain
     # CPU used by processes outside the bench while it measured, in % of the machine (worse of
@@ -297,27 +295,16 @@ def rate_table(results: Sequence[CaseResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def spans_table(result: CaseResult) -> str:
-    """The no-op's own stream spans next to the call as Envoy timed it, all from the half-peak run."""
-    lines = ["| span | p50 ms | p99 ms |", "| --- | ---: | ---: |"]
-    for name, (p50, p99) in (result.half_handler_spans or {}).items():
-        lines.append(f"| {name} | {_ms(p50)} | {_ms(p99)} |")
-    lines.append(f"| ext_proc call as Envoy timed it | - | {_ms(result.half_call_p99_us)} |")
-    return "\n".join(lines) + "\n"
-
-
 def markdown(results: Sequence[CaseResult], found: Sequence[Target], memory: MemoryResult | None, header: str) -> str:
     rates = f"## At set rates\n\n{rate_table(results)}\n" if any(r.at_rates for r in results) else ""
-    timed = [r for r in results if r.half_handler_spans]
-    spans = "".join(f"## {r.title}: where a stream's time goes, half peak\n\n{spans_table(r)}\n" for r in timed)
     return (
-        f"{header}\n## Cases\n\n{case_table(results)}\n{rates}{spans}## Targets\n\n{target_table(found)}\n"
+        f"{header}\n## Cases\n\n{case_table(results)}\n{rates}## Targets\n\n{target_table(found)}\n"
         f"## Memory\n\n{memory_section(memory)}"
     )
 
 
 def plot(results: Sequence[CaseResult], path: Path) -> None:
-    """Two bar charts, one bar per case that ran: requests/s, and CPU us per request."""
+    """Two bar charts, one bar per case that ran: requests/s, and CPU us per request (needs matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -15,6 +15,7 @@ from extproc.config import (
     Config,
     ConfigError,
     ListenAddress,
+    PlaintextRefused,
     check_plaintext,
     default_memory_limit_mb,
     load_config,
@@ -90,7 +91,7 @@ def _run(argv: Sequence[str] | None) -> int:
         return _serve(config, args)
     except BrokenPipeError:
         raise  # not an error of the command: main() handles it
-    except (ConfigError, ExtprocError, OSError) as exc:
+    except (ExtprocError, OSError) as exc:
         print(f"extproc: error: {exc}", file=sys.stderr)
         return 1
 
@@ -188,7 +189,7 @@ def _address(config: Config, flag: str | None, key: str) -> ListenAddress | None
     address = ListenAddress.parse(flag, source=config.source, key=key)
     try:
         check_plaintext(config.server, address, tls_applies=key == "--listen")
-    except ValueError as exc:
+    except PlaintextRefused as exc:
         raise ConfigError(config.source, key, str(exc)) from None
     return address
 

@@ -24,6 +24,7 @@ from typing import Any, Final, TypeVar
 
 import yaml
 
+from extproc.errors import ExtprocError
 from extproc.phases import CONFIG_NAMES as PHASE_NAMES
 from extproc.phases import Phase
 from extproc.redaction import redact_url
@@ -134,7 +135,7 @@ class StateBackend(enum.StrEnum):
 _STATE_BACKENDS: Final = tuple(b.value for b in StateBackend)
 
 
-class ConfigError(ValueError):
+class ConfigError(ExtprocError, ValueError):
     """A configuration problem, located by file, key path (``plugins[2].timeout_ms``) and, for YAML
     syntax errors, 1-based line and column."""
 
@@ -150,7 +151,7 @@ class ConfigError(ValueError):
         super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
 
 
-class _Invalid(Exception):
+class _Invalid(ExtprocError):
     """Raised by the validators, which know the key path but not the file; parse_config adds the file."""
 
     def __init__(self, key: str, reason: str) -> None:
@@ -597,7 +598,7 @@ def _server(value: object, key: str, base_dir: Path) -> ServerConfig:
     return server
 
 
-class PlaintextRefused(ValueError):
+class PlaintextRefused(ExtprocError, ValueError):
     """A plaintext listener would be reachable from other machines without the config allowing it."""
 
     def __init__(self, address: ListenAddress, *, admin: bool) -> None:
@@ -755,12 +756,26 @@ def _tracing(value: object, key: str) -> TracingConfig:
             key,
             f"needs OpenTelemetry ({', '.join(missing)} is not installed): pip install 'extism-extproc[otel]'",
         )
+    if not _otlp_protos_current():
+        raise _Invalid(
+            key,
+            "OpenTelemetry's OTLP protobuf modules were overwritten by an older copy that xds-protos (Envoy's API, "
+            "which the server needs) also installs: pip install --force-reinstall --no-deps opentelemetry-proto",
+        )
     return TracingConfig(
         endpoint=_otlp_endpoint(m["endpoint"], _child(key, "endpoint"), protocol),
         protocol=protocol,
         service_name=_optional(m, key, "service_name", _non_empty_string, defaults.service_name),
         sample_ratio=_optional(m, key, "sample_ratio", _ratio, defaults.sample_ratio),
     )
+
+
+def _otlp_protos_current() -> bool:
+    """xds-protos ships its own, older opentelemetry/proto/ files, and whichever package pip installs last
+    wins; the exporters need opentelemetry-proto's (InstrumentationScope is missing from the old ones)."""
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    return hasattr(common_pb2, "InstrumentationScope")
 
 
 def _importable(module: str) -> bool:

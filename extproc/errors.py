@@ -1,4 +1,9 @@
-"""Typed errors. Each one says what failed and where (file, key, plugin, phase)."""
+"""Typed errors. Each one says what failed and where (file, key, plugin, phase).
+
+`ExtprocError` is the base of every error the package raises on purpose, so a caller catches one type.
+The errors about one module live beside it (ConfigError in config, StoreError in plugins.store, ...).
+Those that began as ValueError keep it as a second base: code that catches ValueError still catches them.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ class PluginCallError(ExtprocError):
         self.reason = reason
 
 
-class OutputError(ValueError):
+class OutputError(ExtprocError, ValueError):
     """Plugin output that does not parse or breaks HTTP rules; `where` is the field path."""
 
     def __init__(self, where: str, reason: str) -> None:

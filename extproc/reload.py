@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from extproc import metrics
-from extproc.config import Config, ConfigError, load_config
+from extproc.config import Config, load_config
 from extproc.errors import ExtprocError
 from extproc.plugins.registry import PluginSet
 from extproc.plugins.runner import PluginThreads
@@ -74,7 +74,7 @@ class Reloader:
             try:
                 config = load_config(source)
                 plugins = PluginSet.load(config, self._threads)
-            except (ConfigError, ExtprocError, OSError) as exc:
+            except (ExtprocError, OSError) as exc:
                 self._fingerprint = fingerprint
                 log.error("reload failed, still serving the previous configuration: %s", exc)
                 metrics.config_reloaded(ok=False)

@@ -14,6 +14,28 @@ body mutations, honour mode overrides, stop at an immediate response.
 
 from __future__ import annotations
 
+__all__ = [
+    "BodyLike",
+    "Case",
+    "CaseFailure",
+    "CasesError",
+    "CasesReport",
+    "HeadersLike",
+    "HttpRequest",
+    "HttpResponse",
+    "PluginHarness",
+    "Result",
+    "assert_cases",
+    "check",
+    "exchange",
+    "exchange_async",
+    "load_cases",
+    "plugin_config",
+    "request",
+    "response",
+    "run_cases",
+]
+
 import asyncio
 import difflib
 import json
@@ -32,11 +54,12 @@ from google.protobuf import struct_pb2
 from extproc import envoy
 from extproc.config import Config, parse_config
 from extproc.contract import Pair
+from extproc.errors import ExtprocError
 from extproc.fields import value_bytes, value_text
-from extproc.plugins.host import KeyValueStore, MemoryStore
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.registry import PluginSet
 from extproc.plugins.runner import shared_threads
+from extproc.plugins.store import KeyValueStore, MemoryStore
 from extproc.stream import ExchangeStream
 
 # A value given as bytes is sent as exactly those bytes (which need not be UTF-8).
@@ -390,7 +413,7 @@ EXPECT_KEYS = ("immediate", "status", "details", "upstream", "response", "metada
 MESSAGE_EXPECT_KEYS = ("method", "path", "headers", "body", "json")
 
 
-class CasesError(ValueError):
+class CasesError(ExtprocError, ValueError):
     """A CASES.yaml that cannot be used; says which file and which key."""
 
     def __init__(self, file: Path, key: str, reason: str) -> None:

@@ -11,10 +11,10 @@ import pytest
 from _pytest.terminal import TerminalReporter
 
 from extproc.config import parse_config
-from extproc.plugins.host import MemoryStore
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.runner import PluginThreads
-from tests.plugins.build import ensure_built
+from extproc.plugins.store import MemoryStore
+from support.plugins import ensure_built
 from tests.redis_server import MISSING as REDIS_MISSING
 
 

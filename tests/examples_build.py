@@ -7,7 +7,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from tests.npm import npm
+from support.npm import npm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = REPO_ROOT / "examples"

@@ -20,7 +20,7 @@ class ExportedSpan:
     span: trace_pb2.Span
 
 
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self) -> None:
         self.port = 0
         self._lock = threading.Lock()
@@ -51,7 +51,8 @@ def spans_of(requests: list[trace_service_pb2.ExportTraceServiceRequest]) -> lis
 def otlp_grpc_collector() -> Iterator[Collector]:
     collector = Collector()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    # The generated gRPC module has no type annotations.
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)  # type: ignore[no-untyped-call]
     collector.port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

@@ -209,6 +209,24 @@ def test_reading_needs_no_token_and_reload_takes_the_right_one(guarded: tuple[Ad
         (ListenAddress("0.0.0.0", 9090), "extproc.default.svc:9090", False),
         (ListenAddress("admin.internal", 9090), "Admin.Internal:9090", True),
     ],
+    ids=[
+        "exact",
+        "localhost-name",
+        "other-port",
+        "other-ip",
+        "other-name",
+        "listen-localhost",
+        "v6",
+        "v6-without-port",
+        "port-80-without-port",
+        "off-loopback-exact",
+        "off-loopback-localhost",
+        "wildcard-any-ip",
+        "wildcard-localhost",
+        "v6-wildcard",
+        "wildcard-name",
+        "listen-name-any-case",
+    ],
 )
 def test_accepts_host(listen: ListenAddress, host: str, accepted: bool) -> None:
     assert accepts_host(host, listen) is accepted

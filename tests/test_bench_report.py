@@ -11,7 +11,6 @@ from bench import report
 from bench.cases import CASES, KIB, Case, Kind
 from bench.envoy_configs import CallRecord, parse_call_log
 from bench.loadgen import Load, LoadError, LoadResult, parse_h2load_log, parse_wrk, percentile
-from bench.profile import OTHER_LAYER, layer_of, parse_collapsed, parse_perf_report
 from bench.report import CaseResult, MemoryResult, RateRun, Status, Target, Verdict
 from bench.run import _rates
 
@@ -162,31 +161,6 @@ def test_parse_h2load_log_counts_failures_and_percentiles() -> None:
     assert percentile([1.0, 2.0, 3.0], 0.99) == 3.0
 
 
-def test_profile_drops_waits_and_charges_innermost_layer() -> None:
-    lines = [
-        "_worker (concurrent/futures/thread.py:81) 50",
-        "_run_module_as_main (<frozen runpy>:198);serve (extproc/server.py:172) 10",
-        "Process (extproc/server.py:61);call (extism/extism.py:619) 30",
-        "_serve (grpc/_server.py:1320);Condition.notify (threading.py:382) 15",
-        "Process (extproc/server.py:61);encode_json (extproc/contract.py:90) 5",
-    ]
-    profile = parse_collapsed(lines, drop_waiting=True)
-    assert (profile.samples, profile.waiting) == (50, 60)
-    layers = dict(profile.layers)
-    assert layers["extism (Python wrapper + the wasm call)"] == 30
-    assert layers["threading / concurrent.futures (locks, handoff)"] == 15
-    assert layers["extproc.contract (plugin input/output JSON)"] == 5
-    assert layer_of(["0x7f00 (libc.so.6)"]) == OTHER_LAYER
-
-
-def test_parse_perf_report() -> None:
-    text = "# comment\n\n    42.52%  libpython3.11.so.1.0  [.] _PyEval_EvalFrameDefault\n     3.17%  libextism_sys.so\n"
-    assert parse_perf_report(text) == [
-        ("libpython3.11.so.1.0 [.] _PyEval_EvalFrameDefault", 42.52),
-        ("libextism_sys.so", 3.17),
-    ]
-
-
 def test_call_log_keeps_the_window_and_marks_requests_without_a_call() -> None:
     text = "99.500000 700 a\n100.000000 1200 b\n100.250000 - c\n100.999999 900 d\n101.000000 5000 e\n"
     assert parse_call_log(text, 100.0, 101.0) == [
@@ -206,13 +180,3 @@ def test_rates_option_parses_a_list_of_positive_rates() -> None:
 def test_rates_option_rejects_bad_lists(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match=repr(text)):
         _rates(text)
-
-
-def test_noop_spans_show_next_to_envoys_view_of_the_call() -> None:
-    spans = {"handler start -> reply sent": (570.0, 3300.0)}
-    noop = dataclasses.replace(ok("noop", 2600), half_handler_spans=spans, half_call_p99_us=9200.0)
-    table = report.spans_table(noop)
-    assert "| handler start -> reply sent | 0.57 | 3.30 |" in table
-    assert "| ext_proc call as Envoy timed it | - | 9.20 |" in table
-    text = report.markdown([noop, ok("header", 2000)], [], None, "# h\n")
-    assert text.count("where a stream's time goes") == 1

@@ -14,7 +14,7 @@ import yaml
 
 from extproc.config import load_config
 from extproc.deploy import demo_bundle
-from tests.e2e.harness import envoy_binary, envoy_validate
+from support.envoy import envoy_binary, envoy_validate
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yaml").read_text())

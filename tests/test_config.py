@@ -581,6 +581,7 @@ def test_bad_config(tmp_path: Path, wasm_dir: Path, text: str, key: str, fragmen
         ("[::]:8080", ListenAddress("::", 8080)),
         ("[fe80::1%eth0]:1", ListenAddress("fe80::1%eth0", 1)),
     ],
+    ids=["ipv4", "localhost-port-0", "v6-any", "v6-zone"],
 )
 def test_listen_address_parse(text: str, expected: ListenAddress) -> None:
     address = ListenAddress.parse(text, source=Path("cli"))
@@ -631,6 +632,23 @@ GOOD = {
         ({"headers": {"x-env": "prod"}}, False),
         ({"headers": {"x-debug": "1", "x-env": "prod", "x-test": "1"}}, False),
         ({"headers": {"x-debug": "1", "x-env": "Prod"}}, False),
+    ],
+    ids=[
+        "all-match",
+        "query-with-slash",
+        "prefix-only-in-query",
+        "version-only-in-query",
+        "host-any-case-with-port",
+        "host-suffix-forged",
+        "wildcard-host-with-port",
+        "wildcard-deeper-host",
+        "wildcard-bare-domain",
+        "wildcard-no-dot",
+        "method-lowercase",
+        "method-other",
+        "required-header-missing",
+        "forbidden-header-present",
+        "header-value-case",
     ],
 )
 def test_match_rules(change: dict[str, object], expected: bool) -> None:

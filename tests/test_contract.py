@@ -195,6 +195,22 @@ HEADER_FIELDS = ["headers.set", "headers.append", "immediate_response.headers"]
         ({"name": "x", "raw_value": 1}, "raw_value"),
         ({"name": "x", "value": "a", "raw_value": "YQ=="}, ""),
     ],
+    ids=[
+        "name-newline",
+        "name-kelvin-sign",
+        "name-unknown-pseudo",
+        "value-leading-space",
+        "value-trailing-tab",
+        "value-control",
+        "value-del",
+        "value-vertical-tab",
+        "host-with-space",
+        "raw-leading-space",
+        "raw-cr",
+        "raw-not-base64",
+        "raw-not-a-string",
+        "value-and-raw",
+    ],
 )
 def test_header_names_and_values_follow_http_rules_in_every_output_field(
     field: str, header: dict[str, object], where: str
@@ -278,6 +294,7 @@ def test_garbage_protobuf_is_rejected() -> None:
         (PluginOutput(headers=HeaderChanges(remove=(":path",))), Phase.REQUEST_HEADERS),
         (PluginOutput(headers=HeaderChanges(append=((":authority", "x"),))), Phase.REQUEST_HEADERS),
     ],
+    ids=["body-in-headers-phase", ":status-on-request", ":path-on-response", "remove-:path", "append-:authority"],
 )
 def test_phase_rules(output: PluginOutput, export: Phase) -> None:
     with pytest.raises(OutputError):
@@ -292,6 +309,7 @@ def test_phase_rules(output: PluginOutput, export: Phase) -> None:
         (PluginOutput(headers=HeaderChanges(set=((":status", "418"),))), Phase.RESPONSE_HEADERS),
         (PluginOutput(headers=HeaderChanges(set=((":method", "OPTIONS"), (":path", "*")))), Phase.REQUEST_HEADERS),
     ],
+    ids=["body-in-body-phase", ":path-on-request", ":status-on-response", "options-asterisk"],
 )
 def test_phase_rules_allow(output: PluginOutput, export: Phase) -> None:
     check_for_export(output, export)

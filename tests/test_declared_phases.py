@@ -12,11 +12,12 @@ from extproc.config import Encoding, parse_config
 from extproc.errors import PluginLoadError
 from extproc.phases import Phase
 from extproc.plugins import loader
-from extproc.plugins.host import MemoryStore
 from extproc.plugins.loader import LoadedPlugin, PhaseSource, load_plugin
 from extproc.plugins.registry import PluginSet
 from extproc.plugins.runner import shared_threads
+from extproc.plugins.store import MemoryStore
 from extproc.testing import PluginHarness, exchange, request, response
+from support.plugins import scripted
 from tests.examples_build import example_wasm
 
 
@@ -25,10 +26,9 @@ def loaded(tmp_path: Path, wasm: Path, **fields: Any) -> LoadedPlugin:
     return load_plugin(config.plugins[0], config.server, shared_threads(), MemoryStore())
 
 
-def declaring(plugin_dir: Path, declaration: object, **fields: Any) -> dict[str, Any]:
-    """The scripted plugin, declaring `declaration` (its JSON) from declare_phases."""
-    config = {"declare_phases": json.dumps(declaration), **fields.pop("config", {})}
-    return {"path": str(plugin_dir / "scripted.wasm"), "config": config, **fields}
+def declaring(plugin_dir: Path, declaration: object, name: str = "p", **fields: Any) -> dict[str, Any]:
+    """The scripted plugin declaring `declaration` (its JSON) from declare_phases."""
+    return scripted(plugin_dir, name, declare_phases=declaration) | fields
 
 
 @pytest.mark.parametrize(
@@ -47,14 +47,17 @@ def declaring(plugin_dir: Path, declaration: object, **fields: Any) -> dict[str,
     ids=["declared", "declared-none", "execution-points-win", "empty-answer-declares-nothing"],
 )
 def test_where_the_phases_come_from(
-    tmp_path: Path, plugin_dir: Path, declaration: object, fields: dict[str, Any], phases: set[Phase], source: str
+    tmp_path: Path,
+    plugin_dir: Path,
+    declaration: object,
+    fields: dict[str, Any],
+    phases: set[Phase],
+    source: PhaseSource,
 ) -> None:
-    if declaration is None:
-        entry = {"path": str(plugin_dir / "scripted.wasm"), **fields}
-    else:
-        entry = declaring(plugin_dir, declaration, **fields)
-    plugin = loaded(tmp_path, Path(entry.pop("path")), **entry)
-    assert (plugin.exports, plugin.phase_source) == (phases, source)
+    entry = {"path": str(plugin_dir / "scripted.wasm")} if declaration is None else declaring(plugin_dir, declaration)
+    entry.pop("name", None)
+    plugin = loaded(tmp_path, Path(entry.pop("path")), **entry, **fields)
+    assert (set(plugin.exports), plugin.phase_source) == (phases, source)
 
 
 @pytest.mark.parametrize(
@@ -71,6 +74,7 @@ def test_a_bad_declaration_fails_the_load_naming_the_plugin(
     tmp_path: Path, plugin_dir: Path, declaration: object, message: str
 ) -> None:
     entry = declaring(plugin_dir, declaration)
+    entry.pop("name")
     with pytest.raises(PluginLoadError, match="plugin 'p'") as info:
         loaded(tmp_path, Path(entry.pop("path")), **entry)
     assert message in str(info.value)
@@ -112,8 +116,8 @@ def test_a_request_only_config_asks_envoy_for_no_response_phase(tmp_path: Path) 
 
 
 def test_chained_plugins_get_the_union_of_what_they_declare(tmp_path: Path, plugin_dir: Path) -> None:
-    first = declaring(plugin_dir, {"phases": ["request_headers"]}, name="first")
-    second = declaring(plugin_dir, {"phases": ["response_body"]}, name="second")
+    first = declaring(plugin_dir, {"phases": ["request_headers"]}, "first")
+    second = declaring(plugin_dir, {"phases": ["response_body"]}, "second")
     config = parse_config({"plugins": [first, second]}, tmp_path / "c.yaml")
     plugins = PluginSet.load(config, shared_threads())
     try:

@@ -19,16 +19,9 @@ from extproc import cli
 from extproc.config import Config, parse_config
 from extproc.deploy import envoy_config as ec
 from extproc.deploy.demo import DemoPorts, demo_bootstrap
-from tests.e2e.harness import (
-    ManagedProcess,
-    envoy_argv,
-    envoy_validate,
-    free_port,
-    request,
-    start_upstream,
-    wait_for_http_ready,
-    wait_for_port,
-)
+from support.envoy import envoy_argv, envoy_validate
+from support.processes import ManagedProcess, free_port, wait_for_http_ready, wait_for_port
+from tests.e2e.harness import request, start_upstream
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "envoy" / "demo"
@@ -201,6 +194,7 @@ def test_re2_incompatible_patterns(pattern: str, problem: str) -> None:
             ("SEND", "SKIP", "BUFFERED", "NONE"),
         ),
     ],
+    ids=["request-headers", "response-headers", "transform-bodies", "generate", "generate-after-body"],
 )
 def test_processing_mode_is_what_the_plugins_export(
     plugin_dir: Path, tmp_path: Path, wasm: str, fields: dict[str, Any], mode: tuple[str, ...]
@@ -432,6 +426,15 @@ def test_json_format(plugin_dir: Path, capsys: pytest.CaptureFixture[str], monke
         ),
         (["--upstream", "u:80"], 2, "--upstream applies only with --bootstrap"),
         (["--listen", "127.0.0.1:1", "--admin", "127.0.0.1:2"], 2, "--listen, --admin applies only with --bootstrap"),
+    ],
+    ids=[
+        "bootstrap-without-upstream",
+        "server-without-port",
+        "listen-name",
+        "zero-timeout",
+        "route-cluster-with-bootstrap",
+        "upstream-without-bootstrap",
+        "listen-admin-without-bootstrap",
     ],
 )
 def test_bad_options_are_reported(

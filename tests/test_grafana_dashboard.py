@@ -22,15 +22,9 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import (
-    ManagedProcess,
-    _server_env,
-    default_server_cmd,
-    free_port,
-    wait_for_http_ready,
-    wait_until,
-)
-from tests.test_grpc_stream import REQUEST, body, exchange, headers, scripted
+from support.plugins import scripted
+from support.processes import ManagedProcess, default_server_cmd, free_port, server_env, wait_for_http_ready, wait_until
+from tests.test_grpc_stream import REQUEST, body, exchange, headers
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "extproc.json"
 # Added by Prometheus to every scraped sample, or by the supervisor with --workers.
@@ -147,7 +141,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, plugin_dir: Path) -> dict
     config.write_text(json.dumps({"server": {"inline_call_budget_us": 0}, "plugins": plugins}))
     port, admin = free_port(), free_port()
     argv = [*default_server_cmd(config, port), "--admin-listen", f"127.0.0.1:{admin}"]
-    with ManagedProcess("extproc server", argv, workdir / "server.log", env=_server_env()) as server:
+    with ManagedProcess("extproc server", argv, workdir / "server.log", env=server_env()) as server:
         url = f"http://127.0.0.1:{admin}"
         wait_for_http_ready(f"{url}/readyz", 30, process=server)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +18,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from extproc.config import parse_config
 from extproc.metrics import REGISTRY
 from extproc.server import Server
-from tests.e2e.harness import wait_until
+from support.plugins import scripted
+from support.processes import wait_until
 
 Stub = Any
 
@@ -67,15 +67,6 @@ REQUEST = ((":method", "POST"), (":path", "/p"), (":authority", "example.com"), 
 
 def exchange(stub: Stub, *requests: ep.ProcessingRequest) -> list[ep.ProcessingResponse]:
     return list(stub.Process(iter(requests), timeout=10))
-
-
-def scripted(plugin_dir: Path, **outputs: Any) -> dict[str, Any]:
-    return {
-        "name": "s",
-        "path": str(plugin_dir / "scripted.wasm"),
-        "execution_points": sorted(export.removeprefix("process_") for export in outputs),
-        "config": {export: json.dumps(output) for export, output in outputs.items()},
-    }
 
 
 def test_unmatched_request_skips_every_later_phase(connect: Any, plugin_dir: Path) -> None:
@@ -287,7 +278,7 @@ def test_a_stream_idle_past_the_limit_is_closed(connect: Any, plugin_dir: Path) 
 
 
 def test_messages_larger_than_grpcio_default_are_received(connect: Any, plugin_dir: Path) -> None:
-    plugin = {"name": "t", "path": str(plugin_dir / "transform.wasm"), "config": {"suffix": "!"}}
+    plugin: dict[str, Any] = {"name": "t", "path": str(plugin_dir / "transform.wasm"), "config": {"suffix": "!"}}
     plugin |= {"execution_points": ["request_body"], "memory_limit_mb": 256, "timeout_ms": 10_000}
     payload = b"y" * (5 * 1024 * 1024)
     stub = connect(plugin, client_options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])

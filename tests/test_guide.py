@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from scripts import sdk_build
-from tests.e2e.harness import envoy_binary
+from support.envoy import envoy_binary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GUIDE = REPO_ROOT / "docs" / "writing-plugins.md"

@@ -53,6 +53,7 @@ def test_rebase_starts_a_new_diff() -> None:
         (HeaderChanges(set=((":authority", "h"),)), True),
         (HeaderChanges(set=(("x-other", "h"),)), False),
     ],
+    ids=[":path", "host", ":authority", "other"],
 )
 def test_route_headers_are_detected(changes: HeaderChanges, touches: bool) -> None:
     headers = HeaderList([(":path", "/"), (":authority", "a")])

@@ -6,15 +6,17 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from extproc.config import ConfigError, parse_config
+from extproc.config import ConfigError, FailurePolicy, parse_config
 from extproc.plugins import loader
-from extproc.plugins.host import MemoryStore, PluginHost, StoreError
+from extproc.plugins.host import HOST_FUNCTIONS, INCR_ERROR, NAMESPACE, PluginHost
 from extproc.plugins.loader import load_plugin
 from extproc.plugins.runner import shared_threads
+from extproc.plugins.store import MemoryStore, StoreError, StoreUnavailable
 from extproc.testing import PluginHarness, request
 from tests.examples_build import example_wasm
 
@@ -25,6 +27,94 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def test_the_host_function_registry_is_what_the_sdks_import() -> None:
+    # (name, parameter types, result types) in registration order; ValType I32 is 0, I64 (and PTR) 1.
+    expected = [
+        ("extproc_kv_get", [1], [1]),
+        ("extproc_kv_set", [1, 1, 1], [0]),
+        ("extproc_kv_delete", [1], [0]),
+        ("extproc_kv_incr", [1, 1, 1], [1]),
+        ("extproc_kv_cas", [1, 1, 1, 1], [0]),
+        ("extproc_now_ms", [], [1]),
+        ("extproc_log", [0, 1], []),
+        ("extproc_http_request", [1], [1]),
+    ]
+    assert [(f.name, f.args, f.returns) for f in HOST_FUNCTIONS] == expected
+    assert {f.namespace for f in HOST_FUNCTIONS} == {NAMESPACE}
+
+
+class DownStore:
+    """A backend that cannot answer anything."""
+
+    remote = False
+
+    def _down(self, key: bytes, *_args: object) -> Any:
+        raise StoreUnavailable(key, "down")
+
+    get = set = delete = incr = compare_and_set = _down
+
+
+class FakeCurrent:
+    """What a host function uses of Extism's CurrentPlugin: its host context and the plugin's memory."""
+
+    RETURNED = 999  # the offset return_bytes hands out
+
+    def __init__(self, host: PluginHost, memory: dict[int, bytes]) -> None:
+        self._host = host
+        self._memory = memory
+
+    def host_context(self) -> PluginHost:
+        return self._host
+
+    def input_bytes(self, offset: SimpleNamespace) -> bytes:
+        return self._memory[offset.value]
+
+    def return_bytes(self, slot: SimpleNamespace, data: bytes) -> None:
+        slot.value = self.RETURNED
+
+
+# Parameters at offsets 1 (key), 2 (value) and 3 (expected value); delta 5, no ttl.
+STORE_FAILURE_CASES = {
+    # function: (its parameters, result under fail_open, result under fail_closed)
+    "extproc_kv_get": ((1,), 0, 0),
+    "extproc_kv_set": ((1, 2, 0), 1, 0),
+    "extproc_kv_delete": ((1,), 0, 0),
+    "extproc_kv_incr": ((1, 5, 0), 5, INCR_ERROR),
+    "extproc_kv_cas": ((1, 3, 2, 0), 1, 0),
+}
+
+
+@pytest.mark.parametrize("policy", list(FailurePolicy), ids=str)
+@pytest.mark.parametrize("name", list(STORE_FAILURE_CASES))
+def test_a_store_that_cannot_answer_gives_each_function_its_policy_answer(name: str, policy: FailurePolicy) -> None:
+    params, when_open, when_closed = STORE_FAILURE_CASES[name]
+    host = PluginHost(f"down-{name}-{policy}", DownStore(), state_failure=policy)
+    current = FakeCurrent(host, {1: b"key", 2: b"value", 3: b"old"})
+    [function] = [f for f in HOST_FUNCTIONS if f.name == name]
+    results = [SimpleNamespace(value=None)]
+    host.begin_call()
+    function(current, [SimpleNamespace(value=value) for value in params], results)
+    failure = host.end_call()
+    if policy is FailurePolicy.FAIL_OPEN:
+        assert (results[0].value, failure) == (when_open, None)
+    else:
+        assert results[0].value == when_closed
+        assert isinstance(failure, StoreUnavailable)
+
+
+def test_a_host_function_error_is_logged_and_answers_the_failure_value(caplog: pytest.LogCaptureFixture) -> None:
+    host = PluginHost("too-long", MemoryStore())
+    current = FakeCurrent(host, {1: b"key", 2: b"v" * (1024 * 1024 + 1)})
+    [kv_set] = [f for f in HOST_FUNCTIONS if f.name == "extproc_kv_set"]
+    results = [SimpleNamespace(value=None)]
+    with caplog.at_level(logging.ERROR, logger="extproc.plugin"):
+        kv_set(current, [SimpleNamespace(value=v) for v in (1, 2, 0)], results)
+    assert results[0].value == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "plugin 'too-long' extproc_kv_set: key b'key': value longer than 1048576 bytes"
+    ]
 
 
 def test_get_set_delete() -> None:

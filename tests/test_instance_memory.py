@@ -22,7 +22,7 @@ from extproc.phases import Phase
 from extproc.plugins import loader, runner
 from extproc.plugins.loader import LoadedPlugin, default_max_output_bytes
 from extproc.plugins.runner import RawResult
-from tests.e2e.harness import ManagedProcess, _server_env, free_port, wait_for_port
+from support.processes import ManagedProcess, free_port, server_env, wait_for_port
 from tests.test_grpc_stream import REQUEST, body, exchange, headers
 
 HEADERS_INPUT: dict[str, Any] = {"phase": "REQUEST_HEADERS", "request": {"headers": []}}
@@ -138,7 +138,7 @@ def server_process(tmp_path: Path, plugin_dir: Path) -> Iterator[tuple[ManagedPr
     argv = [sys.executable, "-m", "extproc", "serve", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
     # What docs/operations.md advises for large bodies: glibc hands freed large buffers back at once instead
     # of keeping them for reuse, so RSS shows what the server holds rather than what the allocator caches.
-    env = _server_env() | {"MALLOC_MMAP_THRESHOLD_": "131072"}
+    env = server_env() | {"MALLOC_MMAP_THRESHOLD_": "131072"}
     with ManagedProcess("extproc", argv, tmp_path / "server.log", env=env) as process:
         wait_for_port("127.0.0.1", port, 30, process=process)
         options = [("grpc.max_receive_message_length", 4 * LARGE_BODY)]

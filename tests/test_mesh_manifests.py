@@ -22,7 +22,7 @@ from google.protobuf import json_format
 
 from extproc.config import Config, parse_config
 from extproc.deploy import envoy_config as ec
-from tests.e2e.harness import envoy_validate
+from support.envoy import envoy_validate
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from extproc import metrics
+from extproc import __version__, metrics
 from extproc.config import BreakerConfig
 from extproc.errors import FailureKind
 from extproc.metrics import StreamEnd
@@ -105,8 +105,9 @@ def test_config_hash_and_reloads() -> None:
 def test_build_info() -> None:
     text = generate_latest(metrics.REGISTRY).decode()
     [build] = [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == "extproc_build_info"]
-    assert build.labels["version"] == metrics.__version__
-    assert set(build.labels) == {"version", "python", "extism", "grpcio"}
+    assert build.labels["version"] == __version__
+    assert set(build.labels) == {"version", "python", "extism", "grpcio", "compiled"}
+    assert build.labels["compiled"] == ("mypyc" if metrics.REQUEST_PATH_COMPILED else "no")
 
 
 def test_merged_worker_metrics_get_a_worker_label() -> None:

@@ -21,9 +21,9 @@ from extproc.metrics import plugin_metrics
 from extproc.phases import Phase
 from extproc.plugins import loader, runner
 from extproc.plugins.breaker import BreakerState
-from extproc.plugins.host import MemoryStore
 from extproc.plugins.loader import FUEL_PER_MS, FuelLimitedModule, classify, load_plugin
 from extproc.plugins.runner import PluginThreads, RawResult, invoke
+from extproc.plugins.store import MemoryStore
 from extproc.plugins.wasm import WasmFormatError, imports
 from tests.examples_build import example_wasm
 

@@ -16,9 +16,10 @@ import redis
 from extproc import metrics
 from extproc.config import FailurePolicy, StateBackend, StateConfig, parse_config
 from extproc.plugins import redis_store
-from extproc.plugins.host import PluginHost, StoreError, StoreUnavailable
+from extproc.plugins.host import PluginHost
 from extproc.plugins.redis_store import RETRY_AFTER_S, RedisStore, shared_store
 from extproc.plugins.registry import state_store
+from extproc.plugins.store import StoreError, StoreUnavailable
 from extproc.testing import PluginHarness, request
 from tests.examples_build import example_wasm
 from tests.redis_server import RedisServer, redis_server
@@ -248,14 +249,15 @@ def test_fail_closed_fails_the_call_and_on_error_answers(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = make_store(redis_server)
-    settings = {
-        "state_failure": "fail_closed",
-        "on_error": "fail_closed",
-        "retries": 2,
-        "timeout_ms": PLUGIN_TIMEOUT_MS,
-    }
     with PluginHarness(
-        example_wasm("rate-limit"), name="rl-closed", config=RATE_LIMIT, store=store, **settings
+        example_wasm("rate-limit"),
+        name="rl-closed",
+        config=RATE_LIMIT,
+        store=store,
+        state_failure="fail_closed",
+        on_error="fail_closed",
+        retries=2,
+        timeout_ms=PLUGIN_TIMEOUT_MS,
     ) as harness:
         assert limit_statuses(harness, 1, "c") == [None]
         redis_server.stop()

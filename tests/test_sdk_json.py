@@ -22,8 +22,8 @@ import pytest
 from extproc.contract import decode_json
 from extproc.fields import value_bytes
 from scripts.sdk_build import probe_wasm
+from support.npm import npm
 from tests.examples_build import EXAMPLES_DIR, REPO_ROOT, ensure_installed
-from tests.npm import npm
 
 PROBE_SOURCE = REPO_ROOT / "sdk" / "assemblyscript" / "tests" / "json_probe.ts"
 INVALID = b"INVALID"

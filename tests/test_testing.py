@@ -6,19 +6,20 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from extproc.plugin_tools import BenchError, bench
 from extproc.testing import CasesError, PluginHarness, load_cases, request, response
+from support.plugins import scripted
 from tests.examples_build import example_wasm
 
 
-def scripted(plugin_dir: Path, **outputs: object) -> PluginHarness:
-    """The scripted test plugin answers each export with the JSON configured under its name."""
-    points = sorted(export.removeprefix("process_") for export in outputs)
-    config = {export: json.dumps(output) for export, output in outputs.items()}
-    return PluginHarness(plugin_dir / "scripted.wasm", config=config, execution_points=points)
+def scripted_harness(plugin_dir: Path, **outputs: Any) -> PluginHarness:
+    """The scripted test plugin, on its own, answering each export given with that output."""
+    entry = scripted(plugin_dir, **outputs)
+    return PluginHarness(Path(entry["path"]), config=entry["config"], execution_points=entry["execution_points"])
 
 
 def test_request_builder_puts_pseudo_headers_first_and_adds_content_length() -> None:
@@ -39,7 +40,7 @@ def test_request_builder_puts_pseudo_headers_first_and_adds_content_length() -> 
 
 def test_body_change_goes_through_the_server_which_fixes_content_length(plugin_dir: Path) -> None:
     output = {"body": {"text": "a much longer body"}}
-    with scripted(plugin_dir, process_request_body=output) as harness:
+    with scripted_harness(plugin_dir, process_request_body=output) as harness:
         result = harness.run(request("POST", "/", body="short"))
     assert result.upstream is not None
     assert result.upstream.body == b"a much longer body"
@@ -49,7 +50,7 @@ def test_body_change_goes_through_the_server_which_fixes_content_length(plugin_d
 
 def test_response_phases_run_only_with_a_response(plugin_dir: Path) -> None:
     output = {"headers": {"set": [{"name": "x-r", "value": "1"}]}, "dynamic_metadata": {"seen": True}}
-    with scripted(plugin_dir, process_response_headers=output) as harness:
+    with scripted_harness(plugin_dir, process_response_headers=output) as harness:
         without = harness.run(request())
         with_response = harness.run(request(), response(201, {"x-up": "1"}))
     assert without.response is None and without.phases == ("request_headers",)
@@ -61,7 +62,7 @@ def test_response_phases_run_only_with_a_response(plugin_dir: Path) -> None:
 
 def test_immediate_response_stops_before_the_upstream(plugin_dir: Path) -> None:
     output = {"immediate_response": {"status": 418, "body": {"text": "teapot"}, "details": "tea"}}
-    with scripted(plugin_dir, process_request_headers=output) as harness:
+    with scripted_harness(plugin_dir, process_request_headers=output) as harness:
         result = harness.run(request())
     assert result.immediate and result.upstream is None
     assert result.status == 418 and result.response is not None and result.response.text == "teapot"
@@ -70,7 +71,7 @@ def test_immediate_response_stops_before_the_upstream(plugin_dir: Path) -> None:
 
 def test_contract_violations_are_the_servers_failure_reply(plugin_dir: Path) -> None:
     output = {"headers": {"set": [{"name": "bad name", "value": "x"}]}}
-    with scripted(plugin_dir, process_request_headers=output) as harness:
+    with scripted_harness(plugin_dir, process_request_headers=output) as harness:
         result = harness.run(request())
     assert result.immediate and result.status == 503
 
@@ -139,3 +140,9 @@ def test_bench_refuses_what_the_server_would_refuse() -> None:
 def test_bench_refuses_a_phase_the_plugin_lacks() -> None:
     with pytest.raises(BenchError, match="does not export process_response_body"):
         bench(example_wasm("api-key"), phase="response_body", seconds=0.01)
+
+
+def test_bench_measures_a_plugin_whose_config_declares_no_phase() -> None:
+    # header-rewrite with no rules declares nothing; benching it measures its first export all the same.
+    result = bench(example_wasm("header-rewrite"), seconds=0.05)
+    assert result.export == "process_request_headers" and result.calls > 0

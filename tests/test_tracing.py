@@ -22,8 +22,9 @@ from extproc import config as config_module
 from extproc import tracing
 from extproc.config import ConfigError, TracingConfig, parse_config
 from extproc.tracing_otel import STREAM_SPAN, provider_with
+from support.plugins import scripted
 from tests.otlp_collector import ExportedSpan, otlp_grpc_collector, spans_of
-from tests.test_grpc_stream import REQUEST, connect, exchange, headers, scripted
+from tests.test_grpc_stream import REQUEST, connect, exchange, headers
 
 __all__ = ["connect"]  # the fixture, imported so pytest finds it
 
@@ -82,6 +83,17 @@ def test_defaults_and_every_key(tmp_path: Path) -> None:
         ({"endpoint": "http://c:4317", "sample_ratio": True}, "tracing.sample_ratio", "from 0 to 1"),
         ({"endpoint": "http://c:4317", "service_name": ""}, "tracing.service_name", "must not be empty"),
         ({"endpoint": "http://c:4317", "sampler": 1}, "tracing.sampler", "did you mean 'sample_ratio'"),
+    ],
+    ids=[
+        "no-endpoint",
+        "no-scheme",
+        "grpc-with-path",
+        "bad-port-redacted",
+        "bad-protocol",
+        "ratio-over-1",
+        "ratio-bool",
+        "empty-service-name",
+        "misspelled-key",
     ],
 )
 def test_errors_name_the_key(section: dict[str, Any], key: str, reason: str, tmp_path: Path) -> None:
@@ -261,3 +273,14 @@ def test_otlp_http_export(connect: Any, plugin_dir: Path) -> None:
     assert {path for path, _ in received} == {"/v1/traces"}
     exported = spans_of([trace_service_pb2.ExportTraceServiceRequest.FromString(body) for _, body in received])
     assert exported_names(exported) == [("http", STREAM_SPAN), ("http", "plugin s process_request_headers")]
+
+
+def test_otlp_protos_overwritten_by_xds_protos_are_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    # What xds-protos' older copy of the file lacks.
+    monkeypatch.delattr(common_pb2, "InstrumentationScope")
+    with pytest.raises(ConfigError) as info:
+        parse_config({"plugins": [], "tracing": {"endpoint": "http://127.0.0.1:4317"}}, Path("/tmp/extproc.yaml"))
+    assert info.value.key == "tracing"
+    assert "pip install --force-reinstall --no-deps opentelemetry-proto" in info.value.reason

@@ -34,6 +34,7 @@ import httpcore
 import orjson
 
 from extproc.config import host_matches
+from extproc.errors import ExtprocError
 
 # A plugin asks for more with `max_redirects`; a longer chain is a misconfigured endpoint, not a need.
 DEFAULT_MAX_REDIRECTS: Final = 5
@@ -70,7 +71,7 @@ class ErrorKind(StrEnum):
     CONNECTION = "connection"  # name resolution, connect, TLS, a broken connection or an invalid response
 
 
-class HttpCallError(Exception):
+class HttpCallError(ExtprocError):
     """An HTTP call that got no answer; `url` is the URL being fetched when it failed."""
 
     def __init__(self, kind: ErrorKind, url: str, reason: str) -> None:

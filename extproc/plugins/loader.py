@@ -26,11 +26,12 @@ from extproc.errors import FailureKind, OutputError, PluginCallError, PluginLoad
 from extproc.metrics import PluginMetrics, instance_recycled, plugin_metrics
 from extproc.phases import Phase
 from extproc.plugins.breaker import Admission, CircuitBreaker
-from extproc.plugins.host import HOST_FUNCTIONS, HTTP_REQUEST, KeyValueStore, PluginHost, default_store
+from extproc.plugins.host import HOST_FUNCTIONS, HTTP_REQUEST, PluginHost
 from extproc.plugins.host import NAMESPACE as HOST_NAMESPACE
 from extproc.plugins.http_calls import HttpPolicy
 from extproc.plugins.pool import InstancePool, PoolExhausted
 from extproc.plugins.runner import Instance, PluginThreads, RawResult, ThreadedCall, invoke
+from extproc.plugins.store import KeyValueStore, default_store
 from extproc.plugins.wasm import WASM_MAGIC, WasmFormatError
 from extproc.plugins.wasm import imports as wasm_imports
 

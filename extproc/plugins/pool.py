@@ -12,10 +12,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from extproc.errors import ExtprocError
+
 T = TypeVar("T")
 
 
-class PoolExhausted(Exception):
+class PoolExhausted(ExtprocError):
     """Every instance stayed busy for the whole wait."""
 
 

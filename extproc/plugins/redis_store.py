@@ -26,7 +26,8 @@ from redis.retry import Retry
 
 from extproc import metrics
 from extproc.config import StateConfig
-from extproc.plugins.host import StoreError, StoreUnavailable, time_left
+from extproc.plugins.host import time_left
+from extproc.plugins.store import StoreError, StoreUnavailable
 from extproc.redaction import redact_url
 
 log = logging.getLogger("extproc.state")

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from extproc.config import Config, StateBackend
 from extproc.contract import Pair
 from extproc.phases import Phase
-from extproc.plugins.host import KeyValueStore, default_store
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.runner import PluginThreads
+from extproc.plugins.store import KeyValueStore, default_store
 
 
 @dataclass(frozen=True, slots=True)

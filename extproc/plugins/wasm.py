@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import Final
 
+from extproc.errors import ExtprocError
+
 WASM_MAGIC: Final = b"\x00asm"
 _IMPORT_SECTION: Final = 2
 # Import kinds: function, table, memory, global, tag (exception handling).
 _FUNC, _TABLE, _MEMORY, _GLOBAL, _TAG = range(5)
 
 
-class WasmFormatError(ValueError):
+class WasmFormatError(ExtprocError, ValueError):
     """The bytes are not a well-formed module; `offset` is where reading failed."""
 
     def __init__(self, offset: int, reason: str) -> None:

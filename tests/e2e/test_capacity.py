@@ -9,10 +9,13 @@ from typing import Any
 
 import pytest
 
+from support.metrics import metric, scrape_metrics
+from support.processes import free_port, wait_until
+from support.slow_clients import idle_streams, stalled_bodies
+
 from .conftest import StackFactory
-from .harness import Stack, free_port, metric, request, scrape_metrics, wait_until
+from .harness import Stack, request
 from .load import run_load
-from .slow_clients import idle_streams, stalled_bodies
 
 pytestmark = pytest.mark.e2e
 

@@ -19,9 +19,11 @@ import pytest
 
 from extproc.config import load_config
 from extproc.deploy import envoy_config as ec
-from extproc.deploy.demo import SHOWCASE_FILE, ShowcaseRequest, load_showcase
+from extproc.deploy.demo import ShowcaseRequest, load_showcase
+from extproc.deploy.demo_bundle import SHOWCASE_FILE
+from support.processes import REPO_ROOT, free_port
 
-from .harness import REPO_ROOT, free_port, request
+from .harness import request
 
 pytestmark = pytest.mark.e2e
 

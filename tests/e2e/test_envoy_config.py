@@ -12,8 +12,8 @@ import yaml
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from google.protobuf import json_format
 
-from .envoy_config import BODY_MODES, EXT_PROC_FILTER_NAME, render_bootstrap, render_ext_proc_filter
-from .harness import envoy_validate
+from support.bootstrap import BODY_MODES, EXT_PROC_FILTER_NAME, render_bootstrap, render_ext_proc_filter
+from support.envoy import envoy_validate
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -119,6 +119,7 @@ def test_message_timeout_rendering() -> None:
         ({"request_body_mode": "FULL_DUPLEX_STREAMED", "request_trailer_mode": "SKIP"}, ValueError),
         ({"per_route_disabled_prefixes": "/off"}, TypeError),
     ],
+    ids=["body-mode-BUFFER", "lowercase-send", "duplex-with-trailers-skipped", "prefixes-as-a-string"],
 )
 def test_bad_arguments_are_rejected(kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):

@@ -15,7 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from .harness import ManagedProcess, Upstream, envoy_argv, free_port, request, wait_for_http_ready, wait_for_port
+from support.envoy import envoy_argv
+from support.processes import ManagedProcess, free_port, wait_for_http_ready, wait_for_port
+
+from .harness import Upstream, request
 
 pytestmark = pytest.mark.e2e
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from support.plugins import scripted
 from tests.examples_build import example_wasm
 
 from .conftest import StackFactory
@@ -21,15 +22,9 @@ pytestmark = pytest.mark.e2e
 LATIN1 = b"caf\xe9"
 
 
-def scripted(plugin_dir: Path, prefix: str, output: dict[str, Any]) -> dict[str, Any]:
+def under(plugin_dir: Path, prefix: str, output: dict[str, Any]) -> dict[str, Any]:
     """The scripted plugin answering request headers with `output`, for paths under `prefix`."""
-    return {
-        "name": prefix.strip("/"),
-        "path": str(plugin_dir / "scripted.wasm"),
-        "execution_points": ["request_headers"],
-        "config": {"process_request_headers": json.dumps(output)},
-        "match": {"path_prefix": prefix},
-    }
+    return scripted(plugin_dir, prefix.strip("/"), process_request_headers=output) | {"match": {"path_prefix": prefix}}
 
 
 def set_header(name: str, **value: str) -> dict[str, Any]:
@@ -49,7 +44,7 @@ INJECTIONS = {
 def test_request_line_injection_never_reaches_the_upstream(
     plugin_dir: Path, make_stack: StackFactory, upstream: Upstream
 ) -> None:
-    plugins = [scripted(plugin_dir, prefix, output) for prefix, output in INJECTIONS.items()]
+    plugins = [under(plugin_dir, prefix, output) for prefix, output in INJECTIONS.items()]
     with make_stack(json.dumps({"plugins": plugins})) as stack:
         before = upstream.count()
         responses = {prefix: request("GET", f"{stack.url}{prefix}") for prefix in INJECTIONS}

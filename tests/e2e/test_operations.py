@@ -10,8 +10,12 @@ from typing import Any
 
 import pytest
 
+from support.metrics import metric, scrape_metrics
+from support.plugins import scripted
+from support.processes import free_port, wait_until
+
 from .conftest import StackFactory
-from .harness import Stack, free_port, metric, request, scrape_metrics, wait_until
+from .harness import Stack, request
 
 pytestmark = pytest.mark.e2e
 
@@ -34,29 +38,15 @@ def config(admin_port: int, *plugins: dict[str, Any], **server: Any) -> str:
     return json.dumps({"server": {"admin_listen": f"127.0.0.1:{admin_port}", **server}, "plugins": list(plugins)})
 
 
-def scripted(plugin_dir: Path, name: str, output: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "path": str(plugin_dir / "scripted.wasm"),
-        "execution_points": ["request_headers"],
-        "config": {"process_request_headers": json.dumps(output)},
-        **fields,
-    }
-
-
 def healthy_hosts(stack: Stack) -> int:
     return stack.envoy_stat("cluster.extproc.membership_healthy")
 
 
 def test_metrics_count_the_traffic_envoy_sent(plugin_dir: Path, make_stack: StackFactory) -> None:
     admin = free_port()
-    tag = scripted(plugin_dir, "tag", {"headers": {"set": [{"name": "x-tag", "value": "1"}]}})
-    deny = scripted(
-        plugin_dir,
-        "deny",
-        {"immediate_response": {"status": 403, "body": {"text": "no"}}},
-        match={"path_prefix": "/deny"},
-    )
+    tag = scripted(plugin_dir, "tag", process_request_headers={"headers": {"set": [{"name": "x-tag", "value": "1"}]}})
+    deny_output = {"immediate_response": {"status": 403, "body": {"text": "no"}}}
+    deny = scripted(plugin_dir, "deny", process_request_headers=deny_output) | {"match": {"path_prefix": "/deny"}}
     broken = {"name": "broken", "path": str(plugin_dir / "trap.wasm"), "match": {"path_prefix": "/trap"}}
     with make_stack(config(admin, tag, deny, broken, log_format="json")) as stack:
         admin_url = f"http://127.0.0.1:{admin}"
@@ -123,7 +113,7 @@ def test_admin_endpoints(plugin_dir: Path, make_stack: StackFactory) -> None:
 
 def test_envoy_health_check_follows_the_drain(plugin_dir: Path, make_stack: StackFactory) -> None:
     admin = free_port()
-    tag = scripted(plugin_dir, "tag", {"headers": {"set": [{"name": "x-tag", "value": "1"}]}})
+    tag = scripted(plugin_dir, "tag", process_request_headers={"headers": {"set": [{"name": "x-tag", "value": "1"}]}})
     # A drain far longer than the test: the server must still be up, only unhealthy, when checked.
     yaml = config(admin, tag, drain_ms=60_000)
     with make_stack(yaml, extproc_cluster=HEALTH_CHECKED) as stack:

@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 
+from support.plugins import scripted
+from support.processes import wait_until
+
 from .conftest import StackFactory
-from .harness import Stack, request, wait_until
+from .harness import Stack, request
 from .load import Outcome, run_load
 
 pytestmark = pytest.mark.e2e
@@ -22,13 +25,8 @@ pytestmark = pytest.mark.e2e
 
 def versioned_config(plugin_dir: Path, version: str, **server: Any) -> str:
     """A plugin that stamps `version` on the request (seen upstream) and on the response."""
-    stamp = json.dumps({"headers": {"set": [{"name": "x-version", "value": version}]}})
-    plugin = {
-        "name": "stamp",
-        "path": str(plugin_dir / "scripted.wasm"),
-        "execution_points": ["request_headers", "response_headers"],
-        "config": {"process_request_headers": stamp, "process_response_headers": stamp},
-    }
+    stamp = {"headers": {"set": [{"name": "x-version", "value": version}]}}
+    plugin = scripted(plugin_dir, "stamp", process_request_headers=stamp, process_response_headers=stamp)
     return json.dumps({"server": server, "plugins": [plugin]})
 
 
@@ -68,6 +66,8 @@ def versions(outcome: Outcome) -> tuple[str | None, str | None]:
 def test_reloads_under_load_fail_nothing_and_never_mix_versions(plugin_dir: Path, make_stack: StackFactory) -> None:
     with make_stack(versioned_config(plugin_dir, "v0", reload_poll_ms=50)) as stack:
         with steady_load(stack) as outcomes:
+            # Traffic on the first version before the first reload, which a busy machine may otherwise outrun.
+            wait_until(lambda: len(outcomes) >= 40, 30, "traffic on the first version")
             for reload_number in range(1, 11):
                 if reload_number == 6:
                     broken = json.loads(versioned_config(plugin_dir, "bad"))

@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 
+from support.plugins import scripted
+from support.processes import wait_until
+
 from .conftest import StackFactory
-from .harness import request, wait_until
+from .harness import request
 from .load import Outcome, rss_bytes, run_load
 
 pytestmark = pytest.mark.e2e
@@ -27,12 +30,7 @@ MISBEHAVING = {
 
 def marker_plugin(plugin_dir: Path) -> dict[str, Any]:
     """Runs after the bad plugin and proves the chain and the request carried on."""
-    return {
-        "name": "marker",
-        "path": str(plugin_dir / "scripted.wasm"),
-        "execution_points": ["request_headers"],
-        "config": {"process_request_headers": json.dumps(MARKER)},
-    }
+    return scripted(plugin_dir, "marker", process_request_headers=MARKER)
 
 
 def seen_upstream(outcome: Outcome) -> dict[str, str]:

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from support.bootstrap import EXT_PROC_STATS
+from support.plugins import scripted
+
 from .conftest import StackFactory
-from .envoy_config import EXT_PROC_STATS
 from .harness import request
 
 pytestmark = pytest.mark.e2e
@@ -22,12 +24,7 @@ CHANGES = {":path": "/moved", ":authority": "rewritten.example", ":method": "PUT
 @pytest.mark.parametrize("allow_all_routing", [True, False], ids=["with-rules", "without-rules"])
 def test_routing_header_changes(plugin_dir: Path, make_stack: StackFactory, allow_all_routing: bool) -> None:
     output = {"headers": {"set": [{"name": name, "value": value} for name, value in CHANGES.items()]}}
-    plugin = {
-        "name": "route",
-        "path": str(plugin_dir / "scripted.wasm"),
-        "execution_points": ["request_headers"],
-        "config": {"process_request_headers": json.dumps(output)},
-    }
+    plugin = scripted(plugin_dir, "route", process_request_headers=output)
     with make_stack(json.dumps({"plugins": [plugin]}), allow_all_routing=allow_all_routing) as stack:
         seen = request("GET", f"{stack.url}/original", headers=[("host", "client.example")]).json()
         rejected = stack.envoy_stat(f"{EXT_PROC_STATS}.rejected_header_mutations")

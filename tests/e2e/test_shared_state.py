@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from support.metrics import MetricKey, scrape_metrics
+from support.processes import free_port, wait_until
 from tests.examples_build import example_wasm
 from tests.redis_server import RedisServer, redis_server
 
 from .conftest import StackFactory
-from .harness import MetricKey, Stack, free_port, request, scrape_metrics, wait_until
+from .harness import Stack, request
 from .test_workers import WORKERS, consecutive_free_ports, per_worker, workers_cluster
 
 pytestmark = pytest.mark.e2e

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from support.plugins import scripted
+
 from .conftest import StackFactory
 from .harness import Upstream, request
 
@@ -139,12 +141,7 @@ def test_mtls_between_envoy_and_server(
 ) -> None:
     ca, server, client, intruder = pki
     output = {"headers": {"set": [{"name": "x-over-tls", "value": "yes"}]}}
-    plugin = {
-        "name": "tag",
-        "path": str(plugin_dir / "scripted.wasm"),
-        "execution_points": ["request_headers"],
-        "config": {"process_request_headers": json.dumps(output)},
-    }
+    plugin = scripted(plugin_dir, "tag", process_request_headers=output)
     tls = {"cert_file": str(server.cert), "key_file": str(server.key), "client_ca_file": str(ca.cert_file)}
     config = json.dumps({"server": {"tls": tls}, "plugins": [plugin]})
     trusted_ca = ca.cert_file.read_bytes()

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from extproc.tracing_otel import STREAM_SPAN
+from support.plugins import scripted
+from support.processes import wait_until
 from tests.otlp_collector import otlp_grpc_collector
 
 from .conftest import StackFactory
-from .harness import request, wait_until
+from .harness import request
 
 pytestmark = pytest.mark.e2e
 
@@ -20,12 +22,7 @@ pytestmark = pytest.mark.e2e
 def test_the_servers_spans_hang_under_envoys_span_for_its_ext_proc_call(
     plugin_dir: Path, make_stack: StackFactory
 ) -> None:
-    plugin = {
-        "name": "s",
-        "path": str(plugin_dir / "scripted.wasm"),
-        "execution_points": ["request_headers"],
-        "config": {"process_request_headers": json.dumps({})},
-    }
+    plugin = scripted(plugin_dir, process_request_headers={})
     with otlp_grpc_collector() as collector:
         config = {"tracing": {"endpoint": f"http://127.0.0.1:{collector.port}"}, "plugins": [plugin]}
         with make_stack(json.dumps(config), otlp_collector_port=collector.port) as stack:

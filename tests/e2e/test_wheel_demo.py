@@ -24,8 +24,9 @@ import pytest
 
 from extproc.deploy import demo_bundle
 from extproc.deploy.demo import envoy_binary
+from support.processes import REPO_ROOT
 
-from .harness import REPO_ROOT, request
+from .harness import request
 from .test_demo import running_demo
 
 pytestmark = pytest.mark.e2e

@@ -15,18 +15,11 @@ from typing import Any
 
 import pytest
 
+from support.metrics import MetricKey, metric, scrape_metrics
+from support.processes import ManagedProcess, free_port, wait_for_http_ready, wait_until
+
 from .conftest import StackFactory
-from .harness import (
-    ManagedProcess,
-    MetricKey,
-    Stack,
-    free_port,
-    metric,
-    request,
-    scrape_metrics,
-    wait_for_http_ready,
-    wait_until,
-)
+from .harness import Stack, request
 from .test_operations import HEALTH_CHECKED
 
 pytestmark = pytest.mark.e2e

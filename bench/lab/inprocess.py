@@ -1,6 +1,6 @@
 """Our request path without gRPC: CPU per request of ``ExchangeStream.handle`` in one thread.
 
-``python bench/inprocess.py [--requests N] [--cases header,header3,...]`` builds the same server
+``python -m bench.lab.inprocess [--requests N] [--cases header,header3,...]`` builds the same server
 config as a bench case, then feeds a request_headers message like the one Envoy sends for wrk's
 GET straight into the stream state machine (header parsing, plugin selection, plugin input JSON,
 the extism call, output validation, the Envoy mutation). Subtracting this from the server's
@@ -12,30 +12,22 @@ RUST_LIB_BACKTRACE is not 0, so the printout names both variables.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import argparse
+import asyncio
+import os
+import time
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
-
-from envoy.config.core.v3 import base_pb2  # noqa: E402
-from envoy.service.ext_proc.v3 import external_processor_pb2 as ep  # noqa: E402
-
-from bench.cases import CASES, Kind  # noqa: E402
-from bench.cases import server_config as bench_server_config  # noqa: E402
-from extproc.config import parse_config  # noqa: E402
-from extproc.plugins.registry import PluginSet  # noqa: E402
-from extproc.plugins.runner import PluginThreads  # noqa: E402
-from extproc.stream import ExchangeStream  # noqa: E402
-
-# mypy takes tests/plugins/build/ (the output folder) for a namespace package; Python imports build.py.
-from tests.plugins.build import ensure_built  # type: ignore[attr-defined]  # noqa: E402
+from bench.cases import CASES, Kind
+from bench.cases import server_config as bench_server_config
+from extproc.config import parse_config
+from extproc.plugins.registry import PluginSet
+from extproc.plugins.runner import PluginThreads
+from extproc.stream import ExchangeStream
+from support.plugins import ensure_built
+from support.processes import REPO_ROOT
 
 # What Envoy sends for `wrk http://127.0.0.1:PORT/`: pseudo-headers, wrk's none, Envoy's own.
 _HEADERS = (
@@ -83,7 +75,7 @@ def main() -> None:
         case = next((c for c in CASES if c.name == name and c.name in header_cases), None)
         if case is None:
             parser.error(f"not a header-only server case: {name} (choose from {', '.join(header_cases)})")
-        config = parse_config(bench_server_config(case.plugins, plugin_dir), REPO_ROOT / "bench" / "inprocess")
+        config = parse_config(bench_server_config(case.plugins, plugin_dir), REPO_ROOT / "bench" / "lab" / "inprocess")
         plugins = PluginSet.load(config, PluginThreads(config.server.plugin_threads))
         try:
             print(f"  {case.name:10} {cpu_us_per_request(plugins, case.load.path, args.requests):7.1f} us CPU/request")

@@ -1,6 +1,9 @@
 """py-spy profile of a server under wrk load, reduced to own-time and per-layer tables.
 
-Three views, all taken while wrk drives the one-header-plugin case:
+``python -m bench.lab.profile [--duration S] [--out bench/results]`` profiles the bench's one-header-plugin
+case and writes profile.md, profile.svg (py-spy flame graph, all threads, waits included) and the collapsed
+stacks profile-busy.txt / profile-gil.txt. It installs py-spy (pip) and perf (Debian's linux-perf) on first
+use. Three views, all taken while wrk drives the case:
 
 - busy: every thread sampled (``--nonblocking``, so the server is not paused 250 times a second),
   minus samples sleeping in a known blocking call (py-spy's own idle detection does not catch
@@ -9,9 +12,9 @@ Three views, all taken while wrk drives the one-header-plugin case:
 - gil: only the thread holding the GIL (``--gil``): how the one Python interpreter lock is spent.
 - threads: CPU per thread name from /proc/<pid>/task/*/stat, which separates gRPC's C-core
   threads (``event_engine``, ...) from the Python threads running handlers.
-- binaries: ``perf record -e cpu-clock`` (Debian's linux-perf, installed on first use): true
-  on-CPU time per shared object (interpreter, kernel, grpc's cygrpc, protobuf's upb, extism,
-  libc), which py-spy cannot give since it only sees Python frames and GIL waits look busy to it.
+- binaries: ``perf record -e cpu-clock``: true on-CPU time per shared object (interpreter, kernel,
+  grpc's cygrpc, protobuf's upb, extism, libc), which py-spy cannot give since it only sees Python
+  frames and GIL waits look busy to it.
 
 A sample's layer is that of its innermost frame belonging to a layer, so time in a lock taken by
 grpc's code is charged to the lock, not to grpc.
@@ -25,12 +28,17 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import loadgen
+from bench.cases import CASES
+from bench.lab import case_settings, pip_install, serving
 from bench.loadgen import Load
+
+# The case profiled: one header plugin.
+PROFILE_CASE = "header"
 
 SAMPLE_RATE_HZ = 250
 TOP_N = 15
@@ -175,12 +183,6 @@ def _perf_tables(perf_data: Path) -> str:
     return "\n\n".join(sections)
 
 
-def _ensure_perf() -> None:
-    if shutil.which("perf") is None:
-        for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "linux-perf"]):
-            subprocess.run(argv, capture_output=True, check=True)
-
-
 def py_spy_path() -> str | None:
     """The py-spy executable: on PATH, or beside this interpreter (pip's scripts folder)."""
     found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -209,7 +211,6 @@ def record(url: str, load: Load, pid: int, duration_s: float, out: Path, work: P
     seconds = max(2, round(duration_s))
     busy_raw, gil_raw, svg = out / "profile-busy.txt", out / "profile-gil.txt", out / "profile.svg"
     perf_data = work / "perf.data"
-    _ensure_perf()
     wrk = subprocess.Popen(
         ["wrk", "-t1", "-c16", f"-d{4 * seconds + 10}s", url + load.path],
         stdout=subprocess.DEVNULL,
@@ -229,7 +230,22 @@ def record(url: str, load: Load, pid: int, duration_s: float, out: Path, work: P
         wrk.wait()
     busy = parse_collapsed(busy_raw.read_text().splitlines(), drop_waiting=True)
     gil = parse_collapsed(gil_raw.read_text().splitlines(), drop_waiting=False)
-    note = f"py-spy record -r {SAMPLE_RATE_HZ} --nonblocking, {seconds} s per view; see bench/profile.py."
+    note = f"py-spy record -r {SAMPLE_RATE_HZ} --nonblocking, {seconds} s per view; see bench/lab/profile.py."
     report = out / "profile.md"
     report.write_text(render(busy, gil, threads, _perf_tables(perf_data), note))
     return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = case_settings(argv, __doc__ or "", "seconds per view")
+    loadgen.ensure_commands({"perf": "linux-perf"})
+    pip_install("py-spy", py_spy_path() is not None)
+    case = next(c for c in CASES if c.name == PROFILE_CASE)
+    with serving(case, settings) as (running, pid):
+        report = record(running.url, case.load, pid, settings.duration_s, settings.out, settings.work / "profile")
+    print(report.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

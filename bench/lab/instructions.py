@@ -1,14 +1,14 @@
 """Instructions per request of an ext_proc server, by shared object and by function: callgrind counts.
 
-Run as ``python bench/instructions.py [--cases header,header3,generate,nomatch] [--noop-stacks aio,grpclib]
+Run as ``python -m bench.lab.instructions [--cases header,header3,generate,nomatch] [--noop-stacks aio,grpclib]
 [--requests N]``.
 CPU time per request varies by about ±15 % between runs on a shared VM; the number of instructions
 executed (callgrind's ``Ir``) hardly does, so it can tell apart cases that CPU time cannot.
 The variants are ``noop`` (bench/noop_server.py, the floor) and one ``extproc serve`` per chosen
 bench case (bench/cases.py: its plugins and its request path; cases without a body, workers or
-bypass). ``--noop-stacks`` adds the no-op on other Python gRPC stacks (``noop-aio``: grpc.aio,
-``noop-grpclib``: grpclib on uvloop), to show what the stack alone costs against grpcio's sync
-server; they are compared in the totals only. Each server runs under ``valgrind --tool=callgrind``
+bypass). ``--noop-stacks`` adds the no-op on other Python gRPC stacks (bench/lab/noop_servers.py;
+``noop-aio``: grpc.aio, ``noop-grpclib``: grpclib on uvloop), to show what the stack alone costs against
+grpcio's sync server; they are compared in the totals only. Each server runs under ``valgrind --tool=callgrind``
 behind the bench's Envoy and direct_response upstream (as in bench/run.py). h2load sends a warm-up,
 the counters are zeroed, h2load sends N requests (2 connections: valgrind runs the server about 30x
 slower), and the counters are dumped. Start-up, warm-up and shutdown are not counted.
@@ -28,55 +28,42 @@ bench/results/work/instructions/. valgrind (Debian package) and the packages a n
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
 import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-# Run as a script, so the repo root (for `bench`, `tests` and `extproc`) is not on the path yet.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from collections.abc import Iterable, Iterator, Mapping  # noqa: E402
-from dataclasses import asdict, dataclass, replace  # noqa: E402
-from typing import Any  # noqa: E402
-
-from bench import loadgen, procstat  # noqa: E402
-from bench.cases import CASES, Case, Kind, server_config  # noqa: E402
-from bench.envoy_configs import ProxyFilter, proxy_bootstrap, upstream_bootstrap  # noqa: E402
-from bench.loadgen import Load, LoadError, LoadResult  # noqa: E402
-from bench.noop_server import BENCH_PACKAGES, STACKS  # noqa: E402
-from bench.run import NOOP_SERVER, _envoy, _pip_install, _write_yaml, machine  # noqa: E402
-from extproc.config import Config, load_config  # noqa: E402
-from extproc.contract import Phase  # noqa: E402
-from tests.e2e.envoy_config import EXT_PROC_STATS  # noqa: E402
-from tests.e2e.harness import (  # noqa: E402
-    ManagedProcess,
-    Stack,
-    default_server_cmd,
-    free_port,
-    scrape_metrics,
-    wait_for_port,
-    wait_until,
-)
-
-# mypy takes tests/plugins/build/ (the output folder) for a namespace package; Python imports build.py.
-from tests.plugins.build import ensure_built  # type: ignore[attr-defined]  # noqa: E402
+from bench import loadgen, procstat
+from bench.cases import CASES, Case, Kind, server_config, write_config
+from bench.envoy_configs import ProxyFilter, proxy_bootstrap
+from bench.lab import pip_install
+from bench.lab.noop_servers import COMPARED_STACKS, STACK_PACKAGES, stack_case
+from bench.loadgen import Load, LoadError, LoadResult
+from bench.run import machine, upstream
+from extproc.config import Config, load_config
+from extproc.phases import Phase
+from support.bootstrap import EXT_PROC_STATS
+from support.envoy import envoy_stats, running_envoy
+from support.metrics import scrape_metrics
+from support.plugins import ensure_built
+from support.processes import REPO_ROOT, ManagedProcess, default_server_cmd, free_port, wait_for_port, wait_until
 
 NOOP = next(case for case in CASES if case.kind is Kind.NOOP)
 DEFAULT_CASES = "header"
-# bench/noop_server.py's --stack for each no-op variant: grpcio's sync server is the baseline, the
-# others (--noop-stacks) are named noop-<stack>.
-NOOP_STACKS = {NOOP.name: "sync"} | {f"{NOOP.name}-{stack}": stack for stack in STACKS if stack != "sync"}
+# The no-op variants by name, with their gRPC stack: grpcio's sync server (bench/noop_server.py) is the
+# baseline, the others (--noop-stacks) are named noop-<stack>.
+NOOP_STACKS = {NOOP.name: "sync"} | {f"{NOOP.name}-{stack}": stack for stack in COMPARED_STACKS}
 _OTHER_NOOPS = {stack: name for name, stack in NOOP_STACKS.items() if name != NOOP.name}
 # Valgrind gives the server 128 GiB of address space and each Extism instance reserves three 4 GiB
 # memory regions, so about 10 instances fit. A plugin's pool grows to the number of concurrent calls,
@@ -273,7 +260,7 @@ def parse_noop_stacks(text: str) -> tuple[Case, ...]:
     unknown = [stack for stack in stacks if stack not in _OTHER_NOOPS]
     if unknown:
         raise ValueError(f"unknown no-op stacks {unknown} (choose from {', '.join(_OTHER_NOOPS)})")
-    return tuple(replace(NOOP, name=_OTHER_NOOPS[stack], title=f"{stack} no-op ext_proc") for stack in stacks)
+    return tuple(stack_case(_OTHER_NOOPS[stack], stack) for stack in stacks)
 
 
 # Execution points a matching plugin runs exactly once on a bodiless GET, with the export each calls:
@@ -382,14 +369,14 @@ class Measured:
     profile: Profile
 
 
-def ensure_valgrind() -> None:
-    """Install valgrind with apt-get when it is missing (the bench runs as root)."""
-    if shutil.which("valgrind") is not None and shutil.which("callgrind_control") is not None:
-        return
-    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "valgrind"]):
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"`{' '.join(argv)}` failed ({proc.returncode}): {proc.stderr.strip()}")
+@dataclass(frozen=True)
+class Stack:
+    """A server under callgrind behind the bench's Envoy."""
+
+    url: str
+    envoy_admin_url: str
+    server: ManagedProcess
+    envoy: ManagedProcess
 
 
 def _valgrind_argv(out_file: Path) -> list[str]:
@@ -429,7 +416,8 @@ def _wait_idle(pid: int, timeout: float = 120.0) -> None:
 
 
 def _ext_proc_counters(stack: Stack) -> dict[str, int]:
-    return {name.removeprefix(EXT_PROC_STATS + "."): v for name, v in stack.envoy_stats(EXT_PROC_STATS + ".").items()}
+    stats = envoy_stats(stack.envoy_admin_url, EXT_PROC_STATS + ".")
+    return {name.removeprefix(EXT_PROC_STATS + "."): value for name, value in stats.items()}
 
 
 def _plugin_counters(admin_url: str) -> tuple[dict[tuple[str, str], int], int]:
@@ -443,7 +431,7 @@ def _write_server_config(case: Case, settings: Settings, admin_port: int) -> Pat
     # The admin endpoint's counters show how often each plugin ran. It is scraped outside the
     # window; its idle thread wakes twice a second, a few hundred Ir per request at most.
     config["server"]["admin_listen"] = f"127.0.0.1:{admin_port}"
-    return _write_yaml(settings.work / case.name / "extproc.yaml", config)
+    return write_config(settings.work / case.name / "extproc.yaml", config)
 
 
 @contextlib.contextmanager
@@ -451,10 +439,7 @@ def _stack(case: Case, config_path: Path | None, work: Path, upstream_port: int)
     """``config_path`` None: the no-op server."""
     out_file = work / "callgrind.out"
     port, listen_port, admin_port = free_port(), free_port(), free_port()
-    if config_path is None:
-        server_argv = [sys.executable, str(NOOP_SERVER), "--port", str(port), "--stack", NOOP_STACKS[case.name]]
-    else:
-        server_argv = default_server_cmd(config_path, port)
+    server_argv = case.noop_argv(port) if config_path is None else default_server_cmd(config_path, port)
     argv = _valgrind_argv(out_file) + server_argv
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONHASHSEED": "0"}
     bootstrap = proxy_bootstrap(
@@ -468,18 +453,8 @@ def _stack(case: Case, config_path: Path | None, work: Path, upstream_port: int)
     with ManagedProcess(case.name, argv, work / "server.log", env=env, cwd=REPO_ROOT) as server:
         wait_for_port("127.0.0.1", port, STARTUP_TIMEOUT_S, process=server)
         # Stopped before the server: Envoy never sees the server vanish under live streams.
-        with _envoy("envoy", bootstrap, work, listen_port) as envoy:
-            yield Stack(
-                listen_port=listen_port,
-                admin_port=admin_port,
-                extproc_port=port,
-                upstream_port=upstream_port,
-                server=server,
-                envoy=envoy,
-                config_path=work / "extproc.yaml",
-                bootstrap_path=work / "envoy.yaml",
-                bootstrap=bootstrap,
-            )
+        with running_envoy("envoy", bootstrap, work, STARTUP_TIMEOUT_S) as envoy:
+            yield Stack(f"http://127.0.0.1:{listen_port}", f"http://127.0.0.1:{admin_port}", server, envoy)
 
 
 def _h2load(stack: Stack, load: Load, requests: int, what: str, work: Path) -> LoadResult:
@@ -490,8 +465,8 @@ def _h2load(stack: Stack, load: Load, requests: int, what: str, work: Path) -> L
     if result.errors or result.requests != requests:
         raise LoadError(
             f"{what}: {result.errors} of {result.requests} requests failed ({requests} sent)\n"
-            f"--- server log (tail) ---\n{stack.server_log()[-3000:]}\n"
-            f"--- Envoy log (tail) ---\n{stack.envoy_log()[-3000:]}"
+            f"--- server log (tail) ---\n{stack.server.log_text()[-3000:]}\n"
+            f"--- Envoy log (tail) ---\n{stack.envoy.log_text()[-3000:]}"
         )
     return result
 
@@ -746,20 +721,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
 
     loadgen.ensure_tools()
-    ensure_valgrind()
-    for package in sorted({package for case in noop_variants for package in BENCH_PACKAGES[NOOP_STACKS[case.name]]}):
-        _pip_install(package, importlib.util.find_spec(package) is not None)
+    loadgen.ensure_commands({"valgrind": "valgrind", "callgrind_control": "valgrind"})
+    for package in sorted({package for case in noop_variants for package in STACK_PACKAGES[NOOP_STACKS[case.name]]}):
+        pip_install(package, importlib.util.find_spec(package) is not None)
     out: Path = args.out.resolve()
     work = out / "work" / "instructions"
     shutil.rmtree(work, ignore_errors=True)
     settings = Settings(requests=args.requests, warmup=args.warmup, work=work, plugin_dir=ensure_built())
-    command = "python bench/instructions.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.lab.instructions " + " ".join(argv if argv is not None else sys.argv[1:])
     info = machine() | {"valgrind": _valgrind_version(), "tree": _tree_state()}
     print(f"instructions: {args.requests} requests per variant under callgrind; work files in {work}", flush=True)
 
     results: dict[str, Measured] = {}
-    upstream_port = free_port()
-    with _envoy("upstream", upstream_bootstrap(listen_port=upstream_port, admin_port=free_port()), work, upstream_port):
+    with upstream(work) as (upstream_port, _):
         for case in (NOOP, *noop_variants, *cases):
             started = time.monotonic()
             results[case.name] = measure(case, settings, upstream_port)
@@ -771,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# Instructions per request (callgrind)\n\n{facts}\n\nCommand: `{command.strip()}`: per variant "
         f"{args.warmup} warm-up requests, counters zeroed, {args.requests} requests through Envoy "
         f"(h2load -c{CONNECTIONS}), counters dumped. Self Ir (instructions executed in user space, all "
-        "threads); the kernel is not counted. See bench/instructions.py.\n"
+        "threads); the kernel is not counted. See bench/lab/instructions.py.\n"
     )
     text = render(results, header)
     out.mkdir(parents=True, exist_ok=True)

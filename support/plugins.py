@@ -1,4 +1,4 @@
-"""Build the AssemblyScript test plugins on demand.
+"""The test plugins (tests/plugins), built on demand, and the entry of the scripted one in a server config.
 
 ``ensure_built()`` returns ``tests/plugins/build``, holding one ``<name>.wasm``
 per ``src/plugins/<name>.ts``. It runs ``npm ci`` when ``node_modules`` is
@@ -10,12 +10,15 @@ processes (e.g. pytest-xdist workers) at once.
 from __future__ import annotations
 
 import fcntl
+import json
 import pathlib
 import threading
+from typing import Any
 
-from tests.npm import npm
+from support.npm import npm
+from support.processes import REPO_ROOT
 
-PLUGINS_DIR = pathlib.Path(__file__).resolve().parent
+PLUGINS_DIR = REPO_ROOT / "tests" / "plugins"
 BUILD_DIR = PLUGINS_DIR / "build"
 SRC_DIR = PLUGINS_DIR / "src"
 NODE_MODULES = PLUGINS_DIR / "node_modules"
@@ -80,3 +83,17 @@ def ensure_built() -> pathlib.Path:
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
     return BUILD_DIR
+
+
+def scripted(plugin_dir: pathlib.Path, name: str = "s", **outputs: Any) -> dict[str, Any]:
+    """A server config entry of the scripted plugin: each ``process_<phase>`` or ``generate_response`` output
+    given is answered, as JSON, by that export, and only those phases run. With a ``declare_phases`` output
+    the plugin declares its phases itself (and the entry has no execution_points)."""
+    entry: dict[str, Any] = {
+        "name": name,
+        "path": str(plugin_dir / "scripted.wasm"),
+        "config": {export: json.dumps(output) for export, output in outputs.items()},
+    }
+    if "declare_phases" not in outputs:
+        entry["execution_points"] = sorted(export.removeprefix("process_") for export in outputs)
+    return entry

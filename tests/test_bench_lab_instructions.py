@@ -1,4 +1,4 @@
-"""bench/instructions.py's callgrind parsing, grouping, plugin-call check and report, on hand-written
+"""bench/lab/instructions.py's callgrind parsing, grouping, plugin-call check and report, on hand-written
 samples (no valgrind here)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bench.cases import CASES, Kind, server_config
-from bench.instructions import (
+from bench.lab.instructions import (
     NOOP_STACKS,
     OTHER_ROLE,
     UNKNOWN_OBJECT,
@@ -173,7 +173,11 @@ def test_noop_stacks_are_no_op_variants_named_after_their_stack() -> None:
     variants = parse_noop_stacks("grpclib, aio,grpclib,")
     assert [case.name for case in variants] == ["noop-grpclib", "noop-aio"]
     assert {case.kind for case in variants} == {Kind.NOOP}
-    # Each variant runs bench/noop_server.py with its own --stack; the baseline keeps the sync server.
+    # Each variant runs bench/lab/noop_servers.py with its own --stack; the baseline keeps the sync server.
+    assert [case.noop_command for case in variants] == [
+        ("bench.lab.noop_servers", "--stack", "grpclib"),
+        ("bench.lab.noop_servers", "--stack", "aio"),
+    ]
     assert NOOP_STACKS == {"noop": "sync", "noop-aio": "aio", "noop-grpclib": "grpclib"}
     assert parse_noop_stacks("") == ()
 
@@ -216,6 +220,7 @@ def _config(tmp_path: Path, roles: tuple[str, ...], **plugin_keys: Any) -> Confi
         ("generate", {("0-generate", "generate_response"): 1}),
         ("nomatch", {}),
     ],
+    ids=["header", "header3", "generate", "nomatch"],
 )
 def test_expected_plugin_calls_per_request_follow_the_config(tmp_path: Path, case: str, calls: dict[Any, int]) -> None:
     chosen = next(c for c in CASES if c.name == case)
@@ -244,6 +249,7 @@ def test_a_disabled_plugin_is_never_called(tmp_path: Path) -> None:
         # The first generated reply ends the exchange: the second plugin would not run.
         (("generate", "generate"), {}, "more than one generate_response"),
     ],
+    ids=["response-body", "response-headers", "no-execution-points", "header-match", "host-match", "two-generates"],
 )
 def test_configs_the_check_cannot_count_are_refused(
     tmp_path: Path, roles: tuple[str, ...], keys: dict[str, Any], reason: str
@@ -342,7 +348,7 @@ def test_report_targets_pass(results: dict[str, Measured]) -> None:
 
 
 def test_json_has_every_variant_and_the_targets(results: dict[str, Measured]) -> None:
-    data = to_json(results, {"nproc": "2"}, "python bench/instructions.py")
+    data = to_json(results, {"nproc": "2"}, "python -m bench.lab.instructions")
     assert list(data["variants"]) == ["noop", "header", "header3", "nomatch"]
     header = data["variants"]["header"]
     assert (header["ir_per_request"], header["vs_noop"]) == (8000.0, 1.6)
