@@ -24,8 +24,8 @@ from extproc.errors import FailureKind, PluginCallError
 from extproc.phases import Phase
 from extproc.plugin_tools import call_memory_mb
 from extproc.testing import PluginHarness, plugin_config
+from support.npm import npm
 from tests.examples_build import EXAMPLES_DIR, REPO_ROOT, ensure_installed, example_wasm
-from tests.npm import npm
 
 MIB = 1024 * 1024
 # What "a small constant" is: the runtime, the input's headers, the parsed config.
