@@ -17,12 +17,14 @@ from extproc.config import (
     ListenAddress,
     PlaintextRefused,
     check_plaintext,
+    default_memory_limit_mb,
     load_config,
 )
 from extproc.deploy import commands as deploy_commands
 from extproc.deploy import envoy_config as ec
 from extproc.errors import ExtprocError
 from extproc.phases import Phase
+from extproc.plugins.loader import LoadedPlugin
 from extproc.plugins.registry import PluginSet
 from extproc.plugins.runner import PluginThreads
 from extproc.redaction import redact_url
@@ -111,7 +113,7 @@ def _check(config: Config, envoy_configs: Sequence[Path]) -> int:
                 f"{tracing.service_name!r}, sample_ratio {tracing.sample_ratio:g}"
             )
         loaded = {plugin.name: plugin for plugin in plugins.plugins}
-        for spec in config.plugins:
+        for index, spec in enumerate(config.plugins):
             plugin = loaded.get(spec.name)
             if plugin is None:
                 print(f"  {spec.name}: disabled ({spec.path})")
@@ -119,6 +121,7 @@ def _check(config: Config, envoy_configs: Sequence[Path]) -> int:
             phases = ", ".join(phase.value for phase in sorted(plugin.exports, key=list(Phase).index)) or "nothing"
             source = plugin.phase_source.value
             print(f"  {spec.name}: {spec.path} sha256:{plugin.sha256[:16]} calls: {phases} (from {source})")
+            _check_body_memory(f"plugins[{index}]", plugin, config.server.max_body_bytes)
         worst = ec.worst_message(plugins.plugins)
         for path, filters in envoy:
             for found in filters:
@@ -126,6 +129,22 @@ def _check(config: Config, envoy_configs: Sequence[Path]) -> int:
     finally:
         plugins.close()
     return 0
+
+
+def _check_body_memory(key: str, plugin: LoadedPlugin, max_body_bytes: int) -> None:
+    """Warn when a plugin that reads bodies may not have the memory for the largest body the server buffers."""
+    reads_bodies = bool(plugin.request_body_phases) or any(phase.is_body for phase in plugin.exports)
+    limit = plugin.spec.memory_limit(max_body_bytes)
+    needs = default_memory_limit_mb(max_body_bytes)
+    if not reads_bodies or limit >= needs:
+        return
+    print(
+        f"extproc: warning: {key}.memory_limit_mb ({plugin.name}) is {limit} MiB, less than a body plugin needs for "
+        f"server.max_body_bytes ({max_body_bytes} bytes): four times the body plus 8 MiB, {needs} MiB. Larger "
+        "bodies would fail the plugin's calls (its on_error answers). Raise memory_limit_mb, lower "
+        "server.max_body_bytes, or measure the plugin: `extproc plugin bench PLUGIN.wasm --body-size N`.",
+        file=sys.stderr,
+    )
 
 
 def _check_message_timeout(path: Path, found: ec.FilterTimeouts, worst: ec.MessageBudget) -> None:

@@ -292,7 +292,7 @@ class PluginConfig:
     enabled: bool = True
     execution_points: frozenset[Phase] | None = None  # None: what the plugin declares, or every export it has
     timeout_ms: int = 100
-    memory_limit_mb: int = 16
+    memory_limit_mb: int | None = None  # None: derived from server.max_body_bytes (see memory_limit)
     encoding: Encoding = Encoding.JSON
     pool_size: int | None = None  # None: twice the cores, at most server.plugin_threads (see loader)
     match: MatchRules = MatchRules()
@@ -314,6 +314,18 @@ class PluginConfig:
 
     def config_json(self) -> str:
         return json.dumps(self.config, default=_thaw, ensure_ascii=False, allow_nan=False)
+
+    def memory_limit(self, max_body_bytes: int) -> int:
+        """The plugin's memory limit in MiB: its `memory_limit_mb`, else the default for `max_body_bytes`."""
+        return self.memory_limit_mb or default_memory_limit_mb(max_body_bytes)
+
+
+def default_memory_limit_mb(max_body_bytes: int) -> int:
+    """What an SDK body plugin needs for a body of `max_body_bytes` (docs/writing-plugins.md, "Limits"): four
+    times the body (Extism's copy of the input, which the output reuses; the plugin's own copy; the rewritten
+    body; room to spare) and 8 MiB for everything else. The limit only caps growth, so header plugins lose
+    nothing by it."""
+    return 4 * math.ceil(max_body_bytes / (1024 * 1024)) + 8
 
 
 @dataclasses.dataclass(frozen=True)

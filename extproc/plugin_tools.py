@@ -14,12 +14,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
+from extproc.config import PluginConfig, ServerConfig
 from extproc.contract import Chunk, MessageView, build_input
-from extproc.errors import ExtprocError
+from extproc.errors import ExtprocError, FailureKind, PluginCallError, PluginLoadError
 from extproc.phases import CONFIG_NAMES as PHASE_NAMES
 from extproc.phases import Phase
 from extproc.plugins.loader import LoadedPlugin, load_plugin
@@ -49,8 +50,16 @@ def add_commands(commands: Any) -> None:
     )
     bench.add_argument("--config", type=Path, metavar="YAML", help="plugin config: a YAML mapping, as under config:")
     bench.add_argument("--seconds", type=float, default=2.0, help="how long to measure (default 2)")
-    bench.add_argument("--timeout-ms", type=int, default=1000, help="per-call limit (default 1000)")
-    bench.add_argument("--memory-limit-mb", type=int, default=64, help="per-instance memory limit (default 64)")
+    bench.add_argument("--timeout-ms", type=int, help="per-call limit (default: the server's, 100)")
+    bench.add_argument(
+        "--memory-limit-mb", type=int, help="per-instance memory limit (default: the server's for --max-body-bytes)"
+    )
+    bench.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=ServerConfig.max_body_bytes,
+        help=f"server.max_body_bytes (default {ServerConfig.max_body_bytes}); larger --body-size is refused",
+    )
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -86,7 +95,10 @@ class BenchResult:
     p99_us: float
     max_us: float
     instance_memory_bytes: int
+    timeout_ms: int
     memory_limit_bytes: int
+    # The smallest memory_limit_mb one call succeeds under (see call_memory_mb).
+    call_memory_mb: int
 
     @property
     def calls_per_second(self) -> float:
@@ -98,9 +110,11 @@ class BenchResult:
             f"plugin   {self.plugin}\n"
             f"export   {self.export}, body {self.body_bytes} bytes{' per chunk' if 'chunk' in self.export else ''}\n"
             f"calls    {self.calls} in {self.seconds:.2f} s = {self.calls_per_second:,.0f} calls/s\n"
-            f"latency  p50 {self.p50_us:,.1f} us, p99 {self.p99_us:,.1f} us, max {self.max_us:,.1f} us per call\n"
-            f"memory   {self.instance_memory_bytes / mib:.2f} MiB per warm instance "
-            f"(limit {self.memory_limit_bytes / mib:.0f} MiB)"
+            f"latency  p50 {self.p50_us:,.1f} us, p99 {self.p99_us:,.1f} us, max {self.max_us:,.1f} us per call "
+            f"(timeout {self.timeout_ms} ms)\n"
+            f"memory   a call needs memory_limit_mb >= {self.call_memory_mb} "
+            f"(limit {self.memory_limit_bytes / mib:.0f} MiB); "
+            f"{self.instance_memory_bytes / mib:.2f} MiB resident per warm instance"
         )
 
 
@@ -154,10 +168,14 @@ def bench(
     body_size: int = 0,
     config: Mapping[str, Any] | None = None,
     seconds: float = 2.0,
-    timeout_ms: int = 1000,
-    memory_limit_mb: int = 64,
+    timeout_ms: int | None = None,
+    memory_limit_mb: int | None = None,
+    max_body_bytes: int = ServerConfig.max_body_bytes,
 ) -> BenchResult:
-    """Measure one export through `LoadedPlugin.call` (encode, pooled instance, decode, validation)."""
+    """Measure one export through `LoadedPlugin.call` (encode, pooled instance, decode, validation), under the
+    server's limits unless told otherwise: what passes here passes in the server."""
+    if body_size > max_body_bytes:
+        raise BenchError(f"--body-size {body_size} is over max_body_bytes ({max_body_bytes}): the server refuses it")
     server_config = plugin_config(
         wasm,
         name="bench",
@@ -167,11 +185,18 @@ def bench(
         pool_size=MEMORY_SAMPLE_INSTANCES + 1,
     )
     spec = server_config.plugins[0]
-    server = dataclasses.replace(server_config.server, max_body_bytes=max(body_size * 2, 1024 * 1024))
+    server = dataclasses.replace(server_config.server, max_body_bytes=max_body_bytes)
+    limit_mb = spec.memory_limit(max_body_bytes)
     plugin = load_plugin(spec, server, shared_threads(), MemoryStore())
     try:
         export = _choose_export(plugin, phase)
         payload = bench_payload(export, body_size, plugin.name)
+        needs_mb = call_memory_mb(spec, server, export, payload)
+        if needs_mb > limit_mb:
+            raise BenchError(
+                f"a call of {export.value} needs memory_limit_mb >= {needs_mb}, more than the limit of {limit_mb} MiB "
+                "(--memory-limit-mb): the server would fail it"
+            )
         with asyncio.Runner() as runner:
             timings, elapsed = runner.run(_timed_calls(plugin, export, payload, seconds))
             memory = runner.run(_instance_memory(plugin, export, payload))
@@ -189,8 +214,59 @@ def bench(
         p99_us=quantiles[98] / 1000,
         max_us=timings[-1] / 1000,
         instance_memory_bytes=memory,
-        memory_limit_bytes=memory_limit_mb * 1024 * 1024,
+        timeout_ms=spec.timeout_ms,
+        memory_limit_bytes=limit_mb * 1024 * 1024,
+        call_memory_mb=needs_mb,
     )
+
+
+# Past this memory_limit_mb a call that still fails does not fail for want of memory.
+MEMORY_SEARCH_MAX_MB: Final = 4096
+# The timeout while memory is searched for: only memory may decide whether a call passes.
+MEMORY_SEARCH_TIMEOUT_MS: Final = 60_000
+
+
+def call_memory_mb(spec: PluginConfig, server: ServerConfig, export: Phase, payload: Mapping[str, Any]) -> int:
+    """The smallest memory_limit_mb under which one call of `export` with `payload` succeeds: the call's peak
+    memory, in whole MiB.
+
+    Extism counts against the limit every page an instance's memories grow by since it was created, the
+    plugin's own and Extism's (which holds input and output), and Wasm memory never shrinks: so the smallest
+    limit that lets the call pass is its peak, measured by the same enforcement the server relies on, whatever
+    language or allocator the plugin uses. Found by bisection, each try on a fresh instance with a fresh
+    key-value store, as the server loads it, with the timeout lifted so that only memory decides.
+    """
+    searched = dataclasses.replace(spec, timeout_ms=MEMORY_SEARCH_TIMEOUT_MS, retries=0, pool_size=1)
+
+    def passes(limit_mb: int) -> bool:
+        attempt = dataclasses.replace(searched, memory_limit_mb=limit_mb)
+        try:
+            plugin = load_plugin(attempt, server, shared_threads(), MemoryStore())
+        except PluginLoadError:
+            return False  # too little memory to create the instance (a larger limit loaded it)
+        try:
+            asyncio.run(plugin.call(export, payload))
+        except PluginCallError as exc:
+            if exc.kind is not FailureKind.MEMORY:
+                raise
+            return False
+        finally:
+            plugin.close()
+        return True
+
+    # From the plugin's own limit up while the call fails, then down to the smallest limit that passes.
+    failing, passing = 0, spec.memory_limit(server.max_body_bytes)
+    while not passes(passing):
+        failing, passing = passing, passing * 2
+        if passing > MEMORY_SEARCH_MAX_MB:
+            raise BenchError(f"a call of {export.value} fails even with memory_limit_mb: {failing}")
+    while passing - failing > 1:
+        middle = (failing + passing) // 2
+        if passes(middle):
+            passing = middle
+        else:
+            failing = middle
+    return passing
 
 
 class BenchError(ExtprocError):
@@ -264,6 +340,7 @@ def _bench(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         timeout_ms=args.timeout_ms,
         memory_limit_mb=args.memory_limit_mb,
+        max_body_bytes=args.max_body_bytes,
     )
     if args.json:
         print(json.dumps({**result.__dict__, "calls_per_second": result.calls_per_second}))

@@ -130,9 +130,31 @@ def test_defaults(tmp_path: Path, wasm_dir: Path) -> None:
     assert plugin.config == {}
     assert plugin.enabled is True
     assert plugin.execution_points is None
-    assert (plugin.timeout_ms, plugin.memory_limit_mb, plugin.pool_size) == (100, 16, None)
+    assert (plugin.timeout_ms, plugin.memory_limit_mb, plugin.pool_size) == (100, None, None)
+    assert plugin.memory_limit(config.server.max_body_bytes) == 40
     assert plugin.encoding is Encoding.JSON
     assert plugin.match.is_empty
+
+
+@pytest.mark.parametrize(
+    ("max_body_bytes", "memory_limit_mb", "limit"),
+    [
+        (8 * 1024 * 1024, None, 40),  # the defaults: four times the body plus 8 MiB
+        (1, None, 12),  # a body under a MiB counts as one
+        (1024 * 1024 + 1, None, 16),
+        (64 * 1024 * 1024, None, 264),
+        (64 * 1024 * 1024, 16, 16),  # what the plugin's entry says wins, even when it is too small
+    ],
+)
+def test_memory_limit_defaults_to_room_for_the_largest_body(
+    tmp_path: Path, wasm_dir: Path, max_body_bytes: int, memory_limit_mb: int | None, limit: int
+) -> None:
+    entry = "{name: a, path: plugins/a.wasm" + (
+        "" if memory_limit_mb is None else f", memory_limit_mb: {memory_limit_mb}"
+    )
+    text = f"server: {{max_body_bytes: {max_body_bytes}}}\nplugins:\n  - {entry}}}\n"
+    config = load_config(write(tmp_path, text))
+    assert config.plugins[0].memory_limit(config.server.max_body_bytes) == limit
 
 
 def test_null_means_default(tmp_path: Path, wasm_dir: Path) -> None:

@@ -347,7 +347,7 @@ def load_plugin(
     manifest = {
         "wasm": [{"data": wasm}],
         "timeout_ms": spec.timeout_ms,
-        "memory": {"max_pages": spec.memory_limit_mb * 1024 * 1024 // WASM_PAGE_BYTES},
+        "memory": {"max_pages": spec.memory_limit(server.max_body_bytes) * 1024 * 1024 // WASM_PAGE_BYTES},
         # No allowed_paths: the sandbox never has a filesystem. No allowed_hosts either: Extism's own
         # http_request then refuses every host (it would follow redirects to hosts nobody allowed);
         # plugins call extproc_http_request, which checks every hop against spec.allowed_hosts.

@@ -1,8 +1,9 @@
 // Typed views over the plugin contract (docs/plugin-abi.md) and builders for the output.
-import { base64Decode, base64Encode } from "./base64";
-import { config_get, free } from "./env";
+import { base64DecodeBytes, base64Write } from "./base64";
+import { alloc, config_get, free, input_offset, output_set } from "./env";
 import { fromExtism, readInputBytes, setError, stringToExtism, writeOutputBytes } from "./io";
-import { JsonValue, JsonWriter } from "./json";
+import { ByteBuffer, JsonValue, JsonWriter, parseInPlace } from "./json";
+import { indexOfBytes, replaceAllBytes } from "./util";
 
 // --- input ----------------------------------------------------------------------------------
 
@@ -68,13 +69,17 @@ export class Headers {
       h.names.push(items[i].getString("name"));
       h.values.push(items[i].getString("value"));
       const raw = items[i].get("raw_value");
-      h.raws.push(raw === null ? null : base64Decode(raw.asString()));
+      h.raws.push(raw === null ? null : base64DecodeBytes(raw.asUtf8()));
     }
     return h;
   }
 }
 
-/** A message body: the bytes, and whether they are UTF-8 text (`text` in the contract) or not (`data`). */
+/**
+ * A message body: the bytes, and whether they are UTF-8 text (`text` in the contract) or not (`data`).
+ * A text body's bytes are part of the call input (no copy). `text` decodes them to a string of two
+ * bytes per character: for a large body, `indexOf`, `replaceAll` and `json()` work on the bytes instead.
+ */
 export class Body {
   private textCache: string | null = null;
 
@@ -96,9 +101,22 @@ export class Body {
     return t;
   }
 
-  /** The body parsed as JSON, or null when it is not text or not valid JSON. */
+  /** The body parsed as JSON, or null when it is not text or not valid JSON. Its strings share the body's bytes. */
   json(): JsonValue | null {
     return this.isText ? JsonValue.parseBytes(this.raw) : null;
+  }
+
+  /** The byte offset of the first `search` (as UTF-8) at or after byte `from`, or -1. */
+  indexOf(search: string, from: i32 = 0): i32 {
+    return indexOfBytes(this.raw, Uint8Array.wrap(String.UTF8.encode(search)), from);
+  }
+
+  /**
+   * The body's bytes with every `search` replaced by `replacement` (both as UTF-8), for `setBodyBytes`;
+   * the body's own bytes when there is none. On text, what `text.replaceAll` gives, without its strings.
+   */
+  replaceAll(search: string, replacement: string): Uint8Array {
+    return replaceAllBytes(this.raw, Uint8Array.wrap(String.UTF8.encode(search)), Uint8Array.wrap(String.UTF8.encode(replacement)));
   }
 
   static from(v: JsonValue | null): Body | null {
@@ -107,7 +125,7 @@ export class Body {
     if (text !== null) return new Body(text.asUtf8(), true);
     const data = v.get("data");
     if (data !== null) {
-      const decoded = base64Decode(data.asString());
+      const decoded = base64DecodeBytes(data.asUtf8());
       return new Body(decoded === null ? new Uint8Array(0) : decoded, false);
     }
     return new Body(new Uint8Array(0), true);
@@ -178,8 +196,9 @@ export class Input {
     return v === null ? null : v.asString();
   }
 
+  /** Parses the call input in place: `bytes` become the bodies' bytes (no copy), nothing else may use them. */
   static parse(bytes: Uint8Array): Input {
-    const parsed = JsonValue.parseBytes(bytes);
+    const parsed = parseInPlace(bytes);
     if (parsed === null || !parsed.isObject) {
       throw new Error("extproc sdk: the input is not a JSON object (is the plugin configured with encoding: protobuf?)");
     }
@@ -222,9 +241,14 @@ export class Input {
   }
 }
 
-/** The input of the current call. */
+/**
+ * The input of the current call. Extism's copy of the input is freed once it is read, so the output
+ * can take its place: after this, `readInputBytes` finds nothing.
+ */
 export function readInput(): Input {
-  return Input.parse(readInputBytes());
+  const bytes = readInputBytes();
+  free(input_offset());
+  return Input.parse(bytes);
 }
 
 // --- output ---------------------------------------------------------------------------------
@@ -312,6 +336,26 @@ export class Output {
   toBytes(): Uint8Array {
     if (this.isEmpty) return new Uint8Array(0);
     const w = new JsonWriter();
+    this.writeJson(w);
+    return w.toBytes();
+  }
+
+  /** Sets the output JSON as the call's output (none when nothing changed). */
+  write(): void {
+    if (this.isEmpty) return;
+    // Measured first, then written once straight into Extism memory: the output, a whole body
+    // perhaps, needs no room in the plugin's own memory.
+    const counter = new JsonWriter(ByteBuffer.counter());
+    this.writeJson(counter);
+    const n = <u64>counter.out.length;
+    const offset = alloc(n);
+    const w = new JsonWriter(ByteBuffer.extism(offset));
+    this.writeJson(w);
+    w.out.flush();
+    output_set(offset, n);
+  }
+
+  private writeJson(w: JsonWriter): void {
     w.raw("{");
     let first = true;
     if (this.sets.length + this.appends.length + this.removes.length > 0) {
@@ -365,12 +409,6 @@ export class Output {
       bodyJson(w, state);
     }
     w.raw("}");
-    return w.toBytes();
-  }
-
-  write(): void {
-    const bytes = this.toBytes();
-    if (bytes.length > 0) writeOutputBytes(bytes);
   }
 }
 
@@ -389,8 +427,9 @@ function pairs(w: JsonWriter, list: Array<Pair>): void {
       w.raw(',"value":');
       w.stringBytes(raw);
     } else {
-      w.raw(',"raw_value":');
-      w.string(base64Encode(raw));
+      w.raw(',"raw_value":"');
+      base64Write(w.out, raw);
+      w.raw('"');
     }
     w.raw("}");
   }
@@ -402,8 +441,9 @@ function bodyJson(w: JsonWriter, bytes: Uint8Array): void {
     w.raw('{"text":');
     w.stringBytes(bytes);
   } else {
-    w.raw('{"data":');
-    w.string(base64Encode(bytes));
+    w.raw('{"data":"');
+    base64Write(w.out, bytes);
+    w.raw('"');
   }
   w.raw("}");
 }
@@ -412,7 +452,10 @@ function bodyJson(w: JsonWriter, bytes: Uint8Array): void {
 export function isUtf8(b: Uint8Array): bool {
   let i = 0;
   const n = b.length;
+  const p = b.dataStart;
   while (i < n) {
+    // Eight ASCII bytes at a time: bodies are mostly ASCII, and this runs on every output body.
+    if (i + 8 <= n && (load<u64>(p + <usize>i) & 0x8080808080808080) == 0) { i += 8; continue; }
     const c = unchecked(b[i]);
     if (c < 0x80) { i++; continue; }
     let extra = 0;
