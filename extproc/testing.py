@@ -328,8 +328,11 @@ class _Modes:
         self.response_trailers = mode.response_trailer_mode == ProcessingMode.SEND
 
 
-class _ImmediateSent(Exception):
+class _ImmediateSent(ExtprocError):
+    """Ends an exchange early: the server answered with an immediate response."""
+
     def __init__(self, reply: Any) -> None:
+        super().__init__("immediate response")
         self.reply = reply
 
 
