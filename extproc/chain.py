@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from extproc import tracing
 from extproc.config import FailurePolicy
@@ -17,6 +17,9 @@ from extproc.errors import FailureKind, PluginCallError
 from extproc.headers import HeaderList
 from extproc.phases import Phase
 from extproc.plugins.registry import Selection
+
+if TYPE_CHECKING:
+    from extproc.rollout import ExchangeWatch
 
 log = logging.getLogger("extproc.chain")
 
@@ -35,9 +38,12 @@ class Exchange:
     request_body_changed: bool = False
     response_body_changed: bool = False
     emitted_metadata: dict[str, Any] = field(default_factory=dict)
+    # Rollout hook: set by rollout.Rollout.begin when anything watches this exchange's plugin calls.
+    watch: ExchangeWatch | None = None
 
     async def run(self, export: Phase) -> ImmediateReply | None:
         """Call `export` on every selected plugin that has it; stop at an immediate response."""
+        watch = self.watch
         for plugin in self.selection.plugins:
             if export not in plugin.exports:
                 continue
@@ -62,6 +68,8 @@ class Exchange:
                 plugin.metrics.record(export, seconds, exc.kind)
                 if tracing.tracer is not None:
                     tracing.tracer.plugin_failed(plugin.name, export, seconds, exc, plugin.spec.on_error)
+                if watch is not None:  # rollout hook: outcome, record, shadow (extproc/rollout.py)
+                    watch.observe(self, plugin, export, payload, exc, seconds)
                 fail_open = plugin.spec.on_error is FailurePolicy.FAIL_OPEN
                 _log_failure(exc, export, fail_open)
                 if fail_open:
@@ -71,6 +79,8 @@ class Exchange:
             plugin.metrics.record(export, seconds)
             if tracing.tracer is not None:
                 tracing.tracer.plugin_called(plugin.name, export, seconds, output)
+            if watch is not None:  # rollout hook: outcome, record, shadow (extproc/rollout.py)
+                watch.observe(self, plugin, export, payload, output, seconds)
             if output is None:
                 continue
             if output.metadata:

@@ -28,7 +28,9 @@ from extproc.admin import AdminServer, describe_plugins, registry_text
 from extproc.config import Config, ListenAddress
 from extproc.plugins.registry import PluginSet
 from extproc.plugins.runner import PluginThreads
+from extproc.recording import Recorder
 from extproc.reload import FileWatcher, Reloader
+from extproc.rollout import Observe
 from extproc.service import ExternalProcessor
 from extproc.tls import server_credentials
 
@@ -60,10 +62,13 @@ class Server:
     start() begins serving, stop() ends both.
     """
 
-    def __init__(self, config: Config, host: str, port: int, admin: ListenAddress | None = None) -> None:
+    def __init__(
+        self, config: Config, host: str, port: int, admin: ListenAddress | None = None, recorder: Recorder | None = None
+    ) -> None:
         self.config = config
         self.threads = PluginThreads(config.server.plugin_threads)
-        self.plugins = PluginSet.load(config, self.threads)
+        self.recorder = recorder
+        self.plugins = PluginSet.load(config, self.threads, Observe(config.server.outcome_metadata, recorder))
         self.processor = ExternalProcessor(self.plugins, config.server)
         self.install(self.plugins)
         self._loop = new_event_loop()
@@ -144,6 +149,8 @@ class Server:
         self._close_loop()
         self.threads.close()
         self.plugins.close()
+        if self.recorder is not None:
+            self.recorder.close()
         metrics.unwatch_pools(self._pool_use)
         if self.admin is not None:
             self.admin.stop()
@@ -184,6 +191,7 @@ def serve(
     port: int,
     admin: ListenAddress | None = None,
     on_started: Callable[[Server], None] | None = None,
+    recorder: Recorder | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, reloading on SIGHUP and on file changes.
 
@@ -191,7 +199,7 @@ def serve(
     then the listener stops taking new streams and in-flight ones get `shutdown_grace_ms`.
     """
     tracing.start(config.tracing)
-    server = Server(config, host, port, admin)
+    server = Server(config, host, port, admin, recorder)
     reloader = Reloader(server.plugins, server.install, server.threads)
     metrics.config_loaded(reloader.hash)
     if server.admin is not None:

@@ -113,6 +113,8 @@ class ExchangeStream:
             return envoy.headers_reply(request_body=False, response_headers=False, response_body=False)
         self._is_grpc = (headers.first("content-type") or "").startswith("application/grpc")
         exchange = Exchange(selection, headers, envoy.attributes(request), envoy.metadata_context(request))
+        if self._plugins.rollout is not None:  # rollout hook: canaries, shadows, records, outcomes (rollout.py)
+            selection = self._plugins.rollout.begin(exchange)
         self._exchange = exchange
         reply = await exchange.run(Phase.REQUEST_HEADERS)
         wait_for_body = selection.request_body and not message.end_of_stream
