@@ -186,6 +186,12 @@ metrics.REGISTRY.register(_STATS)
 _SHADOWS_RUNNING: Final[set[asyncio.Task[None]]] = set()
 
 
+async def shadows_settled() -> None:
+    """Wait for the shadow calls in flight (each ends within its candidate's limits)."""
+    while _SHADOWS_RUNNING:
+        await asyncio.wait(list(_SHADOWS_RUNNING))
+
+
 class Candidate:
     """The loaded candidate of one live plugin."""
 

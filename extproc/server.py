@@ -23,14 +23,13 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from extproc import metrics, tracing
+from extproc import metrics, rollout, tracing
 from extproc.admin import AdminServer, describe_plugins, registry_text
 from extproc.config import Config, ListenAddress
 from extproc.plugins.registry import PluginSet
 from extproc.plugins.runner import PluginThreads
 from extproc.recording import Recorder
 from extproc.reload import FileWatcher, Reloader
-from extproc.rollout import Observe
 from extproc.service import ExternalProcessor
 from extproc.tls import server_credentials
 
@@ -68,7 +67,7 @@ class Server:
         self.config = config
         self.threads = PluginThreads(config.server.plugin_threads)
         self.recorder = recorder
-        self.plugins = PluginSet.load(config, self.threads, Observe(config.server.outcome_metadata, recorder))
+        self.plugins = PluginSet.load(config, self.threads, rollout.Observe(config.server.outcome_metadata, recorder))
         self.processor = ExternalProcessor(self.plugins, config.server)
         self.install(self.plugins)
         self._loop = new_event_loop()
@@ -157,6 +156,7 @@ class Server:
 
     async def _stop(self, grace_seconds: float) -> None:
         await self._grpc.stop(grace_seconds)
+        await rollout.shadows_settled()
         if self._idle_watch is not None:
             self._idle_watch.cancel()
 
