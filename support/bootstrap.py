@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from extproc.deploy.envoy_config import HCM_STAT_PREFIX, connection_manager
+from extproc.deploy.envoy_config import HCM_STAT_PREFIX, access_log, connection_manager
 from extproc.envoy import METADATA_NAMESPACE
 
 EXT_PROC_FILTER_NAME = "envoy.filters.http.ext_proc"
@@ -141,13 +141,15 @@ def render_bootstrap(
     extproc_cluster: Mapping[str, Any] | None = None,
     allow_all_routing: bool = True,
     otlp_collector_port: int | None = None,
+    plugin_outcomes: bool = False,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap: listener -> ext_proc -> router -> the echo upstream.
 
     Trailer modes default as in :func:`render_ext_proc_filter`. ``extproc_cluster`` keys replace or add
     to those of the ext_proc cluster (health checks, TLS, several endpoints). ``allow_all_routing`` False
     leaves the filter's ``mutation_rules`` out. With ``otlp_collector_port``, Envoy traces every request
-    with its OpenTelemetry tracer and exports the spans over OTLP/gRPC to that loopback port.
+    with its OpenTelemetry tracer and exports the spans over OTLP/gRPC to that loopback port. With
+    ``plugin_outcomes``, the access log shows each plugin call's outcome (server.outcome_metadata).
     """
     if isinstance(per_route_disabled_prefixes, str):
         # A bare string would otherwise be iterated character by character.
@@ -181,7 +183,7 @@ def render_bootstrap(
     }
     if per_route_disabled_prefixes:
         ext_proc["disabled"] = True
-    manager = connection_manager("e2e", routes, [ext_proc])
+    manager = connection_manager("e2e", routes, [ext_proc], access_log(plugin_outcomes=plugin_outcomes))
     clusters = [
         _static_cluster("upstream", upstream_port, {"http_protocol_options": {}}),
         # gRPC needs HTTP/2 to the ext_proc server.
