@@ -189,11 +189,13 @@ class BenchError(ExtprocError):
 
 
 def _choose_export(plugin: LoadedPlugin, phase: str | None) -> Phase:
+    """The phase asked for, or the first the plugin is called for with this config (the first it exports
+    when its declaration leaves none: measuring a phase is asking for it)."""
     if phase is None:
-        return min(plugin.exports, key=list(Phase).index)
+        return min(plugin.exports or plugin.module_exports, key=list(Phase).index)
     export = Phase.named(phase)
-    if export not in plugin.exports:
-        have = ", ".join(sorted(e.value for e in plugin.exports))
+    if export not in plugin.module_exports:
+        have = ", ".join(sorted(e.value for e in plugin.module_exports))
         raise BenchError(f"plugin {plugin.spec.path} does not export {export.value} (it has: {have})")
     return export
 

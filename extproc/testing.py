@@ -14,6 +14,28 @@ body mutations, honour mode overrides, stop at an immediate response.
 
 from __future__ import annotations
 
+__all__ = [
+    "BodyLike",
+    "Case",
+    "CaseFailure",
+    "CasesError",
+    "CasesReport",
+    "HeadersLike",
+    "HttpRequest",
+    "HttpResponse",
+    "PluginHarness",
+    "Result",
+    "assert_cases",
+    "check",
+    "exchange",
+    "exchange_async",
+    "load_cases",
+    "plugin_config",
+    "request",
+    "response",
+    "run_cases",
+]
+
 import asyncio
 import difflib
 import json

@@ -129,3 +129,9 @@ def test_cli_plugin_bench_reports_rate_latency_and_memory(tmp_path: Path) -> Non
 def test_bench_refuses_a_phase_the_plugin_lacks() -> None:
     with pytest.raises(BenchError, match="does not export process_response_body"):
         bench(example_wasm("api-key"), phase="response_body", seconds=0.01)
+
+
+def test_bench_measures_a_plugin_whose_config_declares_no_phase() -> None:
+    # header-rewrite with no rules declares nothing; benching it measures its first export all the same.
+    result = bench(example_wasm("header-rewrite"), seconds=0.05)
+    assert result.export == "process_request_headers" and result.calls > 0
