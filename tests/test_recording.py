@@ -309,3 +309,40 @@ def test_immediate_responses_are_compared_field_by_field() -> None:
             "immediate_response.status: expected 403, got 429",
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        pytest.param(["--record-fraction", "0.5"], "--record-fraction: applies only with --record DIR", id="no-dir"),
+        pytest.param(
+            ["--record", "{tmp}", "--record-plugin", "tiers"],
+            "no plugin is called 'tiers'; did you mean 'tier'?",
+            id="unknown-plugin",
+        ),
+        pytest.param(["--record", "{tmp}", "--workers", "2"], "--record: records one worker's traffic", id="workers"),
+        pytest.param(
+            ["--record", "{tmp}", "--record-fraction", "0"],
+            "must be a number above 0 and at most 1",
+            id="zero-fraction",
+        ),
+        pytest.param(
+            ["--record", "{tmp}", "--record-max-mb", "-1"], "must be a positive integer, got '-1'", id="negative-cap"
+        ),
+    ],
+)
+def test_bad_record_options_are_refused_before_serving(
+    tmp_path: Path, plugin_dir: Path, flags: list[str], message: str
+) -> None:
+    config = tmp_path / "extproc.yaml"
+    config.write_text(json.dumps({"plugins": [scripted(plugin_dir, "tier", process_request_headers={})]}))
+    argv = [sys.executable, "-m", "extproc", "serve", "--config", str(config), "--listen", "127.0.0.1:0"]
+    done = subprocess.run(
+        [*argv, *(flag.format(tmp=tmp_path / "rec") for flag in flags)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert message in done.stderr

@@ -37,7 +37,7 @@ def upstream_header(stack: Stack, name: str, headers: Sequence[tuple[str, str]] 
     """The value of `name` in the request as the upstream got it (the echo upstream answers what it saw)."""
     response = request("POST" if body is not None else "GET", f"{stack.url}/echo", headers=headers, body=body)
     assert response.status == 200, response.text
-    seen = [value for key, value in response.json()["headers"] if key == name]
+    seen: list[str] = [value for key, value in response.json()["headers"] if key == name]
     assert len(seen) == 1, seen
     return seen[0]
 
