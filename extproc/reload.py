@@ -31,8 +31,7 @@ class ReloadResult:
 def config_hash(plugins: PluginSet) -> str:
     """Identifies what is being served: the config file's bytes and every loaded module."""
     digest = hashlib.sha256(plugins.config.source.read_bytes())
-    candidates = () if plugins.rollout is None else (c.plugin for c in plugins.rollout.candidates.values())
-    for plugin in (*plugins.plugins, *candidates):
+    for plugin in plugins.versions:
         digest.update(plugin.sha256.encode())
     return digest.hexdigest()
 

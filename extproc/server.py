@@ -116,7 +116,7 @@ class Server:
         they started with."""
         self.processor.plugins = plugins  # one attribute store: atomic for the loop thread
         self.plugins = plugins
-        metrics.breakers_in_force(plugin.breaker for plugin in plugins.plugins)
+        metrics.breakers_in_force(plugin.breaker for plugin in plugins.versions)
 
     def start(self) -> None:
         self._on_loop(self._start())
@@ -168,9 +168,9 @@ class Server:
     # --- what the admin endpoint reports ----------------------------------------------------
 
     def _pool_use(self) -> Iterator[metrics.PoolUse]:
-        for plugin in self.plugins.plugins:
+        for plugin in self.plugins.versions:
             pool = plugin.pool
-            yield plugin.name, pool.size, pool.idle, pool.max_size
+            yield plugin.label, pool.size, pool.idle, pool.max_size
 
     def metrics_text(self) -> bytes:
         return registry_text()

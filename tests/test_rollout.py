@@ -18,6 +18,7 @@ from extproc.config import parse_config
 from extproc.metrics import REGISTRY
 from extproc.plugins.registry import PluginSet
 from extproc.plugins.runner import PluginThreads
+from extproc.reload import Reloader
 from extproc.rollout import OUTCOMES_KEY, Observe
 from extproc.testing import HttpRequest, HttpResponse, Result, exchange_async, request, response
 from support.plugins import scripted
@@ -277,3 +278,16 @@ def test_nothing_is_watched_without_candidates_recording_or_outcome_metadata(plu
     plugins = load_set(scripted(plugin_dir, "plain", process_request_headers=set_header("x-a", "1")))
     assert plugins.rollout is None
     assert OUTCOMES_KEY not in run(plugins, request()).metadata
+
+
+def test_a_changed_candidate_file_is_seen_by_the_reload_watch(tmp_path: Path, plugin_dir: Path, load_set: Any) -> None:
+    candidate = tmp_path / "v2.wasm"
+    candidate.write_bytes((plugin_dir / "scripted.wasm").read_bytes())
+    entry = scripted(plugin_dir, unique("watched"), process_request_headers={})
+    entry["candidate"] = {"path": str(candidate), "fraction": 0.5}
+    plugins = load_set(entry)
+    (tmp_path / "extproc.yaml").write_text(json.dumps({"plugins": [entry]}))  # the file load_set names
+    reloader = Reloader(plugins, lambda _: None, plugins.plugins[0].threads)
+    assert not reloader.changed_on_disk()
+    candidate.write_bytes(candidate.read_bytes() + b"\0")  # a custom section's worth of change
+    assert reloader.changed_on_disk()

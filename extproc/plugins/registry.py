@@ -104,6 +104,13 @@ class PluginSet:
         return selection
 
     @property
+    def versions(self) -> tuple[LoadedPlugin, ...]:
+        """Every loaded module: the plugins, then their candidates (NAME@candidate)."""
+        if self.rollout is None:
+            return self.plugins
+        return (*self.plugins, *(candidate.plugin for candidate in self.rollout.candidates.values()))
+
+    @property
     def observe(self) -> Observe | None:
         return None if self.rollout is None else self.rollout.observe
 

@@ -69,6 +69,8 @@ def test_a_shadow_version_s_differences_are_counted_and_never_applied(
     assert metric(samples, "extproc_candidate_differences_total", **labels, part="headers") == 10
     assert metric(samples, "extproc_candidate_comparisons_total", **labels, result="agree") == 0
     assert metric(samples, "extproc_plugin_calls_total", plugin="tier@candidate", phase="process_request_headers") == 10
+    assert metric(samples, "extproc_plugin_circuit_breaker_state", plugin="tier@candidate", state="closed") == 1
+    assert metric(samples, "extproc_plugin_pool_max_instances", plugin="tier@candidate") > 0
     candidate = json.loads(text)["plugins"][0]["candidate"]
     assert {key: candidate[key] for key in ("mode", "fraction", "compared", "agreed", "agreement")} == {
         "mode": "shadow",
