@@ -127,7 +127,7 @@ def _check(config: Config, envoy_configs: Sequence[Path]) -> int:
                     f"    candidate ({wanted.mode.value}, fraction {wanted.fraction:g}): {wanted.path} "
                     f"sha256:{candidate.plugin.sha256[:16]} calls: {_phases(candidate.plugin)}"
                 )
-        worst = ec.worst_message(plugins.plugins)
+        worst = ec.worst_message(ec.serving(plugins))
         for path, filters in envoy:
             for found in filters:
                 _check_message_timeout(path, found, worst)

@@ -188,10 +188,14 @@ def phase_needs(config: Config) -> Selection:
     because which exports a module has is only known from the module."""
     plugins = PluginSet.load(config, PluginThreads(config.server.plugin_threads))
     try:
-        canaries = () if plugins.rollout is None else plugins.rollout.serving
-        return Selection.of((*plugins.plugins, *canaries))
+        return Selection.of(serving(plugins))
     finally:
         plugins.close()
+
+
+def serving(plugins: PluginSet) -> tuple[LoadedPlugin, ...]:
+    """The versions that may answer Envoy: the plugins and their canaries (a shadow is never waited for)."""
+    return plugins.plugins if plugins.rollout is None else (*plugins.plugins, *plugins.rollout.serving)
 
 
 def plan_routes(specs: Iterable[PluginConfig]) -> RoutePlan:
