@@ -10,7 +10,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from extproc import tracing
 from extproc.config import FailurePolicy
@@ -19,6 +19,9 @@ from extproc.errors import FailureKind, PluginCallError
 from extproc.headers import HeaderList
 from extproc.phases import Phase
 from extproc.plugins.registry import Selection
+
+if TYPE_CHECKING:
+    from extproc.rollout import ExchangeWatch
 
 log = logging.getLogger("extproc.chain")
 
@@ -120,7 +123,17 @@ class BodyBuffer:
 class Exchange:
     """One HTTP exchange as the plugins have left it so far."""
 
-    __slots__ = ("attributes", "emitted_metadata", "metadata", "request", "response", "route", "selection", "states")
+    __slots__ = (
+        "attributes",
+        "emitted_metadata",
+        "metadata",
+        "request",
+        "response",
+        "route",
+        "selection",
+        "states",
+        "watch",
+    )
 
     def __init__(
         self,
@@ -141,10 +154,13 @@ class Exchange:
         # Made by the first plugin that emits metadata or keeps state: most exchanges have neither.
         self.emitted_metadata: dict[str, Any] | None = None
         self.states: dict[str, bytes] | None = None
+        # Rollout hook: set by rollout.Rollout.watch when anything watches this exchange's plugin calls.
+        self.watch: ExchangeWatch | None = None
 
     async def run(self, export: Phase, instead: Phase | None = None) -> ImmediateReply | None:
         """Call `export` on every selected plugin that has it (or `instead`, on those that have that);
         stop at an immediate response."""
+        watch = self.watch
         for plugin in self.selection.plugins:
             exports = plugin.exports
             if export in exports:
@@ -178,6 +194,8 @@ class Exchange:
                 plugin.metrics.record(called, seconds, exc.kind)
                 if tracing.tracer is not None:
                     tracing.tracer.plugin_failed(name, called, seconds, exc, plugin.spec.on_error)
+                if watch is not None:  # rollout hook: outcome, record, shadow (extproc/rollout.py)
+                    watch.observe(self, plugin, called, payload, exc, seconds)
                 fail_open = plugin.spec.on_error is FailurePolicy.FAIL_OPEN
                 _log_failure(exc, called, fail_open)
                 if fail_open:
@@ -187,6 +205,8 @@ class Exchange:
             plugin.metrics.record(called, seconds)
             if tracing.tracer is not None:
                 tracing.tracer.plugin_called(name, called, seconds, output)
+            if watch is not None:  # rollout hook: outcome, record, shadow (extproc/rollout.py)
+                watch.observe(self, plugin, called, payload, output, seconds)
             if output is None:
                 continue
             if output.metadata:

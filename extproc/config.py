@@ -61,6 +61,7 @@ _SERVER_KEYS: Final = (
     "log_format",
     "tls",
     "allow_plaintext_off_loopback",
+    "outcome_metadata",
 )
 _TLS_KEYS: Final = ("cert_file", "key_file", "client_ca_file")
 # A shorter token could be guessed over the network; the upper bound only catches a wrong file.
@@ -88,7 +89,22 @@ _PLUGIN_KEYS: Final = (
     "max_http_response_bytes",
     "state_failure",
     "max_output_bytes",
+    "candidate",
 )
+_CANDIDATE_KEYS: Final = (
+    "path",
+    "mode",
+    "fraction",
+    "config",
+    "key_header",
+    "on_error",
+    "error_status",
+    "timeout_ms",
+    "memory_limit_mb",
+    "pool_size",
+    "circuit_breaker",
+)
+_CANARY_ONLY_KEYS: Final = ("key_header", "on_error", "error_status")
 _STATE_KEYS: Final = ("backend", "url", "key_prefix", "timeout_ms")
 _REDIS_ONLY_KEYS: Final = ("url", "key_prefix", "timeout_ms")
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
@@ -219,6 +235,8 @@ class ServerConfig:
     tls: TlsConfig | None = None
     # Plaintext gRPC and the admin endpoint listen on loopback only, unless this says otherwise.
     allow_plaintext_off_loopback: bool = False
+    # Each plugin call's outcome and time go to Envoy as dynamic metadata, for the access log (rollout.py).
+    outcome_metadata: bool = False
 
     @property
     def listen_address(self) -> str:
@@ -282,6 +300,34 @@ class BreakerConfig:
     cooldown_ms: int = 10_000
 
 
+class RolloutMode(enum.StrEnum):
+    """How a plugin's candidate version meets traffic."""
+
+    SHADOW = "shadow"  # runs on the live version's input, its output compared and never applied
+    CANARY = "canary"  # serves a share of the clients in place of the live version
+
+
+_ROLLOUT_MODES: Final = tuple(m.value for m in RolloutMode)
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateConfig:
+    """A plugin's candidate version. Settings left None are the live version's."""
+
+    path: Path  # absolute and resolved
+    fraction: float  # of exchanges (shadow) or of canary keys (canary)
+    mode: RolloutMode = RolloutMode.SHADOW
+    config: Mapping[str, object] | None = dataclasses.field(default=None, hash=False)
+    # Canary: the request header whose value picks the version, so one client keeps one version.
+    key_header: str = "x-request-id"
+    on_error: FailurePolicy | None = None  # canary only: a shadow's failures never reach the client
+    error_status: int | None = None  # canary only
+    timeout_ms: int | None = None
+    memory_limit_mb: int | None = None
+    pool_size: int | None = None
+    circuit_breaker: BreakerConfig | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class PluginConfig:
     name: str
@@ -311,6 +357,8 @@ class PluginConfig:
     # A larger output (what the plugin returns, before decoding) is a bad_output failure. None: derived
     # from server.max_body_bytes (see loader.default_max_output_bytes).
     max_output_bytes: int | None = None
+    # A new version of the module tried beside this one (extproc/rollout.py); None: none.
+    candidate: CandidateConfig | None = None
 
     def config_json(self) -> str:
         return json.dumps(self.config, default=_thaw, ensure_ascii=False, allow_nan=False)
@@ -588,6 +636,7 @@ def _server(value: object, key: str, base_dir: Path) -> ServerConfig:
         allow_plaintext_off_loopback=_optional(
             m, key, "allow_plaintext_off_loopback", _bool, defaults.allow_plaintext_off_loopback
         ),
+        outcome_metadata=_optional(m, key, "outcome_metadata", _bool, defaults.outcome_metadata),
     )
     try:
         check_plaintext(server, ListenAddress(server.listen_host, server.listen_port), tls_applies=True)
@@ -700,7 +749,38 @@ def _plugin(value: object, key: str, base_dir: Path) -> PluginConfig:
         ),
         state_failure=_optional(m, key, "state_failure", _failure_policy, defaults.state_failure),
         max_output_bytes=_optional(m, key, "max_output_bytes", _positive_int, defaults.max_output_bytes),
+        candidate=_optional(m, key, "candidate", lambda v, k: _candidate(v, k, base_dir), None),
     )
+
+
+def _candidate(value: object, key: str, base_dir: Path) -> CandidateConfig:
+    m = _mapping(value, key, _CANDIDATE_KEYS, required=("path", "fraction"))
+    mode = _optional(m, key, "mode", lambda v, k: RolloutMode(_one_of(v, k, _ROLLOUT_MODES)), RolloutMode.SHADOW)
+    if mode is RolloutMode.SHADOW:
+        for name in _CANARY_ONLY_KEYS:
+            if m.get(name) is not None:
+                raise _Invalid(_child(key, name), "applies only to mode 'canary': a shadow never serves a request")
+    return CandidateConfig(
+        path=_existing_file(m["path"], _child(key, "path"), base_dir),
+        fraction=_ratio(m["fraction"], _child(key, "fraction")),
+        mode=mode,
+        config=_optional(m, key, "config", _plugin_config, None),
+        key_header=_optional(m, key, "key_header", _header_name, CandidateConfig.key_header),
+        on_error=_optional(m, key, "on_error", _failure_policy, None),
+        error_status=_optional(m, key, "error_status", _http_status, None),
+        timeout_ms=_optional(m, key, "timeout_ms", _positive_int, None),
+        memory_limit_mb=_optional(m, key, "memory_limit_mb", _positive_int, None),
+        pool_size=_optional(m, key, "pool_size", _positive_int, None),
+        circuit_breaker=_optional(m, key, "circuit_breaker", _breaker, None),
+    )
+
+
+def _header_name(value: object, key: str) -> str:
+    """Lower case, as the server holds header names."""
+    name = _string(value, key)
+    if not _TOKEN_RE.fullmatch(name):
+        raise _Invalid(key, f"must be an HTTP header name, got {name!r}")
+    return name.lower()
 
 
 def _failure_policy(value: object, key: str) -> FailurePolicy:
@@ -966,14 +1046,12 @@ def _header_rules(value: object, key: str) -> tuple[HeaderRule, ...]:
 
 def _header_rule(value: object, key: str) -> HeaderRule:
     m = _mapping(value, key, _HEADER_RULE_KEYS, required=("name",))
-    name = _string(m["name"], f"{key}.name")
-    if not _TOKEN_RE.fullmatch(name):
-        raise _Invalid(f"{key}.name", f"must be an HTTP header name, got {name!r}")
+    name = _header_name(m["name"], f"{key}.name")
     present = _optional(m, key, "present", _bool, None)
     equals = _optional(m, key, "equals", _string, None)
     if (present is None) == (equals is None):
         raise _Invalid(key, "needs exactly one of 'present' and 'equals'")
-    return HeaderRule(name=name.lower(), present=present, equals=equals)
+    return HeaderRule(name=name, present=present, equals=equals)
 
 
 # --- matching ---------------------------------------------------------------------------------------------

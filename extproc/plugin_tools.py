@@ -1,4 +1,5 @@
-"""`extproc plugin test` and `extproc plugin bench`: a plugin author's tools, on the server's own code path."""
+"""`extproc plugin test` and `extproc plugin bench` (and, from replay.py, `replay` and `cases`): a plugin
+author's tools, on the server's own code path."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any, Final
 
 import yaml
 
+from extproc import replay
 from extproc.config import PluginConfig, ServerConfig
 from extproc.contract import Chunk, MessageView, build_input
 from extproc.errors import ExtprocError, FailureKind, PluginCallError, PluginLoadError
@@ -34,7 +36,7 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def add_commands(commands: Any) -> None:
-    """Register `plugin test` and `plugin bench` on the top-level subparsers."""
+    """Register `plugin test`, `bench`, `replay` and `cases` on the top-level subparsers."""
     plugin = commands.add_parser("plugin", help="test and measure a plugin without Envoy")
     tools = plugin.add_subparsers(dest="plugin_command", required=True)
 
@@ -62,8 +64,12 @@ def add_commands(commands: Any) -> None:
     )
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    replay.add_commands(tools)
+
 
 def main(args: argparse.Namespace) -> int:
+    if args.plugin_command in ("replay", "cases"):
+        return replay.main(args)
     try:
         if args.plugin_command == "test":
             return _test(args.wasm, args.cases)

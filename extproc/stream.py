@@ -179,6 +179,9 @@ class ExchangeStream:
             headers.first(":authority") or "",
             pairs,
         )
+        rollout = self._plugins.rollout
+        if rollout is not None:  # rollout hook: a canary takes its live version's place (rollout.py)
+            selection = rollout.assign(selection, headers)
         plans = selection.plans
         # A containment test and a subscript: no method call on the path of every request.
         exchange_plan = (
@@ -199,6 +202,8 @@ class ExchangeStream:
             envoy.metadata_context(request),
             None if route_text is None else envoy.route_values(str(route_text)),
         )
+        if rollout is not None:  # rollout hook: outcomes, records and shadows of this exchange's calls
+            rollout.watch(exchange, headers)
         self._exchange = exchange
         reply = await exchange.run(REQUEST.headers)
         waits_for_body = has_body and selection.request_body

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from extproc.deploy.envoy_config import HCM_STAT_PREFIX, connection_manager
+from extproc.deploy.envoy_config import HCM_STAT_PREFIX, access_log, connection_manager
 from extproc.envoy import METADATA_NAMESPACE, ROUTE_METADATA_ATTRIBUTE
 
 EXT_PROC_FILTER_NAME = "envoy.filters.http.ext_proc"
@@ -147,6 +147,7 @@ def render_bootstrap(
     route_metadata: Mapping[str, Any] | None = None,
     buffer_limit_bytes: int = BUFFER_LIMIT_BYTES,
     send_body_without_waiting: bool = False,
+    plugin_outcomes: bool = False,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap: listener -> ext_proc -> router -> the echo upstream.
 
@@ -158,7 +159,8 @@ def render_bootstrap(
     Trailer modes default as in :func:`render_ext_proc_filter`. ``extproc_cluster`` keys replace or add
     to those of the ext_proc cluster (health checks, TLS, several endpoints). ``allow_all_routing`` False
     leaves the filter's ``mutation_rules`` out. With ``otlp_collector_port``, Envoy traces every request
-    with its OpenTelemetry tracer and exports the spans over OTLP/gRPC to that loopback port.
+    with its OpenTelemetry tracer and exports the spans over OTLP/gRPC to that loopback port. With
+    ``plugin_outcomes``, the access log shows each plugin call's outcome (server.outcome_metadata).
     """
     if isinstance(per_route_disabled_prefixes, str):
         # A bare string would otherwise be iterated character by character.
@@ -198,7 +200,7 @@ def render_bootstrap(
         ext_proc["typed_config"]["send_body_without_waiting_for_header_response"] = True
     if per_route_disabled_prefixes:
         ext_proc["disabled"] = True
-    manager = connection_manager("e2e", routes, [ext_proc])
+    manager = connection_manager("e2e", routes, [ext_proc], access_log(plugin_outcomes=plugin_outcomes))
     clusters = [
         _static_cluster(
             "upstream",

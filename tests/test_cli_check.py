@@ -284,3 +284,31 @@ def test_a_body_plugin_with_too_little_memory_for_max_body_bytes_warns(
         return
     assert "extproc: warning: plugins[1].memory_limit_mb (body) is" in err
     assert "four times the body plus 8 MiB, 40 MiB" in err
+
+
+def test_a_candidate_is_listed_under_its_plugin(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = """
+plugins:
+  - name: hdr
+    path: scripted.wasm
+    execution_points: [request_headers]
+    candidate: {path: transform.wasm, mode: canary, fraction: 0.05}
+"""
+    code, out, err = run_check(workdir, text, capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith("  hdr: "))
+    assert lines[index + 1].startswith(f"    candidate (canary, fraction 0.05): {workdir / 'transform.wasm'} sha256:")
+    assert lines[index + 1].endswith("calls: process_request_headers")
+
+
+def test_a_candidate_that_does_not_load_fails_the_check(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = """
+plugins:
+  - name: hdr
+    path: scripted.wasm
+    candidate: {path: not-wasm.wasm, fraction: 0.5}
+"""
+    code, _, err = run_check(workdir, text, capsys)
+    assert code == 1
+    assert f"plugin 'hdr' ({workdir / 'not-wasm.wasm'}): not a WebAssembly module" in err

@@ -578,3 +578,38 @@ def test_unmatched_routes_never_open_a_stream(plugin_dir: Path, tmp_path: Path) 
                 assert (response.header("x-tagged") == "yes") is through, path
                 assert (response.header("server") == "plugin") is through, path
                 assert streams() - before == (1 if through else 0), path
+
+
+# --- plugin outcomes and candidates -------------------------------------------------------------------
+
+
+def access_log_format(document: dict[str, Any]) -> str:
+    hcm = document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    text: str = hcm["access_log"][0]["typed_config"]["log_format"]["text_format_source"]["inline_string"]
+    return text
+
+
+@pytest.mark.e2e
+def test_the_access_log_shows_plugin_outcomes_when_the_server_sends_them(plugin_dir: Path, tmp_path: Path) -> None:
+    wasm = plugin_dir / "transform.wasm"
+    quiet = make_config(tmp_path, plugin(wasm))
+    telling = make_config(tmp_path, plugin(wasm), server={"outcome_metadata": True})
+    shown = 'plugins="%DYNAMIC_METADATA(extproc:_outcomes)%"'
+    assert shown not in access_log_format(ec.bootstrap(quiet, ec.phase_needs(quiet), options(), PROXY))
+    document = ec.bootstrap(telling, ec.phase_needs(telling), options(), PROXY)
+    assert shown in access_log_format(document)
+    assert_valid(tmp_path, document)
+    # A fragment brings the access log along for the user's own connection manager.
+    assert ec.fragment(telling, ec.phase_needs(telling), options())["access_log"] == ec.access_log(plugin_outcomes=True)
+    assert "access_log" not in ec.fragment(quiet, ec.phase_needs(quiet), options())
+
+
+def test_envoy_is_asked_for_the_phases_a_canary_needs(plugin_dir: Path, tmp_path: Path) -> None:
+    live = plugin(plugin_dir / "flaky.wasm")  # request headers only
+    canary = dict(live, candidate={"path": str(plugin_dir / "transform.wasm"), "mode": "canary", "fraction": 0.1})
+    shadow = dict(live, candidate={"path": str(plugin_dir / "transform.wasm"), "fraction": 0.1})
+    with_canary = ec.phase_needs(make_config(tmp_path, canary))
+    assert (with_canary.request_body, with_canary.response_headers, with_canary.response_body) == (True, True, True)
+    # A shadow runs only in the phases of the live version, so it needs nothing more from Envoy.
+    with_shadow = ec.phase_needs(make_config(tmp_path, shadow))
+    assert (with_shadow.request_body, with_shadow.response_headers, with_shadow.response_body) == (False, False, False)

@@ -145,6 +145,8 @@ def _envoy_config(args: argparse.Namespace, config: Config, argv: Sequence[str])
     else:
         document = ec.fragment(config, needs, options)
         header.append("Add http_filters ahead of your router, routes to your virtual host, clusters to yours.")
+        if config.server.outcome_metadata:
+            header.append("access_log shows each plugin's outcome (server.outcome_metadata): put it in your manager.")
         header.append(
             "Set server_header_transformation: PASS_THROUGH in your http_connection_manager, or Envoy "
             "replaces any server header a plugin sets."

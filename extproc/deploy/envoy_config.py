@@ -29,6 +29,7 @@ from extproc.phases import Phase
 from extproc.plugins.loader import LoadedPlugin
 from extproc.plugins.registry import PluginSet, Selection
 from extproc.plugins.runner import PluginThreads
+from extproc.rollout import OUTCOMES_KEY
 
 EXT_PROC_FILTER: Final = "envoy.filters.http.ext_proc"
 EXTPROC_CLUSTER: Final = "extproc"
@@ -59,12 +60,34 @@ _MESSAGE_EXPORTS: Final = {
     "response body": frozenset({Phase.RESPONSE_BODY, Phase.RESPONSE_BODY_CHUNK}),
     "response trailers": frozenset({Phase.RESPONSE_TRAILERS}),
 }
-_ACCESS_LOG_FORMAT: Final = (
+_ACCESS_LOG_REQUEST: Final = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
     "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% %BYTES_SENT% "
     '%DURATION% "%REQ(X-REQUEST-ID)%" "%UPSTREAM_HOST%" route=%ROUTE_NAME% '
-    f"extproc_md=%DYNAMIC_METADATA({METADATA_NAMESPACE})%\n"
 )
+_ACCESS_LOG_METADATA: Final = f"extproc_md=%DYNAMIC_METADATA({METADATA_NAMESPACE})%\n"
+# With server.outcome_metadata: each plugin call's outcome and time (rollout.py), e.g.
+# plugins="auth:request_headers=applied/212us hdr:request_headers=no_change/48us".
+_ACCESS_LOG_OUTCOMES: Final = f'plugins="%DYNAMIC_METADATA({METADATA_NAMESPACE}:{OUTCOMES_KEY})%" '
+
+
+def access_log(*, plugin_outcomes: bool) -> list[dict[str, Any]]:
+    """A stdout access log: one line per request; with `plugin_outcomes`, the outcomes the server sends
+    (server.outcome_metadata)."""
+    outcomes = _ACCESS_LOG_OUTCOMES if plugin_outcomes else ""
+    return [
+        {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": {
+                "@type": _TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                "log_format": {
+                    "text_format_source": {"inline_string": _ACCESS_LOG_REQUEST + outcomes + _ACCESS_LOG_METADATA}
+                },
+            },
+        }
+    ]
+
+
 # Python regex syntax that RE2 (Envoy's safe_regex) rejects. A plugin using any of it keeps every path
 # routed through ext_proc rather than risk a route Envoy refuses or that matches less than Python does.
 _RE2_UNSUPPORTED_GROUPS: Final = {
@@ -196,13 +219,18 @@ class Proxy:
 
 
 def phase_needs(config: Config) -> Selection:
-    """The phases the enabled plugins export, all together. Loads (compiles) every enabled plugin,
+    """The phases the enabled plugins and their canaries export, all together. Loads (compiles) every enabled plugin,
     because which exports a module has is only known from the module."""
     plugins = PluginSet.load(config, PluginThreads(config.server.plugin_threads))
     try:
-        return Selection.of(plugins.plugins)
+        return Selection.of(serving(plugins))
     finally:
         plugins.close()
+
+
+def serving(plugins: PluginSet) -> tuple[LoadedPlugin, ...]:
+    """The versions that may answer Envoy: the plugins and their canaries (a shadow is never waited for)."""
+    return plugins.plugins if plugins.rollout is None else (*plugins.plugins, *plugins.rollout.serving)
 
 
 def plan_routes(specs: Iterable[PluginConfig]) -> RoutePlan:
@@ -552,15 +580,20 @@ def fragment(config: Config, needs: Selection, options: Options) -> dict[str, An
         # Off unless a route switches it on: on bypassed routes Envoy does not even create the
         # filter, which keeps them within a few microseconds of having no filter at all.
         http_filter["disabled"] = True
-    return {
+    pieces = {
         "http_filters": [http_filter],
         "routes": routes(plan, options.route_cluster, options.route_values),
         "clusters": [extproc_cluster(config, options)],
     }
+    if config.server.outcome_metadata:
+        pieces["access_log"] = access_log(plugin_outcomes=True)
+    return pieces
 
 
-def connection_manager(name: str, routes: list[dict[str, Any]], http_filters: list[dict[str, Any]]) -> dict[str, Any]:
-    """The HTTP connection manager: request ids, a stdout access log, `http_filters` then the router."""
+def connection_manager(
+    name: str, routes: list[dict[str, Any]], http_filters: list[dict[str, Any]], log: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The HTTP connection manager: request ids, the access `log`, `http_filters` then the router."""
     return {
         "@type": _TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": HCM_STAT_PREFIX,
@@ -570,15 +603,7 @@ def connection_manager(name: str, routes: list[dict[str, Any]], http_filters: li
         # plugin can set one (every export may answer with an immediate response). The price: without a
         # plugin that sets or removes it, clients see the upstream's own `server` header, not "envoy".
         "server_header_transformation": "PASS_THROUGH",
-        "access_log": [
-            {
-                "name": "envoy.access_loggers.stdout",
-                "typed_config": {
-                    "@type": _TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-                    "log_format": {"text_format_source": {"inline_string": _ACCESS_LOG_FORMAT}},
-                },
-            }
-        ],
+        "access_log": log,
         "route_config": {"name": name, "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
         "http_filters": [
             *http_filters,
@@ -594,7 +619,9 @@ def bootstrap(config: Config, needs: Selection, options: Options, proxy: Proxy) 
     """A complete Envoy bootstrap: listener -> ext_proc -> router -> ``proxy.upstream``."""
     pieces = fragment(config, needs, dataclasses.replace(options, route_cluster=UPSTREAM_CLUSTER))
     buffer_limit = _buffer_limit(config)
-    manager = connection_manager("local", pieces["routes"], pieces["http_filters"])
+    manager = connection_manager(
+        "local", pieces["routes"], pieces["http_filters"], access_log(plugin_outcomes=config.server.outcome_metadata)
+    )
     return {
         "admin": {"address": proxy.admin.socket_address()},
         # Envoy warns on every start without a downstream connection limit.

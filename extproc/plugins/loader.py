@@ -184,6 +184,8 @@ class LoadedPlugin:
     max_body_bytes: int = field(repr=False)
     max_output_bytes: int = field(repr=False)
     threads: PluginThreads = field(repr=False)
+    # The name in metrics, breaker and logs: `name`, or the candidate version's "name@candidate" (rollout.py).
+    label: str = field(repr=False)
     # Why the plugin's calls never run on the event loop, or "" while they may.
     runs_on_threads: str = ""
     # An inline call that takes longer moves the plugin's calls to the threads for good (see _demote).
@@ -200,7 +202,7 @@ class LoadedPlugin:
     @cached_property
     def metrics(self) -> PluginMetrics:
         # Shared by every load of a plugin of this name, so counters carry on across reloads.
-        return plugin_metrics(self.name)
+        return plugin_metrics(self.label)
 
     async def call(self, export: Phase, payload: Mapping[str, Any]) -> PluginOutput | None:
         """Run one export within the plugin's limits, retries and circuit breaker.
@@ -212,7 +214,7 @@ class LoadedPlugin:
         breaker = self.breaker
         admission = breaker.admit()
         if admission is Admission.REFUSED:
-            raise PluginCallError(self.name, export.value, FailureKind.CIRCUIT_OPEN, "circuit breaker is open")
+            raise PluginCallError(self.label, export.value, FailureKind.CIRCUIT_OPEN, "circuit breaker is open")
         try:
             data = self.encode(payload)
             attempt = 1
@@ -231,7 +233,7 @@ class LoadedPlugin:
                 except PluginCallError as exc:
                     self.metrics.attempt_failed(export, exc.kind)
                     if attempt <= self.spec.retries and exc.kind not in _NOT_RETRIED:
-                        log.warning("%s; retry %d of %d", exc, attempt, self.spec.retries, extra={"plugin": self.name})
+                        log.warning("%s; retry %d of %d", exc, attempt, self.spec.retries, extra={"plugin": self.label})
                         attempt += 1
                         continue
                     if exc.kind in _NOT_THE_PLUGINS_FAULT:
@@ -257,7 +259,7 @@ class LoadedPlugin:
         try:
             instance = await self.pool.acquire(self.spec.timeout_ms / 1000)
         except PoolExhausted as exc:
-            raise PluginCallError(self.name, export.value, FailureKind.POOL_EXHAUSTED, str(exc)) from None
+            raise PluginCallError(self.label, export.value, FailureKind.POOL_EXHAUSTED, str(exc)) from None
         call = ThreadedCall(instance, self.pool.factory, export, data, self.host, self.max_output_bytes, self._settle)
         result = await self.threads.run(call)
         if result is None:
@@ -282,10 +284,10 @@ class LoadedPlugin:
         self.runs_on_threads = f"{export.value} took {elapsed * 1000:.1f} ms of CPU on the event loop"
         log.warning(
             "plugin %r: %s (budget %.1f ms); its calls run on plugin threads from now on",
-            self.name,
+            self.label,
             self.runs_on_threads,
             self.inline_budget_seconds * 1000,
-            extra={"plugin": self.name},
+            extra={"plugin": self.label},
         )
 
     def _settle(self, call: ThreadedCall) -> None:
@@ -305,25 +307,25 @@ class LoadedPlugin:
             self.pool.discard(instance)
         elif len(data) + result.output_size > RECYCLE_AFTER_BYTES:
             self.pool.discard(instance)
-            instance_recycled(self.name)
+            instance_recycled(self.label)
         else:
             self.pool.release(instance)
 
     def _output(self, export: Phase, result: RawResult) -> PluginOutput | None:
         if result.error is not None:
-            raise PluginCallError(self.name, export.value, classify(result.error), str(result.error))
+            raise PluginCallError(self.label, export.value, classify(result.error), str(result.error))
         if result.state_failure is not None:
-            raise PluginCallError(self.name, export.value, FailureKind.STATE_UNAVAILABLE, str(result.state_failure))
+            raise PluginCallError(self.label, export.value, FailureKind.STATE_UNAVAILABLE, str(result.state_failure))
         if result.output is None:  # the call returned, but more than the plugin may give
             reason = f"output of {result.output_size} bytes is over max_output_bytes ({self.max_output_bytes})"
-            raise PluginCallError(self.name, export.value, FailureKind.BAD_OUTPUT, reason)
+            raise PluginCallError(self.label, export.value, FailureKind.BAD_OUTPUT, reason)
         try:
             output = self.decode(result.output)
             if output is not None:
                 contract.check_for_export(output, export)
                 contract.check_body_sizes(output, self.max_body_bytes)
         except OutputError as exc:
-            raise PluginCallError(self.name, export.value, FailureKind.BAD_OUTPUT, str(exc)) from None
+            raise PluginCallError(self.label, export.value, FailureKind.BAD_OUTPUT, str(exc)) from None
         return output
 
     def close(self) -> None:
@@ -335,8 +337,10 @@ def load_plugin(
     server: ServerConfig,
     threads: PluginThreads,
     store: KeyValueStore | None = None,
+    label: str | None = None,
 ) -> LoadedPlugin:
-    """Compile the module, check it against the contract, and seed its instance pool."""
+    """Compile the module, check it against the contract, and seed its instance pool. `label` names it in
+    metrics, breaker and logs (default: its name)."""
     try:
         wasm = spec.path.read_bytes()
     except OSError as exc:
@@ -396,11 +400,12 @@ def load_plugin(
         encode=encode,
         decode=decode,
         host=host,
-        breaker=CircuitBreaker(spec.name, spec.circuit_breaker),
+        breaker=CircuitBreaker(label or spec.name, spec.circuit_breaker),
         failure_reply=failure_reply(spec.error_status),
         max_body_bytes=server.max_body_bytes,
         max_output_bytes=spec.max_output_bytes or default_max_output_bytes(server.max_body_bytes),
         threads=threads,
+        label=label or spec.name,
         runs_on_threads=_threads_only_reason(wasm, store, server),
         inline_budget_seconds=server.inline_call_budget_us / 1_000_000,
     )

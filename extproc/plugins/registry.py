@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from extproc.config import Config, StateBackend
 from extproc.contract import Pair
@@ -12,6 +12,9 @@ from extproc.phases import Phase
 from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.runner import PluginThreads
 from extproc.plugins.store import KeyValueStore, default_store
+
+if TYPE_CHECKING:
+    from extproc.rollout import Observe, Rollout
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +62,11 @@ def state_store(config: Config) -> KeyValueStore:
 class PluginSet:
     """An immutable snapshot of loaded plugins. A reload builds a new set; streams keep theirs."""
 
-    def __init__(self, config: Config, plugins: Sequence[LoadedPlugin]) -> None:
+    def __init__(self, config: Config, plugins: Sequence[LoadedPlugin], rollout: Rollout | None = None) -> None:
         self.config = config
         self.plugins = tuple(plugins)
+        # Candidate versions and what is watched per exchange (extproc/rollout.py); None: nothing.
+        self.rollout = rollout
         self._unconditional = tuple(p for p in self.plugins if p.spec.match.is_empty)
         self._all_unconditional = len(self._unconditional) == len(self.plugins)
         self._needs_header_map = any(p.spec.match.headers for p in self.plugins)
@@ -70,19 +75,23 @@ class PluginSet:
         self._everything = Selection.of(self.plugins)
 
     @classmethod
-    def load(cls, config: Config, threads: PluginThreads) -> PluginSet:
-        """Load every enabled plugin; their calls that leave the event loop run on `threads`."""
+    def load(cls, config: Config, threads: PluginThreads, observe: Observe | None = None) -> PluginSet:
+        """Load every enabled plugin and its candidate; their calls that leave the event loop run on `threads`.
+        `observe`: what the server watches per exchange (none by default)."""
+        from extproc.rollout import Observe, Rollout  # it builds on this module
+
         loaded: list[LoadedPlugin] = []
         store = state_store(config)
         try:
             for spec in config.plugins:
                 if spec.enabled:
                     loaded.append(load_plugin(spec, config.server, threads, store))
+            rollout = Rollout.build(config, loaded, threads, store, observe or Observe())
         except BaseException:
             for plugin in loaded:
                 plugin.close()
             raise
-        return cls(config, loaded)
+        return cls(config, loaded, rollout)
 
     def select(self, method: str, path: str, authority: str, headers: Sequence[Pair]) -> Selection:
         if self._all_unconditional:
@@ -104,6 +113,19 @@ class PluginSet:
             self._selections[chosen] = selection
         return selection
 
+    @property
+    def versions(self) -> tuple[LoadedPlugin, ...]:
+        """Every loaded module: the plugins, then their candidates (NAME@candidate)."""
+        if self.rollout is None:
+            return self.plugins
+        return (*self.plugins, *(candidate.plugin for candidate in self.rollout.candidates.values()))
+
+    @property
+    def observe(self) -> Observe | None:
+        return None if self.rollout is None else self.rollout.observe
+
     def close(self) -> None:
         for plugin in self.plugins:
             plugin.close()
+        if self.rollout is not None:
+            self.rollout.close()
