@@ -74,9 +74,33 @@ pub fn set_now_ms(ms: i64) {
 
 pub(crate) mod host {
     use super::with;
+    use crate::json::Sink;
 
     pub fn input() -> Vec<u8> {
         with(|h| h.input.clone())
+    }
+
+    /// As on Extism: once taken, the input is gone.
+    pub fn take_input() -> Vec<u8> {
+        with(|h| std::mem::take(&mut h.input))
+    }
+
+    pub struct OutputWriter(Vec<u8>);
+
+    impl OutputWriter {
+        pub fn new(len: usize) -> OutputWriter {
+            OutputWriter(Vec::with_capacity(len))
+        }
+
+        pub fn finish(self) {
+            with(|h| h.output = self.0)
+        }
+    }
+
+    impl Sink for OutputWriter {
+        fn put(&mut self, bytes: &[u8]) {
+            self.0.extend_from_slice(bytes);
+        }
     }
 
     pub fn output(bytes: &[u8]) {
