@@ -1565,20 +1565,26 @@ int xp_run(xp_handler handler) {
     return rc;
 }
 
-static const char *const xp__phase_names[] = {
-    "request_headers",  "request_body_chunk",  "request_body",  "generate_response", "request_trailers",
-    "response_headers", "response_body_chunk", "response_body", "response_trailers",
-};
+const char *xp_phase_name(unsigned phase) {
+    static const char *const names[] = {
+        "request_headers",  "request_body_chunk",  "request_body",  "generate_response", "request_trailers",
+        "response_headers", "response_body_chunk", "response_body", "response_trailers",
+    };
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        if (phase == 1u << i) return names[i];
+    }
+    return NULL;
+}
 
 int xp_declare_phases(unsigned phases) {
     xp__buf w = xp__growing();
     xp__puts(&w, "{\"phases\":[");
     int first = 1;
-    for (size_t i = 0; i < sizeof xp__phase_names / sizeof *xp__phase_names; i++) {
-        if (!(phases & 1u << i)) continue;
+    for (unsigned phase = 1; xp_phase_name(phase) != NULL; phase <<= 1) {
+        if (!(phases & phase)) continue;
         if (!first) xp__putc(&w, ',');
         first = 0;
-        xp__write_string(&w, xp__phase_names[i], strlen(xp__phase_names[i]));
+        xp__write_string(&w, xp_phase_name(phase), strlen(xp_phase_name(phase)));
     }
     xp__puts(&w, "]}");
     xp_raw_output(w.p, w.len);

@@ -369,6 +369,9 @@ enum {
     XP_PHASE_RESPONSE_TRAILERS = 1 << 8
 };
 
+/* The config name of one XP_PHASE_* bit ("request_headers", ...); NULL for anything else. */
+const char *xp_phase_name(unsigned phase);
+
 /* Answers the server's declare_phases call with these phases (XP_PHASE_* bits): the ones the plugin's
  * config needs. The server then calls only those exports and asks Envoy for only those phases. Returns 0. */
 int xp_declare_phases(unsigned phases);

@@ -641,6 +641,19 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order the server calls them.
+    pub const ALL: [Phase; 9] = [
+        Phase::RequestHeaders,
+        Phase::RequestBodyChunk,
+        Phase::RequestBody,
+        Phase::GenerateResponse,
+        Phase::RequestTrailers,
+        Phase::ResponseHeaders,
+        Phase::ResponseBodyChunk,
+        Phase::ResponseBody,
+        Phase::ResponseTrailers,
+    ];
+
     /// The phase's name in the server config and the declaration ("request_headers", ...).
     pub fn name(self) -> &'static str {
         match self {
