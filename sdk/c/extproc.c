@@ -252,6 +252,12 @@ int xp_is_utf8(const void *bytes, size_t n) {
     const unsigned char *b = (const unsigned char *)bytes;
     size_t i = 0;
     while (i < n) {
+        uint64_t word;
+        /* Eight ASCII bytes at a time: bodies are mostly ASCII, and every output body is checked. */
+        if (i + 8 <= n && (memcpy(&word, b + i, 8), (word & 0x8080808080808080ull) == 0)) {
+            i += 8;
+            continue;
+        }
         unsigned c = b[i];
         if (c < 0x80) {
             i++;
@@ -800,18 +806,25 @@ static size_t xp__literal_end(const unsigned char *b, size_t from, size_t len) {
 static xp_str xp__string(xp__parser *p) {
     p->pos++; /* the opening quote */
     size_t start = p->pos;
-    size_t end = xp__literal_end(p->b, start, p->len);
-    if (end >= p->len) return xp__none;
-    char *out = p->in_place ? (char *)p->b + start : (char *)xp_alloc(end - start + 1);
+    char *out = (char *)p->b + start;
+    if (!p->in_place) {
+        size_t plain = xp__scan_plain(p->b, start, p->len, 0);
+        if (plain < p->len && p->b[plain] == '"') {
+            p->pos = plain + 1;
+            return xp_str_copy(p->b + start, plain - start);
+        }
+        out = (char *)xp_alloc(xp__literal_end(p->b, plain, p->len) - start + 1);
+    }
     size_t o = 0;
     for (;;) {
         size_t run = p->pos;
-        p->pos = xp__scan_plain(p->b, run, end, 0);
+        p->pos = xp__scan_plain(p->b, run, p->len, 0);
         memmove(out + o, p->b + run, p->pos - run);
         o += p->pos - run;
-        if (p->pos == end) break;
+        if (p->pos >= p->len) return xp__none; /* no closing quote */
         unsigned char c = p->b[p->pos++];
-        if (c != '\\') return xp__none; /* a control byte */
+        if (c == '"') break;
+        if (c != '\\' || p->pos >= p->len) return xp__none; /* a control byte, or a backslash ending the text */
         unsigned char e = p->b[p->pos++];
         if (e == '"' || e == '\\' || e == '/') out[o++] = (char)e;
         else if (e == 'b') out[o++] = '\b';
@@ -822,7 +835,7 @@ static xp_str xp__string(xp__parser *p) {
         else if (e == 'u') {
             int cp = xp__hex4(p);
             if (cp < 0) return xp__none;
-            if (cp >= 0xd800 && cp < 0xdc00 && p->pos + 6 <= end && p->b[p->pos] == '\\' && p->b[p->pos + 1] == 'u') {
+            if (cp >= 0xd800 && cp < 0xdc00 && p->pos + 6 <= p->len && p->b[p->pos] == '\\' && p->b[p->pos + 1] == 'u') {
                 size_t save = p->pos;
                 p->pos += 2;
                 int low = xp__hex4(p);
@@ -835,7 +848,6 @@ static xp_str xp__string(xp__parser *p) {
             return xp__none;
         }
     }
-    p->pos = end + 1;
     out[o] = 0;
     xp_str s = {out, o};
     return s;
