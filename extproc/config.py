@@ -4,6 +4,10 @@ Everything is checked up front so the request path never has to second-guess a s
 problem becomes a ConfigError naming the file, the key path and what is wrong with the value.
 An explicit ``null`` for an optional key means "use the default", so a section whose entries are all
 commented out still loads.
+
+Each section is a table at the end of this module, from key to the parser of its value: the table's keys
+are the ones the section allows, in the order an error lists them, and a key left out takes the default
+of the dataclass field it fills.
 """
 
 from __future__ import annotations
@@ -18,82 +22,52 @@ import math
 import re
 import urllib.parse
 from collections.abc import Callable, Collection, Hashable, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeAlias, TypeVar
 
 import yaml
 
-from extproc.errors import ExtprocError
+from extproc.errors import ConfigError, ExtprocError
 from extproc.phases import CONFIG_NAMES as PHASE_NAMES
 from extproc.phases import Phase
+from extproc.plugins.match import HeaderRule, MatchRules
 from extproc.redaction import redact_url
+from extproc.tls import PlaintextRefused, check_plaintext
+
+# The config format's API; MatchRules, HeaderRule and ConfigError live where they are used and are
+# named here too, as types of this module's dataclasses and of its errors.
+__all__ = [
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "MAX_CONFIG_BYTES",
+    "MAX_RETRIES",
+    "OTLP_HTTP_TRACES_PATH",
+    "TRACING_PROTOCOLS",
+    "BreakerConfig",
+    "Config",
+    "ConfigError",
+    "Encoding",
+    "FailurePolicy",
+    "HeaderRule",
+    "ListenAddress",
+    "MatchRules",
+    "PluginConfig",
+    "ServerConfig",
+    "StateBackend",
+    "StateConfig",
+    "TlsConfig",
+    "TracingConfig",
+    "load_config",
+    "parse_config",
+]
 
 # Far above any real configuration; it only stops a wrong path (a log file, a device) from being slurped.
 MAX_CONFIG_BYTES: Final = 1024 * 1024
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-
-_T = TypeVar("_T")
-_D = TypeVar("_D")
-
-_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_DNS_NAME: Final = r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*"
-_LISTEN_HOST_RE: Final = re.compile(_DNS_NAME, re.IGNORECASE)
-_HOST_PATTERN_RE: Final = re.compile(rf"(?:\*\.)?{_DNS_NAME}|\[[0-9a-f:.]+\]")
-# RFC 9110 token: the syntax of both method names and header field names.
-_TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-_TOP_KEYS: Final = ("server", "plugins", "state", "tracing")
-_SERVER_KEYS: Final = (
-    "listen",
-    "plugin_threads",
-    "max_concurrent_streams",
-    "stream_idle_timeout_ms",
-    "inline_call_budget_us",
-    "log_level",
-    "max_body_bytes",
-    "shutdown_grace_ms",
-    "reload_poll_ms",
-    "drain_ms",
-    "admin_listen",
-    "admin_token_file",
-    "log_format",
-    "tls",
-    "allow_plaintext_off_loopback",
-)
-_TLS_KEYS: Final = ("cert_file", "key_file", "client_ca_file")
-# A shorter token could be guessed over the network; the upper bound only catches a wrong file.
-_MIN_ADMIN_TOKEN_CHARS: Final = 16
-_MAX_ADMIN_TOKEN_BYTES: Final = 4096
-# It travels in an Authorization header.
-_ADMIN_TOKEN_RE: Final = re.compile(rb"[\x21-\x7e]+")
 LOG_FORMATS: Final = ("text", "json")
-_PLUGIN_KEYS: Final = (
-    "name",
-    "path",
-    "config",
-    "enabled",
-    "execution_points",
-    "timeout_ms",
-    "memory_limit_mb",
-    "encoding",
-    "pool_size",
-    "match",
-    "on_error",
-    "error_status",
-    "retries",
-    "circuit_breaker",
-    "allowed_hosts",
-    "max_http_response_bytes",
-    "state_failure",
-    "max_output_bytes",
-)
-_STATE_KEYS: Final = ("backend", "url", "key_prefix", "timeout_ms")
-_REDIS_ONLY_KEYS: Final = ("url", "key_prefix", "timeout_ms")
-_REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
-_BREAKER_KEYS: Final = ("failures", "cooldown_ms")
-_TRACING_KEYS: Final = ("endpoint", "protocol", "service_name", "sample_ratio")
 TRACING_PROTOCOLS: Final = ("grpc", "http/protobuf")
 # What each protocol needs installed: the `otel` extra (pip install 'extism-extproc[otel]').
 _TRACING_MODULES: Final = {
@@ -103,16 +77,38 @@ _TRACING_MODULES: Final = {
 # The OTLP/HTTP path for traces, added to an endpoint given without one.
 OTLP_HTTP_TRACES_PATH: Final = "/v1/traces"
 MAX_RETRIES: Final = 5
-_MATCH_KEYS: Final = ("path_prefix", "path_regex", "hosts", "methods", "headers")
-_HEADER_RULE_KEYS: Final = ("name", "present", "equals")
+_REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+# A shorter token could be guessed over the network; the upper bound only catches a wrong file.
+_MIN_ADMIN_TOKEN_CHARS: Final = 16
+_MAX_ADMIN_TOKEN_BYTES: Final = 4096
+# It travels in an Authorization header.
+_ADMIN_TOKEN_RE: Final = re.compile(rb"[\x21-\x7e]+")
+
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_DNS_NAME: Final = r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*"
+_LISTEN_HOST_RE: Final = re.compile(_DNS_NAME, re.IGNORECASE)
+_HOST_PATTERN_RE: Final = re.compile(rf"(?:\*\.)?{_DNS_NAME}|\[[0-9a-f:.]+\]")
+# RFC 9110 token: the syntax of both method names and header field names.
+_TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+_T = TypeVar("_T")
+_D = TypeVar("_D")
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+# A value's parser: it gets the value and its key path, and raises _Invalid naming that path.
+_Parser: TypeAlias = Callable[[object, str], Any]
+# A section's keys, in the order errors list them. None: the section's function parses that key itself,
+# because what another key means depends on it.
+_Table: TypeAlias = Mapping[str, _Parser | None]
+
+# The folder of the file parse_config is reading: relative file names in it resolve against it. A context
+# variable rather than a parameter of every parser, as only the file keys need it.
+_FOLDER: ContextVar[Path] = ContextVar("config_folder")
 
 
 class Encoding(enum.StrEnum):
     JSON = "json"
     PROTOBUF = "protobuf"
-
-
-_ENCODINGS: Final = tuple(e.value for e in Encoding)
 
 
 class FailurePolicy(enum.StrEnum):
@@ -122,33 +118,11 @@ class FailurePolicy(enum.StrEnum):
     FAIL_CLOSED = "fail_closed"  # answer the client with `error_status` at once
 
 
-_FAILURE_POLICIES: Final = tuple(p.value for p in FailurePolicy)
-
-
 class StateBackend(enum.StrEnum):
     """Where the key-value host functions keep their data."""
 
     MEMORY = "memory"  # in this process: every worker and replica counts alone
     REDIS = "redis"  # shared by every process that uses the same Redis and key_prefix
-
-
-_STATE_BACKENDS: Final = tuple(b.value for b in StateBackend)
-
-
-class ConfigError(ExtprocError, ValueError):
-    """A configuration problem, located by file, key path (``plugins[2].timeout_ms``) and, for YAML
-    syntax errors, 1-based line and column."""
-
-    def __init__(
-        self, file: Path, key: str, reason: str, *, line: int | None = None, column: int | None = None
-    ) -> None:
-        self.file = file
-        self.key = key
-        self.reason = reason
-        self.line = line
-        self.column = column
-        where = str(file) if line is None else f"{file}:{line}:{column}"
-        super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
 
 
 class _Invalid(ExtprocError):
@@ -226,55 +200,6 @@ class ServerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class HeaderRule:
-    name: str  # lower case
-    present: bool | None = None
-    equals: str | None = None
-
-    def matches(self, headers: Mapping[str, str]) -> bool:
-        if self.present is not None:
-            return (self.name in headers) == self.present
-        return headers.get(self.name) == self.equals
-
-
-@dataclasses.dataclass(frozen=True)
-class MatchRules:
-    """Conditions on a request that must all hold for a plugin to run; no conditions match everything."""
-
-    path_prefix: str | None = None
-    path_regex: re.Pattern[str] | None = None
-    hosts: tuple[str, ...] = ()  # lower case, exact or "*.suffix"
-    methods: frozenset[str] = frozenset()  # upper case
-    headers: tuple[HeaderRule, ...] = ()
-
-    @property
-    def is_empty(self) -> bool:
-        return (
-            self.path_prefix is None
-            and self.path_regex is None
-            and not self.hosts
-            and not self.methods
-            and not self.headers
-        )
-
-    def matches(self, method: str, path: str, authority: str, headers: Mapping[str, str]) -> bool:
-        """``headers`` maps lower-case names to their first value."""
-        path = path.partition("?")[0]
-        if self.path_prefix is not None and not path.startswith(self.path_prefix):
-            return False
-        if self.path_regex is not None and self.path_regex.search(path) is None:
-            return False
-        if self.hosts:
-            host = _strip_port(authority).lower()
-            if not any(host_matches(pattern, host) for pattern in self.hosts):
-                return False
-        # Methods are compared case-insensitively so a lower-case client is not silently let through.
-        if self.methods and method.upper() not in self.methods:
-            return False
-        return all(rule.matches(headers) for rule in self.headers)
-
-
-@dataclasses.dataclass(frozen=True)
 class BreakerConfig:
     """After `failures` consecutive failures the plugin is skipped for `cooldown_ms`; 0 failures = never."""
 
@@ -295,7 +220,7 @@ class PluginConfig:
     memory_limit_mb: int = 16
     encoding: Encoding = Encoding.JSON
     pool_size: int | None = None  # None: twice the cores, at most server.plugin_threads (see loader)
-    match: MatchRules = MatchRules()
+    match: MatchRules = MatchRules()  # noqa: RUF009 (frozen: one shared default is safe)
     # Closed by default: a failed redaction or auth plugin must not let the request through unchanged.
     on_error: FailurePolicy = FailurePolicy.FAIL_CLOSED
     error_status: int = 503
@@ -375,17 +300,15 @@ def parse_config(data: object, source: Path) -> Config:
     # Not resolve(): a Kubernetes ConfigMap is a symlink into a directory that is swapped on update, so
     # a reload must go through the path as given to see the new version.
     absolute = source.absolute()
+    token = _FOLDER.set(absolute.parent)
     try:
-        top = _mapping(data, "", _TOP_KEYS, required=("plugins",))
-        return Config(
-            server=_optional(top, "", "server", lambda v, k: _server(v, k, absolute.parent), ServerConfig()),
-            plugins=_plugins(top["plugins"], absolute.parent),
-            source=absolute,
-            state=_optional(top, "", "state", _state, StateConfig()),
-            tracing=_optional(top, "", "tracing", _tracing, None),
-        )
+        top = _section(data, "", _TOP_KEYS, required=("plugins",))
+        # Config.server has no default, for code that builds a Config; the file may leave the section out.
+        return Config(server=top.pop("server", ServerConfig()), source=absolute, **top)
     except _Invalid as e:
         raise ConfigError(source, e.key, e.reason) from None
+    finally:
+        _FOLDER.reset(token)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -457,6 +380,21 @@ def _mapping(value: object, key: str, allowed: Collection[str], required: Collec
     return value
 
 
+def _section(value: object, key: str, table: _Table, required: Collection[str] = ()) -> dict[str, Any]:
+    return _values(_mapping(value, key, table, required), key, table, required)
+
+
+def _values(m: Mapping[str, object], key: str, table: _Table, required: Collection[str] = ()) -> dict[str, Any]:
+    """The section's keys that have a value, parsed in table order; the others keep their field's default.
+    A required key is parsed even when null, so that its error says what it must be."""
+    values: dict[str, Any] = {}
+    for name, parse in table.items():
+        value = m.get(name)
+        if parse is not None and (value is not None or name in required):
+            values[name] = parse(value, _child(key, name))
+    return values
+
+
 def _list(value: object, key: str) -> list[object]:
     if not isinstance(value, list):
         raise _Invalid(key, f"must be a list, got {_describe(value)}")
@@ -502,6 +440,16 @@ def _one_of(value: object, key: str, choices: Collection[str]) -> str:
     return value
 
 
+def _choice(choices: tuple[str, ...]) -> Callable[[object, str], str]:
+    return lambda value, key: _one_of(value, key, choices)
+
+
+def _enum(kind: type[_E]) -> Callable[[object, str], _E]:
+    """A parser of `kind`'s values, listed in the order the enum defines them."""
+    values = tuple(member.value for member in kind)
+    return lambda value, key: kind(_one_of(value, key, values))
+
+
 def _string_list(value: object, key: str, item: Callable[[object, str], str], *, empty_hint: str) -> tuple[str, ...]:
     """A list of strings normalised by ``item``. Empty lists are refused because "none allowed" and "no
     condition" would both be plausible readings."""
@@ -515,6 +463,20 @@ def _string_list(value: object, key: str, item: Callable[[object, str], str], *,
             raise _Invalid(f"{key}[{i}]", f"duplicate value {text!r} (same as {key}[{seen[text]}])")
         seen[text] = i
     return tuple(seen)
+
+
+def _existing_file(value: object, key: str) -> Path:
+    text = _non_empty_string(value, key)
+    try:
+        path = (_FOLDER.get() / text).resolve()  # an absolute text replaces the folder
+    except (OSError, RuntimeError) as e:  # RuntimeError: symlink loop
+        raise _Invalid(key, f"cannot resolve {text!r}: {e}") from None
+    if not path.is_file():
+        raise _Invalid(key, f"not a file: {path}" if path.exists() else f"file not found: {path}")
+    return path
+
+
+# --- the sections -----------------------------------------------------------------------------------------
 
 
 def _listen_address(value: object, key: str) -> ListenAddress:
@@ -538,7 +500,7 @@ def _listen_address(value: object, key: str) -> ListenAddress:
     return ListenAddress(host, int(port))
 
 
-def _server(value: object, key: str, base_dir: Path) -> ServerConfig:
+def _server(value: object, key: str) -> ServerConfig:
     if isinstance(value, Mapping) and "grpc_threads" in value:
         raise _Invalid(
             _child(key, "grpc_threads"),
@@ -546,37 +508,14 @@ def _server(value: object, key: str, base_dir: Path) -> ServerConfig:
             "with server.max_concurrent_streams, and size the threads for slow plugin calls with "
             "server.plugin_threads",
         )
-    m = _mapping(value, key, _SERVER_KEYS)
-    defaults = ServerConfig()
-    address = _optional(m, key, "listen", _listen_address, ListenAddress(defaults.listen_host, defaults.listen_port))
-    server = ServerConfig(
-        listen_host=address.host,
-        listen_port=address.port,
-        plugin_threads=_optional(m, key, "plugin_threads", _positive_int, defaults.plugin_threads),
-        max_concurrent_streams=_optional(
-            m, key, "max_concurrent_streams", _positive_int, defaults.max_concurrent_streams
-        ),
-        stream_idle_timeout_ms=_optional(
-            m, key, "stream_idle_timeout_ms", _non_negative_int, defaults.stream_idle_timeout_ms
-        ),
-        inline_call_budget_us=_optional(
-            m, key, "inline_call_budget_us", _non_negative_int, defaults.inline_call_budget_us
-        ),
-        log_level=_optional(m, key, "log_level", lambda v, k: _one_of(v, k, LOG_LEVELS), defaults.log_level),
-        max_body_bytes=_optional(m, key, "max_body_bytes", _positive_int, defaults.max_body_bytes),
-        shutdown_grace_ms=_optional(m, key, "shutdown_grace_ms", _non_negative_int, defaults.shutdown_grace_ms),
-        reload_poll_ms=_optional(m, key, "reload_poll_ms", _non_negative_int, defaults.reload_poll_ms),
-        drain_ms=_optional(m, key, "drain_ms", _non_negative_int, defaults.drain_ms),
-        admin_listen=_optional(m, key, "admin_listen", _listen_address, defaults.admin_listen),
-        admin_token=_optional(
-            m, key, "admin_token_file", lambda v, k: _admin_token(v, k, base_dir), defaults.admin_token
-        ),
-        log_format=_optional(m, key, "log_format", lambda v, k: _one_of(v, k, LOG_FORMATS), defaults.log_format),
-        tls=_optional(m, key, "tls", lambda v, k: _tls(v, k, base_dir), defaults.tls),
-        allow_plaintext_off_loopback=_optional(
-            m, key, "allow_plaintext_off_loopback", _bool, defaults.allow_plaintext_off_loopback
-        ),
-    )
+    values = _section(value, key, _SERVER_KEYS)
+    # The two keys that fill fields of other names.
+    if "listen" in values:
+        address = values.pop("listen")
+        values.update(listen_host=address.host, listen_port=address.port)
+    if "admin_token_file" in values:
+        values["admin_token"] = values.pop("admin_token_file")
+    server = ServerConfig(**values)
     try:
         check_plaintext(server, ListenAddress(server.listen_host, server.listen_port), tls_applies=True)
         if server.admin_listen is not None:
@@ -586,39 +525,8 @@ def _server(value: object, key: str, base_dir: Path) -> ServerConfig:
     return server
 
 
-class PlaintextRefused(ExtprocError, ValueError):
-    """A plaintext listener would be reachable from other machines without the config allowing it."""
-
-    def __init__(self, address: ListenAddress, *, admin: bool) -> None:
-        what = "the admin endpoint (plain HTTP)" if admin else "plaintext gRPC (no server.tls)"
-        super().__init__(
-            f"{what} would listen on {address}, which is not loopback; "
-            "set server.allow_plaintext_off_loopback: true to allow it"
-        )
-        self.admin = admin
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
-
-
-def check_plaintext(server: ServerConfig, address: ListenAddress, *, tls_applies: bool) -> None:
-    """Raise PlaintextRefused if `address` would serve plaintext off loopback without permission.
-
-    `tls_applies` is false for the admin endpoint, which is always plain HTTP.
-    """
-    plaintext = not tls_applies or server.tls is None
-    if plaintext and not server.allow_plaintext_off_loopback and not is_loopback(address.host):
-        raise PlaintextRefused(address, admin=not tls_applies)
-
-
-def _admin_token(value: object, key: str, base_dir: Path) -> str:
-    path = _existing_file(value, key, base_dir)
+def _admin_token(value: object, key: str) -> str:
+    path = _existing_file(value, key)
     try:
         with path.open("rb") as f:
             raw = f.read(_MAX_ADMIN_TOKEN_BYTES + 1)
@@ -639,79 +547,40 @@ def _admin_token(value: object, key: str, base_dir: Path) -> str:
     return token.decode("ascii")
 
 
-def _tls(value: object, key: str, base_dir: Path) -> TlsConfig:
-    m = _mapping(value, key, _TLS_KEYS, required=("cert_file", "key_file"))
-    return TlsConfig(
-        cert_file=_existing_file(m["cert_file"], _child(key, "cert_file"), base_dir),
-        key_file=_existing_file(m["key_file"], _child(key, "key_file"), base_dir),
-        client_ca_file=_optional(m, key, "client_ca_file", lambda v, k: _existing_file(v, k, base_dir), None),
-    )
+def _tls(value: object, key: str) -> TlsConfig:
+    return TlsConfig(**_section(value, key, _TLS_KEYS, required=("cert_file", "key_file")))
 
 
-def _plugins(value: object, base_dir: Path) -> tuple[PluginConfig, ...]:
+def _plugins(value: object, key: str) -> tuple[PluginConfig, ...]:
     plugins: list[PluginConfig] = []
     first_use: dict[str, int] = {}
-    for i, item in enumerate(_list(value, "plugins")):
-        plugin = _plugin(item, f"plugins[{i}]", base_dir)
+    for i, item in enumerate(_list(value, key)):
+        plugin = _plugin(item, f"{key}[{i}]")
         if plugin.name in first_use:
             raise _Invalid(
-                f"plugins[{i}].name",
-                f"duplicate plugin name {plugin.name!r} (already used by plugins[{first_use[plugin.name]}])",
+                f"{key}[{i}].name",
+                f"duplicate plugin name {plugin.name!r} (already used by {key}[{first_use[plugin.name]}])",
             )
         first_use[plugin.name] = i
         plugins.append(plugin)
     return tuple(plugins)
 
 
-def _plugin(value: object, key: str, base_dir: Path) -> PluginConfig:
-    m = _mapping(value, key, _PLUGIN_KEYS, required=("name", "path"))
-    name = _plugin_name(m["name"], f"{key}.name")
-    defaults = PluginConfig(name=name, path=_existing_file(m["path"], f"{key}.path", base_dir))
-    return PluginConfig(
-        name=name,
-        path=defaults.path,
-        config=_optional(m, key, "config", _plugin_config, defaults.config),
-        enabled=_optional(m, key, "enabled", _bool, defaults.enabled),
-        execution_points=_optional(m, key, "execution_points", _execution_points, defaults.execution_points),
-        timeout_ms=_optional(m, key, "timeout_ms", _positive_int, defaults.timeout_ms),
-        memory_limit_mb=_optional(m, key, "memory_limit_mb", _positive_int, defaults.memory_limit_mb),
-        encoding=_optional(m, key, "encoding", lambda v, k: Encoding(_one_of(v, k, _ENCODINGS)), defaults.encoding),
-        pool_size=_optional(m, key, "pool_size", _positive_int, defaults.pool_size),
-        match=_optional(m, key, "match", _match, defaults.match),
-        on_error=_optional(m, key, "on_error", _failure_policy, defaults.on_error),
-        error_status=_optional(m, key, "error_status", _http_status, defaults.error_status),
-        retries=_optional(m, key, "retries", _retries, defaults.retries),
-        circuit_breaker=_optional(m, key, "circuit_breaker", _breaker, defaults.circuit_breaker),
-        allowed_hosts=_optional(m, key, "allowed_hosts", _allowed_hosts, defaults.allowed_hosts),
-        max_http_response_bytes=_optional(
-            m, key, "max_http_response_bytes", _positive_int, defaults.max_http_response_bytes
-        ),
-        state_failure=_optional(m, key, "state_failure", _failure_policy, defaults.state_failure),
-        max_output_bytes=_optional(m, key, "max_output_bytes", _positive_int, defaults.max_output_bytes),
-    )
-
-
-def _failure_policy(value: object, key: str) -> FailurePolicy:
-    return FailurePolicy(_one_of(value, key, _FAILURE_POLICIES))
+def _plugin(value: object, key: str) -> PluginConfig:
+    return PluginConfig(**_section(value, key, _PLUGIN_KEYS, required=("name", "path")))
 
 
 def _state(value: object, key: str) -> StateConfig:
     m = _mapping(value, key, _STATE_KEYS)
-    defaults = StateConfig()
-    backend = _optional(m, key, "backend", lambda v, k: StateBackend(_one_of(v, k, _STATE_BACKENDS)), defaults.backend)
+    backend = _optional(m, key, "backend", _enum(StateBackend), StateConfig.backend)
     if backend is StateBackend.MEMORY:
-        for name in _REDIS_ONLY_KEYS:
-            if m.get(name) is not None:
+        for name in _STATE_KEYS:
+            if name != "backend" and m.get(name) is not None:
                 raise _Invalid(_child(key, name), "applies only to backend 'redis'")
         return StateConfig()
     if m.get("url") is None:
         raise _Invalid(_child(key, "url"), "required when backend is 'redis', e.g. 'redis://127.0.0.1:6379/0'")
-    return StateConfig(
-        backend=backend,
-        url=_redis_url(m["url"], _child(key, "url")),
-        key_prefix=_optional(m, key, "key_prefix", _string, defaults.key_prefix),
-        timeout_ms=_optional(m, key, "timeout_ms", _positive_int, defaults.timeout_ms),
-    )
+    return StateConfig(backend=backend, **_values(m, key, _STATE_KEYS))
 
 
 def _redis_url(value: object, key: str) -> str:
@@ -736,8 +605,7 @@ def _redis_url(value: object, key: str) -> str:
 
 def _tracing(value: object, key: str) -> TracingConfig:
     m = _mapping(value, key, _TRACING_KEYS, required=("endpoint",))
-    defaults = TracingConfig(endpoint="")
-    protocol = _optional(m, key, "protocol", lambda v, k: _one_of(v, k, TRACING_PROTOCOLS), defaults.protocol)
+    protocol = _optional(m, key, "protocol", _choice(TRACING_PROTOCOLS), TracingConfig.protocol)
     missing = [name for name in _TRACING_MODULES[protocol] if not _importable(name)]
     if missing:
         raise _Invalid(
@@ -750,12 +618,8 @@ def _tracing(value: object, key: str) -> TracingConfig:
             "OpenTelemetry's OTLP protobuf modules were overwritten by an older copy that xds-protos (Envoy's API, "
             "which the server needs) also installs: pip install --force-reinstall --no-deps opentelemetry-proto",
         )
-    return TracingConfig(
-        endpoint=_otlp_endpoint(m["endpoint"], _child(key, "endpoint"), protocol),
-        protocol=protocol,
-        service_name=_optional(m, key, "service_name", _non_empty_string, defaults.service_name),
-        sample_ratio=_optional(m, key, "sample_ratio", _ratio, defaults.sample_ratio),
-    )
+    endpoint = _otlp_endpoint(m["endpoint"], _child(key, "endpoint"), protocol)
+    return TracingConfig(endpoint=endpoint, protocol=protocol, **_values(m, key, _TRACING_KEYS))
 
 
 def _otlp_protos_current() -> bool:
@@ -816,12 +680,7 @@ def _retries(value: object, key: str) -> int:
 
 
 def _breaker(value: object, key: str) -> BreakerConfig:
-    m = _mapping(value, key, _BREAKER_KEYS)
-    defaults = BreakerConfig()
-    return BreakerConfig(
-        failures=_optional(m, key, "failures", _non_negative_int, defaults.failures),
-        cooldown_ms=_optional(m, key, "cooldown_ms", _positive_int, defaults.cooldown_ms),
-    )
+    return BreakerConfig(**_section(value, key, _BREAKER_KEYS))
 
 
 def _plugin_name(value: object, key: str) -> str:
@@ -834,22 +693,11 @@ def _plugin_name(value: object, key: str) -> str:
     return name
 
 
-def _existing_file(value: object, key: str, base_dir: Path) -> Path:
-    text = _non_empty_string(value, key)
-    try:
-        path = (base_dir / text).resolve()  # an absolute text replaces base_dir
-    except (OSError, RuntimeError) as e:  # RuntimeError: symlink loop
-        raise _Invalid(key, f"cannot resolve {text!r}: {e}") from None
-    if not path.is_file():
-        raise _Invalid(key, f"not a file: {path}" if path.exists() else f"file not found: {path}")
-    return path
-
-
 def _execution_points(value: object, key: str) -> frozenset[Phase]:
     points = _string_list(
         value,
         key,
-        lambda v, k: _one_of(v, k, PHASE_NAMES),
+        _choice(PHASE_NAMES),
         empty_hint="omit it to run at every execution point the plugin declares or exports",
     )
     return frozenset(Phase.named(p) for p in points)
@@ -897,14 +745,7 @@ def _thaw(value: object) -> object:
 
 
 def _match(value: object, key: str) -> MatchRules:
-    m = _mapping(value, key, _MATCH_KEYS)
-    return MatchRules(
-        path_prefix=_optional(m, key, "path_prefix", _path_prefix, None),
-        path_regex=_optional(m, key, "path_regex", _regex, None),
-        hosts=_optional(m, key, "hosts", _hosts, ()),
-        methods=_optional(m, key, "methods", _methods, frozenset()),
-        headers=_optional(m, key, "headers", _header_rules, ()),
-    )
+    return MatchRules(**_section(value, key, _MATCH_KEYS))
 
 
 def _path_prefix(value: object, key: str) -> str:
@@ -953,29 +794,75 @@ def _header_rules(value: object, key: str) -> tuple[HeaderRule, ...]:
 
 
 def _header_rule(value: object, key: str) -> HeaderRule:
-    m = _mapping(value, key, _HEADER_RULE_KEYS, required=("name",))
-    name = _string(m["name"], f"{key}.name")
-    if not _TOKEN_RE.fullmatch(name):
-        raise _Invalid(f"{key}.name", f"must be an HTTP header name, got {name!r}")
-    present = _optional(m, key, "present", _bool, None)
-    equals = _optional(m, key, "equals", _string, None)
-    if (present is None) == (equals is None):
+    values = _section(value, key, _HEADER_RULE_KEYS, required=("name",))
+    if ("present" in values) == ("equals" in values):
         raise _Invalid(key, "needs exactly one of 'present' and 'equals'")
-    return HeaderRule(name=name.lower(), present=present, equals=equals)
+    return HeaderRule(**values)
 
 
-# --- matching ---------------------------------------------------------------------------------------------
+def _header_name(value: object, key: str) -> str:
+    name = _string(value, key)
+    if not _TOKEN_RE.fullmatch(name):
+        raise _Invalid(key, f"must be an HTTP header name, got {name!r}")
+    return name.lower()
 
 
-def _strip_port(authority: str) -> str:
-    if authority.startswith("["):  # [v6]:port
-        return authority.partition("]")[0] + "]"
-    return authority.partition(":")[0]
+# --- the tables: each section's keys and their parsers (docs/configuration.md documents every key) -------
 
-
-def host_matches(pattern: str, host: str) -> bool:
-    """`host` (lower case, no port) against an exact name or a "*.suffix" pattern."""
-    if pattern.startswith("*."):
-        # Like Envoy's virtual hosts: "*.example.org" needs at least one label before the suffix.
-        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
-    return host == pattern
+_TOP_KEYS: Final[_Table] = {"server": _server, "plugins": _plugins, "state": _state, "tracing": _tracing}
+_SERVER_KEYS: Final[_Table] = {
+    "listen": _listen_address,  # fills listen_host and listen_port
+    "plugin_threads": _positive_int,
+    "max_concurrent_streams": _positive_int,
+    "stream_idle_timeout_ms": _non_negative_int,
+    "inline_call_budget_us": _non_negative_int,
+    "log_level": _choice(LOG_LEVELS),
+    "max_body_bytes": _positive_int,
+    "shutdown_grace_ms": _non_negative_int,
+    "reload_poll_ms": _non_negative_int,
+    "drain_ms": _non_negative_int,
+    "admin_listen": _listen_address,
+    "admin_token_file": _admin_token,  # fills admin_token
+    "log_format": _choice(LOG_FORMATS),
+    "tls": _tls,
+    "allow_plaintext_off_loopback": _bool,
+}
+_TLS_KEYS: Final[_Table] = {"cert_file": _existing_file, "key_file": _existing_file, "client_ca_file": _existing_file}
+_PLUGIN_KEYS: Final[_Table] = {
+    "name": _plugin_name,
+    "path": _existing_file,
+    "config": _plugin_config,
+    "enabled": _bool,
+    "execution_points": _execution_points,
+    "timeout_ms": _positive_int,
+    "memory_limit_mb": _positive_int,
+    "encoding": _enum(Encoding),
+    "pool_size": _positive_int,
+    "match": _match,
+    "on_error": _enum(FailurePolicy),
+    "error_status": _http_status,
+    "retries": _retries,
+    "circuit_breaker": _breaker,
+    "allowed_hosts": _allowed_hosts,
+    "max_http_response_bytes": _positive_int,
+    "state_failure": _enum(FailurePolicy),
+    "max_output_bytes": _positive_int,
+}
+_BREAKER_KEYS: Final[_Table] = {"failures": _non_negative_int, "cooldown_ms": _positive_int}
+_MATCH_KEYS: Final[_Table] = {
+    "path_prefix": _path_prefix,
+    "path_regex": _regex,
+    "hosts": _hosts,
+    "methods": _methods,
+    "headers": _header_rules,
+}
+_HEADER_RULE_KEYS: Final[_Table] = {"name": _header_name, "present": _bool, "equals": _string}
+# Every key but backend applies to backend redis only (_state).
+_STATE_KEYS: Final[_Table] = {"backend": None, "url": _redis_url, "key_prefix": _string, "timeout_ms": _positive_int}
+# The endpoint's form depends on the protocol (_tracing).
+_TRACING_KEYS: Final[_Table] = {
+    "endpoint": None,
+    "protocol": None,
+    "service_name": _non_empty_string,
+    "sample_ratio": _ratio,
+}
