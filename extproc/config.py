@@ -5,36 +5,55 @@ problem becomes a ConfigError naming the file, the key path and what is wrong wi
 An explicit ``null`` for an optional key means "use the default", so a section whose entries are all
 commented out still loads.
 
-Each section is a table at the end of this module, from key to the parser of its value: the table's keys
-are the ones the section allows, in the order an error lists them, and a key left out takes the default
-of the dataclass field it fills.
+Each section is a table at the end of this module, from key to the parser of its value (the parsers of
+plain values are in validation.py): the table's keys are the ones the section allows, in the order an error
+lists them, and a key left out takes the default of the dataclass field it fills.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import importlib.util
 import ipaddress
 import json
-import math
 import re
 import urllib.parse
-from collections.abc import Callable, Collection, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, Final
 
 import yaml
 
-from extproc.errors import ConfigError, ExtprocError
+from extproc.errors import ConfigError
 from extproc.phases import CONFIG_NAMES as PHASE_NAMES
 from extproc.phases import Phase
 from extproc.plugins.match import HeaderRule, MatchRules
 from extproc.redaction import redact_url
 from extproc.tls import PlaintextRefused, check_plaintext
+from extproc.validation import (
+    Invalid,
+    Table,
+    as_list,
+    boolean,
+    child,
+    choice,
+    describe,
+    enum_choice,
+    json_mapping,
+    mapping,
+    non_empty_string,
+    non_negative_int,
+    optional,
+    parse_keys,
+    positive_int,
+    section,
+    string,
+    string_list,
+    thaw,
+)
 
 # The config format's API; MatchRules, HeaderRule and ConfigError live where they are used and are
 # named here too, as types of this module's dataclasses and of its errors.
@@ -91,16 +110,6 @@ _HOST_PATTERN_RE: Final = re.compile(rf"(?:\*\.)?{_DNS_NAME}|\[[0-9a-f:.]+\]")
 # RFC 9110 token: the syntax of both method names and header field names.
 _TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
-_T = TypeVar("_T")
-_D = TypeVar("_D")
-_E = TypeVar("_E", bound=enum.StrEnum)
-
-# A value's parser: it gets the value and its key path, and raises _Invalid naming that path.
-_Parser: TypeAlias = Callable[[object, str], Any]
-# A section's keys, in the order errors list them. None: the section's function parses that key itself,
-# because what another key means depends on it.
-_Table: TypeAlias = Mapping[str, _Parser | None]
-
 # The folder of the file parse_config is reading: relative file names in it resolve against it. A context
 # variable rather than a parameter of every parser, as only the file keys need it.
 _FOLDER: ContextVar[Path] = ContextVar("config_folder")
@@ -125,15 +134,6 @@ class StateBackend(enum.StrEnum):
     REDIS = "redis"  # shared by every process that uses the same Redis and key_prefix
 
 
-class _Invalid(ExtprocError):
-    """Raised by the validators, which know the key path but not the file; parse_config adds the file."""
-
-    def __init__(self, key: str, reason: str) -> None:
-        super().__init__(key, reason)
-        self.key = key
-        self.reason = reason
-
-
 @dataclasses.dataclass(frozen=True)
 class ListenAddress:
     host: str  # IPv6 literals are kept without brackets
@@ -143,7 +143,7 @@ class ListenAddress:
     def parse(cls, text: str, *, source: Path, key: str = "server.listen") -> ListenAddress:
         try:
             return _listen_address(text, key)
-        except _Invalid as e:
+        except Invalid as e:
             raise ConfigError(source, e.key, e.reason) from None
 
     def __str__(self) -> str:
@@ -238,7 +238,7 @@ class PluginConfig:
     max_output_bytes: int | None = None
 
     def config_json(self) -> str:
-        return json.dumps(self.config, default=_thaw, ensure_ascii=False, allow_nan=False)
+        return json.dumps(self.config, default=thaw, ensure_ascii=False, allow_nan=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,10 +302,10 @@ def parse_config(data: object, source: Path) -> Config:
     absolute = source.absolute()
     token = _FOLDER.set(absolute.parent)
     try:
-        top = _section(data, "", _TOP_KEYS, required=("plugins",))
+        top = section(data, "", _TOP_KEYS, required=("plugins",))
         # Config.server has no default, for code that builds a Config; the file may leave the section out.
         return Config(server=top.pop("server", ServerConfig()), source=absolute, **top)
-    except _Invalid as e:
+    except Invalid as e:
         raise ConfigError(source, e.key, e.reason) from None
     finally:
         _FOLDER.reset(token)
@@ -332,147 +332,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-# --- validators: each raises _Invalid naming the key path ---------------------------------------------
-
-
-def _child(key: str, name: str) -> str:
-    return f"{key}.{name}" if key else name
-
-
-def _describe(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"{str(value).lower()} (boolean)"
-    if isinstance(value, str):
-        return repr(value) if len(value) <= 60 else f"{value[:60]!r}..."
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return f"{value} ({type(value).__name__})"
-
-
-def _did_you_mean(value: str, choices: Collection[str]) -> str:
-    close = difflib.get_close_matches(value, choices, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _optional(m: Mapping[str, object], key: str, name: str, parse: Callable[[object, str], _T], default: _D) -> _T | _D:
-    value = m.get(name)
-    return default if value is None else parse(value, _child(key, name))
-
-
-def _mapping(value: object, key: str, allowed: Collection[str], required: Collection[str] = ()) -> Mapping[str, object]:
-    if not isinstance(value, Mapping):
-        raise _Invalid(key, f"must be a mapping, got {_describe(value)}")
-    for name in value:
-        if not isinstance(name, str):
-            raise _Invalid(key, f"keys must be strings, got {_describe(name)}")
-        if name not in allowed:
-            hint = _did_you_mean(name, allowed) or "."
-            raise _Invalid(_child(key, name), f"unknown key {name!r}{hint} Allowed keys: {', '.join(allowed)}")
-    for name in required:
-        if name not in value:
-            raise _Invalid(_child(key, name), "required key is missing")
-    return value
-
-
-def _section(value: object, key: str, table: _Table, required: Collection[str] = ()) -> dict[str, Any]:
-    return _values(_mapping(value, key, table, required), key, table, required)
-
-
-def _values(m: Mapping[str, object], key: str, table: _Table, required: Collection[str] = ()) -> dict[str, Any]:
-    """The section's keys that have a value, parsed in table order; the others keep their field's default.
-    A required key is parsed even when null, so that its error says what it must be."""
-    values: dict[str, Any] = {}
-    for name, parse in table.items():
-        value = m.get(name)
-        if parse is not None and (value is not None or name in required):
-            values[name] = parse(value, _child(key, name))
-    return values
-
-
-def _list(value: object, key: str) -> list[object]:
-    if not isinstance(value, list):
-        raise _Invalid(key, f"must be a list, got {_describe(value)}")
-    return value
-
-
-def _string(value: object, key: str) -> str:
-    if not isinstance(value, str):
-        hint = "; quote it" if isinstance(value, int | float) and not isinstance(value, bool) else ""
-        raise _Invalid(key, f"must be a string, got {_describe(value)}{hint}")
-    return value
-
-
-def _non_empty_string(value: object, key: str) -> str:
-    text = _string(value, key)
-    if not text:
-        raise _Invalid(key, "must not be empty")
-    return text
-
-
-def _bool(value: object, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(key, f"must be true or false, got {_describe(value)}")
-    return value
-
-
-def _positive_int(value: object, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _Invalid(key, f"must be a positive integer, got {_describe(value)}")
-    return value
-
-
-def _non_negative_int(value: object, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _Invalid(key, f"must be a non-negative integer, got {_describe(value)}")
-    return value
-
-
-def _one_of(value: object, key: str, choices: Collection[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
-        raise _Invalid(key, f"must be one of {', '.join(choices)}, got {_describe(value)}{hint}")
-    return value
-
-
-def _choice(choices: tuple[str, ...]) -> Callable[[object, str], str]:
-    return lambda value, key: _one_of(value, key, choices)
-
-
-def _enum(kind: type[_E]) -> Callable[[object, str], _E]:
-    """A parser of `kind`'s values, listed in the order the enum defines them."""
-    values = tuple(member.value for member in kind)
-    return lambda value, key: kind(_one_of(value, key, values))
-
-
-def _string_list(value: object, key: str, item: Callable[[object, str], str], *, empty_hint: str) -> tuple[str, ...]:
-    """A list of strings normalised by ``item``. Empty lists are refused because "none allowed" and "no
-    condition" would both be plausible readings."""
-    items = _list(value, key)
-    if not items:
-        raise _Invalid(key, f"must not be empty; {empty_hint}")
-    seen: dict[str, int] = {}
-    for i, raw in enumerate(items):
-        text = item(raw, f"{key}[{i}]")
-        if text in seen:
-            raise _Invalid(f"{key}[{i}]", f"duplicate value {text!r} (same as {key}[{seen[text]}])")
-        seen[text] = i
-    return tuple(seen)
-
-
 def _existing_file(value: object, key: str) -> Path:
-    text = _non_empty_string(value, key)
+    text = non_empty_string(value, key)
     try:
         path = (_FOLDER.get() / text).resolve()  # an absolute text replaces the folder
     except (OSError, RuntimeError) as e:  # RuntimeError: symlink loop
-        raise _Invalid(key, f"cannot resolve {text!r}: {e}") from None
+        raise Invalid(key, f"cannot resolve {text!r}: {e}") from None
     if not path.is_file():
-        raise _Invalid(key, f"not a file: {path}" if path.exists() else f"file not found: {path}")
+        raise Invalid(key, f"not a file: {path}" if path.exists() else f"file not found: {path}")
     return path
 
 
@@ -480,35 +347,35 @@ def _existing_file(value: object, key: str) -> Path:
 
 
 def _listen_address(value: object, key: str) -> ListenAddress:
-    text = _string(value, key)
+    text = string(value, key)
     host, sep, port = text.rpartition(":")
     if not sep:
-        raise _Invalid(key, f"must be 'host:port' (IPv6 as '[::1]:50051'), got {text!r}")
+        raise Invalid(key, f"must be 'host:port' (IPv6 as '[::1]:50051'), got {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise _Invalid(key, f"{host!r} is not an IPv6 address") from None
+            raise Invalid(key, f"{host!r} is not an IPv6 address") from None
     elif ":" in host:
-        raise _Invalid(key, f"IPv6 addresses must be bracketed, as in '[::1]:50051', got {text!r}")
+        raise Invalid(key, f"IPv6 addresses must be bracketed, as in '[::1]:50051', got {text!r}")
     elif not _LISTEN_HOST_RE.fullmatch(host):
-        raise _Invalid(key, f"invalid host {host!r} in {text!r}")
+        raise Invalid(key, f"invalid host {host!r} in {text!r}")
     # Port 0 is allowed: it asks the OS for a free port, which tests need.
     if not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise _Invalid(key, f"port must be a number from 0 to 65535, got {port!r}")
+        raise Invalid(key, f"port must be a number from 0 to 65535, got {port!r}")
     return ListenAddress(host, int(port))
 
 
 def _server(value: object, key: str) -> ServerConfig:
     if isinstance(value, Mapping) and "grpc_threads" in value:
-        raise _Invalid(
-            _child(key, "grpc_threads"),
+        raise Invalid(
+            child(key, "grpc_threads"),
             "no longer used: streams hold no thread since the server runs on asyncio; limit open streams "
             "with server.max_concurrent_streams, and size the threads for slow plugin calls with "
             "server.plugin_threads",
         )
-    values = _section(value, key, _SERVER_KEYS)
+    values = section(value, key, _SERVER_KEYS)
     # The two keys that fill fields of other names.
     if "listen" in values:
         address = values.pop("listen")
@@ -521,7 +388,7 @@ def _server(value: object, key: str) -> ServerConfig:
         if server.admin_listen is not None:
             check_plaintext(server, server.admin_listen, tls_applies=False)
     except PlaintextRefused as e:
-        raise _Invalid(_child(key, "admin_listen" if e.admin else "listen"), str(e)) from None
+        raise Invalid(child(key, "admin_listen" if e.admin else "listen"), str(e)) from None
     return server
 
 
@@ -531,15 +398,15 @@ def _admin_token(value: object, key: str) -> str:
         with path.open("rb") as f:
             raw = f.read(_MAX_ADMIN_TOKEN_BYTES + 1)
     except OSError as e:
-        raise _Invalid(key, f"cannot read {path}: {e.strerror or e}") from None
+        raise Invalid(key, f"cannot read {path}: {e.strerror or e}") from None
     # No message quotes the file's content: it is the secret.
     if len(raw) > _MAX_ADMIN_TOKEN_BYTES:
-        raise _Invalid(key, f"{path} is larger than {_MAX_ADMIN_TOKEN_BYTES} bytes; it should hold one token")
+        raise Invalid(key, f"{path} is larger than {_MAX_ADMIN_TOKEN_BYTES} bytes; it should hold one token")
     token = raw.strip()  # a trailing newline is how editors and `echo` leave it
     if not _ADMIN_TOKEN_RE.fullmatch(token):
-        raise _Invalid(key, f"{path} must hold one token of printable ASCII characters without spaces")
+        raise Invalid(key, f"{path} must hold one token of printable ASCII characters without spaces")
     if len(token) < _MIN_ADMIN_TOKEN_CHARS:
-        raise _Invalid(
+        raise Invalid(
             key,
             f"the token in {path} has {len(token)} characters, fewer than {_MIN_ADMIN_TOKEN_CHARS}; "
             "make one with `openssl rand -hex 32`",
@@ -548,16 +415,16 @@ def _admin_token(value: object, key: str) -> str:
 
 
 def _tls(value: object, key: str) -> TlsConfig:
-    return TlsConfig(**_section(value, key, _TLS_KEYS, required=("cert_file", "key_file")))
+    return TlsConfig(**section(value, key, _TLS_KEYS, required=("cert_file", "key_file")))
 
 
 def _plugins(value: object, key: str) -> tuple[PluginConfig, ...]:
     plugins: list[PluginConfig] = []
     first_use: dict[str, int] = {}
-    for i, item in enumerate(_list(value, key)):
+    for i, item in enumerate(as_list(value, key)):
         plugin = _plugin(item, f"{key}[{i}]")
         if plugin.name in first_use:
-            raise _Invalid(
+            raise Invalid(
                 f"{key}[{i}].name",
                 f"duplicate plugin name {plugin.name!r} (already used by {key}[{first_use[plugin.name]}])",
             )
@@ -567,59 +434,59 @@ def _plugins(value: object, key: str) -> tuple[PluginConfig, ...]:
 
 
 def _plugin(value: object, key: str) -> PluginConfig:
-    return PluginConfig(**_section(value, key, _PLUGIN_KEYS, required=("name", "path")))
+    return PluginConfig(**section(value, key, _PLUGIN_KEYS, required=("name", "path")))
 
 
 def _state(value: object, key: str) -> StateConfig:
-    m = _mapping(value, key, _STATE_KEYS)
-    backend = _optional(m, key, "backend", _enum(StateBackend), StateConfig.backend)
+    m = mapping(value, key, _STATE_KEYS)
+    backend = optional(m, key, "backend", enum_choice(StateBackend), StateConfig.backend)
     if backend is StateBackend.MEMORY:
         for name in _STATE_KEYS:
             if name != "backend" and m.get(name) is not None:
-                raise _Invalid(_child(key, name), "applies only to backend 'redis'")
+                raise Invalid(child(key, name), "applies only to backend 'redis'")
         return StateConfig()
     if m.get("url") is None:
-        raise _Invalid(_child(key, "url"), "required when backend is 'redis', e.g. 'redis://127.0.0.1:6379/0'")
-    return StateConfig(backend=backend, **_values(m, key, _STATE_KEYS))
+        raise Invalid(child(key, "url"), "required when backend is 'redis', e.g. 'redis://127.0.0.1:6379/0'")
+    return StateConfig(backend=backend, **parse_keys(m, key, _STATE_KEYS))
 
 
 def _redis_url(value: object, key: str) -> str:
-    text = _non_empty_string(value, key)
+    text = non_empty_string(value, key)
     # Errors quote the URL, and a config error is printed, logged and answered to POST /reload.
     shown = repr(redact_url(text))
     try:
         parts = urllib.parse.urlsplit(text)
         port = parts.port  # raises ValueError when not a number from 0 to 65535
     except ValueError as e:
-        raise _Invalid(key, f"invalid URL {shown}: {e}") from None
+        raise Invalid(key, f"invalid URL {shown}: {e}") from None
     if parts.scheme not in _REDIS_SCHEMES:
-        raise _Invalid(key, f"must start with {', '.join(s + '://' for s in _REDIS_SCHEMES)}, got {shown}")
+        raise Invalid(key, f"must start with {', '.join(s + '://' for s in _REDIS_SCHEMES)}, got {shown}")
     if parts.scheme == "unix" and not parts.path:
-        raise _Invalid(key, f"a unix:// URL needs a socket path, got {shown}")
+        raise Invalid(key, f"a unix:// URL needs a socket path, got {shown}")
     if parts.scheme != "unix" and not parts.hostname:
-        raise _Invalid(key, f"needs a host, as in 'redis://127.0.0.1:6379/0', got {shown}")
+        raise Invalid(key, f"needs a host, as in 'redis://127.0.0.1:6379/0', got {shown}")
     if port == 0:
-        raise _Invalid(key, f"port must be from 1 to 65535, got {shown}")
+        raise Invalid(key, f"port must be from 1 to 65535, got {shown}")
     return text
 
 
 def _tracing(value: object, key: str) -> TracingConfig:
-    m = _mapping(value, key, _TRACING_KEYS, required=("endpoint",))
-    protocol = _optional(m, key, "protocol", _choice(TRACING_PROTOCOLS), TracingConfig.protocol)
+    m = mapping(value, key, _TRACING_KEYS, required=("endpoint",))
+    protocol = optional(m, key, "protocol", choice(TRACING_PROTOCOLS), TracingConfig.protocol)
     missing = [name for name in _TRACING_MODULES[protocol] if not _importable(name)]
     if missing:
-        raise _Invalid(
+        raise Invalid(
             key,
             f"needs OpenTelemetry ({', '.join(missing)} is not installed): pip install 'extism-extproc[otel]'",
         )
     if not _otlp_protos_current():
-        raise _Invalid(
+        raise Invalid(
             key,
             "OpenTelemetry's OTLP protobuf modules were overwritten by an older copy that xds-protos (Envoy's API, "
             "which the server needs) also installs: pip install --force-reinstall --no-deps opentelemetry-proto",
         )
-    endpoint = _otlp_endpoint(m["endpoint"], _child(key, "endpoint"), protocol)
-    return TracingConfig(endpoint=endpoint, protocol=protocol, **_values(m, key, _TRACING_KEYS))
+    endpoint = _otlp_endpoint(m["endpoint"], child(key, "endpoint"), protocol)
+    return TracingConfig(endpoint=endpoint, protocol=protocol, **parse_keys(m, key, _TRACING_KEYS))
 
 
 def _otlp_protos_current() -> bool:
@@ -638,22 +505,22 @@ def _importable(module: str) -> bool:
 
 
 def _otlp_endpoint(value: object, key: str, protocol: str) -> str:
-    text = _non_empty_string(value, key)
+    text = non_empty_string(value, key)
     shown = repr(redact_url(text))  # errors are printed and logged; a URL may carry a password
     try:
         parts = urllib.parse.urlsplit(text)
         port = parts.port  # raises ValueError when not a number from 0 to 65535
     except ValueError as e:
-        raise _Invalid(key, f"invalid URL {shown}: {e}") from None
+        raise Invalid(key, f"invalid URL {shown}: {e}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _Invalid(key, f"must be an http:// or https:// URL with a host, e.g. 'http://otel:4317', got {shown}")
+        raise Invalid(key, f"must be an http:// or https:// URL with a host, e.g. 'http://otel:4317', got {shown}")
     if port == 0:
-        raise _Invalid(key, f"port must be from 1 to 65535, got {shown}")
+        raise Invalid(key, f"port must be from 1 to 65535, got {shown}")
     if parts.query or parts.fragment:
-        raise _Invalid(key, f"must not have a query or fragment, got {shown}")
+        raise Invalid(key, f"must not have a query or fragment, got {shown}")
     if protocol == "grpc":
         if parts.path not in ("", "/"):
-            raise _Invalid(key, f"an OTLP/gRPC endpoint has no path (protocol grpc), got {shown}")
+            raise Invalid(key, f"an OTLP/gRPC endpoint has no path (protocol grpc), got {shown}")
         return text
     if parts.path in ("", "/"):
         return urllib.parse.urlunsplit(parts._replace(path=OTLP_HTTP_TRACES_PATH))
@@ -662,31 +529,31 @@ def _otlp_endpoint(value: object, key: str, protocol: str) -> str:
 
 def _ratio(value: object, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise _Invalid(key, f"must be a number from 0 to 1, got {_describe(value)}")
+        raise Invalid(key, f"must be a number from 0 to 1, got {describe(value)}")
     return float(value)
 
 
 def _http_status(value: object, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:
-        raise _Invalid(key, f"must be an HTTP status from 200 to 599, got {_describe(value)}")
+        raise Invalid(key, f"must be an HTTP status from 200 to 599, got {describe(value)}")
     return value
 
 
 def _retries(value: object, key: str) -> int:
-    retries = _non_negative_int(value, key)
+    retries = non_negative_int(value, key)
     if retries > MAX_RETRIES:
-        raise _Invalid(key, f"must be at most {MAX_RETRIES}, got {retries}")
+        raise Invalid(key, f"must be at most {MAX_RETRIES}, got {retries}")
     return retries
 
 
 def _breaker(value: object, key: str) -> BreakerConfig:
-    return BreakerConfig(**_section(value, key, _BREAKER_KEYS))
+    return BreakerConfig(**section(value, key, _BREAKER_KEYS))
 
 
 def _plugin_name(value: object, key: str) -> str:
-    name = _string(value, key)
+    name = string(value, key)
     if not _NAME_RE.fullmatch(name):
-        raise _Invalid(
+        raise Invalid(
             key,
             f"must start with a letter or digit and contain only letters, digits, '_', '.' and '-', got {name!r}",
         )
@@ -694,175 +561,134 @@ def _plugin_name(value: object, key: str) -> str:
 
 
 def _execution_points(value: object, key: str) -> frozenset[Phase]:
-    points = _string_list(
+    points = string_list(
         value,
         key,
-        _choice(PHASE_NAMES),
+        choice(PHASE_NAMES),
         empty_hint="omit it to run at every execution point the plugin declares or exports",
     )
     return frozenset(Phase.named(p) for p in points)
 
 
-def _plugin_config(value: object, key: str) -> Mapping[str, object]:
-    if not isinstance(value, Mapping):
-        raise _Invalid(key, f"must be a mapping, got {_describe(value)}")
-    try:
-        return _freeze_mapping(value, key)
-    except RecursionError:
-        raise _Invalid(key, "is nested too deeply (or refers to itself through a YAML alias)") from None
-
-
-def _freeze_mapping(value: Mapping[object, object], key: str) -> Mapping[str, object]:
-    frozen: dict[str, object] = {}
-    for name, item in value.items():
-        if not isinstance(name, str):
-            raise _Invalid(key, f"keys must be strings, got {_describe(name)}")
-        frozen[name] = _freeze(item, _child(key, name))
-    return MappingProxyType(frozen)
-
-
-def _freeze(value: object, key: str) -> object:
-    """A read-only copy of the value, which must be JSON data so config_json() cannot fail later."""
-    if isinstance(value, Mapping):
-        return _freeze_mapping(value, key)
-    if isinstance(value, list):
-        return tuple(_freeze(item, f"{key}[{i}]") for i, item in enumerate(value))
-    if isinstance(value, float) and not math.isfinite(value):
-        raise _Invalid(key, f"must be a finite number, got {value}")
-    if value is None or isinstance(value, str | int | float):  # bool is an int
-        return value
-    raise _Invalid(
-        key,
-        f"must be a string, number, boolean, null, list or mapping, got {_describe(value)}; quote it to pass a string",
-    )
-
-
-def _thaw(value: object) -> object:
-    # json.dumps only knows dict, not MappingProxyType.
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def _match(value: object, key: str) -> MatchRules:
-    return MatchRules(**_section(value, key, _MATCH_KEYS))
+    return MatchRules(**section(value, key, _MATCH_KEYS))
 
 
 def _path_prefix(value: object, key: str) -> str:
-    prefix = _string(value, key)
+    prefix = string(value, key)
     if not prefix.startswith("/"):
-        raise _Invalid(key, f"must start with '/', got {prefix!r}")
+        raise Invalid(key, f"must start with '/', got {prefix!r}")
     return prefix
 
 
 def _regex(value: object, key: str) -> re.Pattern[str]:
-    text = _string(value, key)
+    text = string(value, key)
     try:
         return re.compile(text)
     except re.error as e:
-        raise _Invalid(key, f"invalid regular expression {text!r}: {e}") from None
+        raise Invalid(key, f"invalid regular expression {text!r}: {e}") from None
 
 
 def _hosts(value: object, key: str) -> tuple[str, ...]:
-    return _string_list(value, key, _host_pattern, empty_hint="omit it to match any host")
+    return string_list(value, key, _host_pattern, empty_hint="omit it to match any host")
 
 
 def _allowed_hosts(value: object, key: str) -> tuple[str, ...]:
-    return _string_list(value, key, _host_pattern, empty_hint="omit it to keep the plugin off the network")
+    return string_list(value, key, _host_pattern, empty_hint="omit it to keep the plugin off the network")
 
 
 def _host_pattern(value: object, key: str) -> str:
-    host = _string(value, key).lower()
+    host = string(value, key).lower()
     if not _HOST_PATTERN_RE.fullmatch(host):
-        raise _Invalid(key, f"must be a host name without a port, optionally starting with '*.', got {host!r}")
+        raise Invalid(key, f"must be a host name without a port, optionally starting with '*.', got {host!r}")
     return host
 
 
 def _methods(value: object, key: str) -> frozenset[str]:
-    return frozenset(_string_list(value, key, _method, empty_hint="omit it to match any method"))
+    return frozenset(string_list(value, key, _method, empty_hint="omit it to match any method"))
 
 
 def _method(value: object, key: str) -> str:
-    method = _string(value, key)
+    method = string(value, key)
     if not _TOKEN_RE.fullmatch(method):
-        raise _Invalid(key, f"must be an HTTP method name, got {method!r}")
+        raise Invalid(key, f"must be an HTTP method name, got {method!r}")
     return method.upper()
 
 
 def _header_rules(value: object, key: str) -> tuple[HeaderRule, ...]:
-    return tuple(_header_rule(item, f"{key}[{i}]") for i, item in enumerate(_list(value, key)))
+    return tuple(_header_rule(item, f"{key}[{i}]") for i, item in enumerate(as_list(value, key)))
 
 
 def _header_rule(value: object, key: str) -> HeaderRule:
-    values = _section(value, key, _HEADER_RULE_KEYS, required=("name",))
+    values = section(value, key, _HEADER_RULE_KEYS, required=("name",))
     if ("present" in values) == ("equals" in values):
-        raise _Invalid(key, "needs exactly one of 'present' and 'equals'")
+        raise Invalid(key, "needs exactly one of 'present' and 'equals'")
     return HeaderRule(**values)
 
 
 def _header_name(value: object, key: str) -> str:
-    name = _string(value, key)
+    name = string(value, key)
     if not _TOKEN_RE.fullmatch(name):
-        raise _Invalid(key, f"must be an HTTP header name, got {name!r}")
+        raise Invalid(key, f"must be an HTTP header name, got {name!r}")
     return name.lower()
 
 
 # --- the tables: each section's keys and their parsers (docs/configuration.md documents every key) -------
 
-_TOP_KEYS: Final[_Table] = {"server": _server, "plugins": _plugins, "state": _state, "tracing": _tracing}
-_SERVER_KEYS: Final[_Table] = {
+_TOP_KEYS: Final[Table] = {"server": _server, "plugins": _plugins, "state": _state, "tracing": _tracing}
+_SERVER_KEYS: Final[Table] = {
     "listen": _listen_address,  # fills listen_host and listen_port
-    "plugin_threads": _positive_int,
-    "max_concurrent_streams": _positive_int,
-    "stream_idle_timeout_ms": _non_negative_int,
-    "inline_call_budget_us": _non_negative_int,
-    "log_level": _choice(LOG_LEVELS),
-    "max_body_bytes": _positive_int,
-    "shutdown_grace_ms": _non_negative_int,
-    "reload_poll_ms": _non_negative_int,
-    "drain_ms": _non_negative_int,
+    "plugin_threads": positive_int,
+    "max_concurrent_streams": positive_int,
+    "stream_idle_timeout_ms": non_negative_int,
+    "inline_call_budget_us": non_negative_int,
+    "log_level": choice(LOG_LEVELS),
+    "max_body_bytes": positive_int,
+    "shutdown_grace_ms": non_negative_int,
+    "reload_poll_ms": non_negative_int,
+    "drain_ms": non_negative_int,
     "admin_listen": _listen_address,
     "admin_token_file": _admin_token,  # fills admin_token
-    "log_format": _choice(LOG_FORMATS),
+    "log_format": choice(LOG_FORMATS),
     "tls": _tls,
-    "allow_plaintext_off_loopback": _bool,
+    "allow_plaintext_off_loopback": boolean,
 }
-_TLS_KEYS: Final[_Table] = {"cert_file": _existing_file, "key_file": _existing_file, "client_ca_file": _existing_file}
-_PLUGIN_KEYS: Final[_Table] = {
+_TLS_KEYS: Final[Table] = {"cert_file": _existing_file, "key_file": _existing_file, "client_ca_file": _existing_file}
+_PLUGIN_KEYS: Final[Table] = {
     "name": _plugin_name,
     "path": _existing_file,
-    "config": _plugin_config,
-    "enabled": _bool,
+    "config": json_mapping,
+    "enabled": boolean,
     "execution_points": _execution_points,
-    "timeout_ms": _positive_int,
-    "memory_limit_mb": _positive_int,
-    "encoding": _enum(Encoding),
-    "pool_size": _positive_int,
+    "timeout_ms": positive_int,
+    "memory_limit_mb": positive_int,
+    "encoding": enum_choice(Encoding),
+    "pool_size": positive_int,
     "match": _match,
-    "on_error": _enum(FailurePolicy),
+    "on_error": enum_choice(FailurePolicy),
     "error_status": _http_status,
     "retries": _retries,
     "circuit_breaker": _breaker,
     "allowed_hosts": _allowed_hosts,
-    "max_http_response_bytes": _positive_int,
-    "state_failure": _enum(FailurePolicy),
-    "max_output_bytes": _positive_int,
+    "max_http_response_bytes": positive_int,
+    "state_failure": enum_choice(FailurePolicy),
+    "max_output_bytes": positive_int,
 }
-_BREAKER_KEYS: Final[_Table] = {"failures": _non_negative_int, "cooldown_ms": _positive_int}
-_MATCH_KEYS: Final[_Table] = {
+_BREAKER_KEYS: Final[Table] = {"failures": non_negative_int, "cooldown_ms": positive_int}
+_MATCH_KEYS: Final[Table] = {
     "path_prefix": _path_prefix,
     "path_regex": _regex,
     "hosts": _hosts,
     "methods": _methods,
     "headers": _header_rules,
 }
-_HEADER_RULE_KEYS: Final[_Table] = {"name": _header_name, "present": _bool, "equals": _string}
+_HEADER_RULE_KEYS: Final[Table] = {"name": _header_name, "present": boolean, "equals": string}
 # Every key but backend applies to backend redis only (_state).
-_STATE_KEYS: Final[_Table] = {"backend": None, "url": _redis_url, "key_prefix": _string, "timeout_ms": _positive_int}
+_STATE_KEYS: Final[Table] = {"backend": None, "url": _redis_url, "key_prefix": string, "timeout_ms": positive_int}
 # The endpoint's form depends on the protocol (_tracing).
-_TRACING_KEYS: Final[_Table] = {
+_TRACING_KEYS: Final[Table] = {
     "endpoint": None,
     "protocol": None,
-    "service_name": _non_empty_string,
+    "service_name": non_empty_string,
     "sample_ratio": _ratio,
 }
