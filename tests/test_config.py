@@ -332,6 +332,14 @@ BAD = [
         "must be a string, got 7; quote it",
     ),
     ("empty path", "plugins:\n  - {name: a, path: ''}\n", "plugins[0].path", "must not be empty"),
+    # null stands for the default, and a required key has none.
+    ("null path", "plugins:\n  - {name: a, path: null}\n", "plugins[0].path", "must be a string, got null"),
+    (
+        "null header name",
+        plugin("match: {headers: [{name: ~, present: true}]}\n"),
+        "plugins[0].match.headers[0].name",
+        "must be a string, got null",
+    ),
     (
         "missing wasm",
         "plugins:\n  - {name: a, path: nope.wasm}\n",
