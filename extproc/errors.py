@@ -2,7 +2,7 @@
 
 `ExtprocError` is the base of every error the package raises on purpose, so a caller catches one type.
 The errors about one module live beside it (PlaintextRefused in tls, StoreError in plugins.store, ...);
-ConfigError is here because config and tls both raise it, and tls must not import config.
+ConfigError is here because config and tls both raise it, and config imports tls.
 Those that began as ValueError keep it as a second base: code that catches ValueError still catches them.
 """
 
