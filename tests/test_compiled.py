@@ -33,7 +33,7 @@ TESTS = [
 @pytest.fixture(scope="module")
 def compiled_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     copy = tmp_path_factory.mktemp("compiled")
-    for name in ("extproc", "tests"):
+    for name in ("extproc", "support", "tests"):
         shutil.copytree(ROOT / name, copy / name, ignore=shutil.ignore_patterns("node_modules", "__pycache__", "*.so"))
     for name in ("pyproject.toml", "setup.py"):
         shutil.copy2(ROOT / name, copy / name)
