@@ -51,7 +51,7 @@ class AdminBackend(Protocol):
 
 def describe_plugins(config: Config, loaded: PluginSet) -> list[dict[str, Any]]:
     """Every configured plugin, in config order: what it is, what it runs, and its state (that of its
-    breaker in `loaded`, the set in force)."""
+    breaker in `loaded`, the set in force), with its candidate version if it has one."""
     by_name = {plugin.name: plugin for plugin in loaded.plugins}
     described: list[dict[str, Any]] = []
     for spec in config.plugins:
@@ -67,6 +67,9 @@ def describe_plugins(config: Config, loaded: PluginSet) -> list[dict[str, Any]]:
                 "phases_from": plugin.phase_source.value,
                 "state": plugin.breaker.state.value,
             }
+            candidate = None if loaded.rollout is None else loaded.rollout.describe(spec.name)
+            if candidate is not None:
+                entry["candidate"] = candidate
         described.append(entry)
     return described
 

@@ -9,12 +9,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from extproc import __version__, plugin_tools
-from extproc.config import LOG_LEVELS, Config, ConfigError, ListenAddress, load_config
+from extproc import __version__, plugin_tools, recording
+from extproc.config import LOG_LEVELS, Config, ConfigError, ListenAddress, default_memory_limit_mb, load_config
 from extproc.deploy import commands as deploy_commands
 from extproc.deploy import envoy_config as ec
 from extproc.errors import ExtprocError
 from extproc.phases import Phase
+from extproc.plugins.loader import LoadedPlugin
 from extproc.plugins.registry import PluginSet
 from extproc.plugins.runner import PluginThreads
 from extproc.redaction import redact_url
@@ -37,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes (one core each); worker i listens on the listen port + i",
     )
     serve.add_argument("--admin-listen", help="HOST:PORT of the admin HTTP endpoint (overrides server.admin_listen)")
+    recording.add_arguments(serve, _positive)
 
     check = commands.add_parser("check", help="validate the config and load every plugin, then exit")
     check.add_argument("--config", required=True, type=Path, help="YAML config file")
@@ -104,21 +106,48 @@ def _check(config: Config, envoy_configs: Sequence[Path]) -> int:
                 f"{tracing.service_name!r}, sample_ratio {tracing.sample_ratio:g}"
             )
         loaded = {plugin.name: plugin for plugin in plugins.plugins}
-        for spec in config.plugins:
+        for index, spec in enumerate(config.plugins):
             plugin = loaded.get(spec.name)
             if plugin is None:
                 print(f"  {spec.name}: disabled ({spec.path})")
                 continue
-            phases = ", ".join(phase.value for phase in sorted(plugin.exports, key=list(Phase).index)) or "nothing"
             source = plugin.phase_source.value
-            print(f"  {spec.name}: {spec.path} sha256:{plugin.sha256[:16]} calls: {phases} (from {source})")
-        worst = ec.worst_message(plugins.plugins)
+            print(f"  {spec.name}: {spec.path} sha256:{plugin.sha256[:16]} calls: {_phases(plugin)} (from {source})")
+            _check_body_memory(f"plugins[{index}]", plugin, config.server.max_body_bytes)
+            candidate = None if plugins.rollout is None else plugins.rollout.candidates.get(spec.name)
+            if candidate is not None:
+                wanted = candidate.config
+                print(
+                    f"    candidate ({wanted.mode.value}, fraction {wanted.fraction:g}): {wanted.path} "
+                    f"sha256:{candidate.plugin.sha256[:16]} calls: {_phases(candidate.plugin)}"
+                )
+        worst = ec.worst_message(ec.serving(plugins))
         for path, filters in envoy:
             for found in filters:
                 _check_message_timeout(path, found, worst)
     finally:
         plugins.close()
     return 0
+
+
+def _check_body_memory(key: str, plugin: LoadedPlugin, max_body_bytes: int) -> None:
+    """Warn when a plugin that reads bodies may not have the memory for the largest body the server buffers."""
+    reads_bodies = bool(plugin.request_body_phases) or any(phase.is_body for phase in plugin.exports)
+    limit = plugin.spec.memory_limit(max_body_bytes)
+    needs = default_memory_limit_mb(max_body_bytes)
+    if not reads_bodies or limit >= needs:
+        return
+    print(
+        f"extproc: warning: {key}.memory_limit_mb ({plugin.name}) is {limit} MiB, less than a body plugin needs for "
+        f"server.max_body_bytes ({max_body_bytes} bytes): four times the body plus 8 MiB, {needs} MiB. Larger "
+        "bodies would fail the plugin's calls (its on_error answers). Raise memory_limit_mb, lower "
+        "server.max_body_bytes, or measure the plugin: `extproc plugin bench PLUGIN.wasm --body-size N`.",
+        file=sys.stderr,
+    )
+
+
+def _phases(plugin: LoadedPlugin) -> str:
+    return ", ".join(phase.value for phase in sorted(plugin.exports, key=list(Phase).index)) or "nothing"
 
 
 def _check_message_timeout(path: Path, found: ec.FilterTimeouts, worst: ec.MessageBudget) -> None:
@@ -149,10 +178,13 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     logs.configure(log_level, server.log_format)
     listen = _address(config, args.listen, "--listen") or ListenAddress(server.listen_host, server.listen_port)
     admin = _address(config, args.admin_listen, "--admin-listen") or server.admin_listen
+    record = recording.options_from(args, config)
     if args.workers > 1:
+        if record is not None:
+            raise ConfigError(config.source, "--record", "records one worker's traffic: use it without --workers")
         Supervisor(config, listen, args.workers, log_level, admin).run()
     else:
-        serve(config, listen.host, listen.port, admin)
+        serve(config, listen.host, listen.port, admin, recorder=None if record is None else recording.Recorder(record))
     return 0
 
 

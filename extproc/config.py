@@ -17,6 +17,7 @@ import enum
 import importlib.util
 import ipaddress
 import json
+import math
 import re
 import urllib.parse
 from collections.abc import Hashable, Mapping
@@ -65,6 +66,7 @@ __all__ = [
     "OTLP_HTTP_TRACES_PATH",
     "TRACING_PROTOCOLS",
     "BreakerConfig",
+    "CandidateConfig",
     "Config",
     "ConfigError",
     "Encoding",
@@ -73,11 +75,13 @@ __all__ = [
     "ListenAddress",
     "MatchRules",
     "PluginConfig",
+    "RolloutMode",
     "ServerConfig",
     "StateBackend",
     "StateConfig",
     "TlsConfig",
     "TracingConfig",
+    "default_memory_limit_mb",
     "load_config",
     "parse_config",
 ]
@@ -193,6 +197,8 @@ class ServerConfig:
     tls: TlsConfig | None = None
     # Plaintext gRPC and the admin endpoint listen on loopback only, unless this says otherwise.
     allow_plaintext_off_loopback: bool = False
+    # Each plugin call's outcome and time go to Envoy as dynamic metadata, for the access log (rollout.py).
+    outcome_metadata: bool = False
 
     @property
     def listen_address(self) -> str:
@@ -207,6 +213,31 @@ class BreakerConfig:
     cooldown_ms: int = 10_000
 
 
+class RolloutMode(enum.StrEnum):
+    """How a plugin's candidate version meets traffic."""
+
+    SHADOW = "shadow"  # runs on the live version's input, its output compared and never applied
+    CANARY = "canary"  # serves a share of the clients in place of the live version
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateConfig:
+    """A plugin's candidate version. Settings left None are the live version's."""
+
+    path: Path  # absolute and resolved
+    fraction: float  # of exchanges (shadow) or of canary keys (canary)
+    mode: RolloutMode = RolloutMode.SHADOW
+    config: Mapping[str, object] | None = dataclasses.field(default=None, hash=False)
+    # Canary: the request header whose value picks the version, so one client keeps one version.
+    key_header: str = "x-request-id"
+    on_error: FailurePolicy | None = None  # canary only: a shadow's failures never reach the client
+    error_status: int | None = None  # canary only
+    timeout_ms: int | None = None
+    memory_limit_mb: int | None = None
+    pool_size: int | None = None
+    circuit_breaker: BreakerConfig | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class PluginConfig:
     name: str
@@ -217,7 +248,7 @@ class PluginConfig:
     enabled: bool = True
     execution_points: frozenset[Phase] | None = None  # None: what the plugin declares, or every export it has
     timeout_ms: int = 100
-    memory_limit_mb: int = 16
+    memory_limit_mb: int | None = None  # None: derived from server.max_body_bytes (see memory_limit)
     encoding: Encoding = Encoding.JSON
     pool_size: int | None = None  # None: twice the cores, at most server.plugin_threads (see loader)
     match: MatchRules = MatchRules()  # noqa: RUF009 (frozen: one shared default is safe)
@@ -236,9 +267,23 @@ class PluginConfig:
     # A larger output (what the plugin returns, before decoding) is a bad_output failure. None: derived
     # from server.max_body_bytes (see loader.default_max_output_bytes).
     max_output_bytes: int | None = None
+    # A new version of the module tried beside this one (extproc/rollout.py); None: none.
+    candidate: CandidateConfig | None = None
 
     def config_json(self) -> str:
         return json.dumps(self.config, default=thaw, ensure_ascii=False, allow_nan=False)
+
+    def memory_limit(self, max_body_bytes: int) -> int:
+        """The plugin's memory limit in MiB: its `memory_limit_mb`, else the default for `max_body_bytes`."""
+        return self.memory_limit_mb or default_memory_limit_mb(max_body_bytes)
+
+
+def default_memory_limit_mb(max_body_bytes: int) -> int:
+    """What an SDK body plugin needs for a body of `max_body_bytes` (docs/writing-plugins.md, "Limits"): four
+    times the body (Extism's copy of the input, which the output reuses; the plugin's own copy; the rewritten
+    body; room to spare) and 8 MiB for everything else. The limit only caps growth, so header plugins lose
+    nothing by it."""
+    return 4 * math.ceil(max_body_bytes / (1024 * 1024)) + 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -437,6 +482,17 @@ def _plugin(value: object, key: str) -> PluginConfig:
     return PluginConfig(**section(value, key, _PLUGIN_KEYS, required=("name", "path")))
 
 
+def _candidate(value: object, key: str) -> CandidateConfig:
+    required = ("path", "fraction")
+    m = mapping(value, key, _CANDIDATE_KEYS, required)
+    mode = optional(m, key, "mode", enum_choice(RolloutMode), CandidateConfig.mode)
+    if mode is RolloutMode.SHADOW:
+        for name in _CANARY_ONLY_KEYS:
+            if m.get(name) is not None:
+                raise Invalid(child(key, name), "applies only to mode 'canary': a shadow never serves a request")
+    return CandidateConfig(mode=mode, **parse_keys(m, key, _CANDIDATE_KEYS, required))
+
+
 def _state(value: object, key: str) -> StateConfig:
     m = mapping(value, key, _STATE_KEYS)
     backend = optional(m, key, "backend", enum_choice(StateBackend), StateConfig.backend)
@@ -627,6 +683,7 @@ def _header_rule(value: object, key: str) -> HeaderRule:
 
 
 def _header_name(value: object, key: str) -> str:
+    """Lower case, as the server holds header names."""
     name = string(value, key)
     if not _TOKEN_RE.fullmatch(name):
         raise Invalid(key, f"must be an HTTP header name, got {name!r}")
@@ -652,6 +709,7 @@ _SERVER_KEYS: Final[Table] = {
     "log_format": choice(LOG_FORMATS),
     "tls": _tls,
     "allow_plaintext_off_loopback": boolean,
+    "outcome_metadata": boolean,
 }
 _TLS_KEYS: Final[Table] = {"cert_file": _existing_file, "key_file": _existing_file, "client_ca_file": _existing_file}
 _PLUGIN_KEYS: Final[Table] = {
@@ -673,8 +731,24 @@ _PLUGIN_KEYS: Final[Table] = {
     "max_http_response_bytes": positive_int,
     "state_failure": enum_choice(FailurePolicy),
     "max_output_bytes": positive_int,
+    "candidate": _candidate,
 }
 _BREAKER_KEYS: Final[Table] = {"failures": non_negative_int, "cooldown_ms": positive_int}
+# The mode decides which other keys apply (_candidate).
+_CANDIDATE_KEYS: Final[Table] = {
+    "path": _existing_file,
+    "mode": None,
+    "fraction": _ratio,
+    "config": json_mapping,
+    "key_header": _header_name,
+    "on_error": enum_choice(FailurePolicy),
+    "error_status": _http_status,
+    "timeout_ms": positive_int,
+    "memory_limit_mb": positive_int,
+    "pool_size": positive_int,
+    "circuit_breaker": _breaker,
+}
+_CANARY_ONLY_KEYS: Final = ("key_header", "on_error", "error_status")
 _MATCH_KEYS: Final[Table] = {
     "path_prefix": _path_prefix,
     "path_regex": _regex,

@@ -25,6 +25,10 @@ from extproc.phases import Phase
 Pair = tuple[str, str]
 
 
+# The most a plugin may hand from one phase to the next in `state` (docs/plugin-abi.md).
+MAX_STATE_BYTES = 16 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class HeaderChanges:
     set: tuple[Pair, ...] = ()
@@ -47,6 +51,7 @@ class PluginOutput:
     body: bytes | None = None
     immediate: ImmediateReply | None = None
     metadata: Mapping[str, Any] | None = None
+    state: bytes | None = None  # None: unchanged; b"": dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,15 @@ class MessageView:
 
     headers: Sequence[Pair]
     body: bytes | None = None
+    trailers: Sequence[Pair] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Where a chunk phase's body sits in its message body."""
+
+    index: int
+    end_of_stream: bool
 
 
 # --- input ---------------------------------------------------------------------------------
@@ -109,6 +123,10 @@ def build_input(
     response: MessageView | None,
     attributes: Mapping[str, Any],
     metadata: Mapping[str, Any],
+    *,
+    state: bytes | None = None,
+    route: Mapping[str, Any] | None = None,
+    chunk: Chunk | None = None,
 ) -> dict[str, Any]:
     """The plugin input in its proto3 JSON shape; empty fields are left out as proto3 JSON does."""
     req_headers = request.headers
@@ -122,6 +140,8 @@ def build_input(
     }
     if request.body is not None:
         http_request["body"] = body_json(request.body)
+    if request.trailers is not None:
+        http_request["trailers"] = _headers_json(request.trailers)
     data: dict[str, Any] = {"phase": export.wire_name, "plugin_name": plugin_name, "request": http_request}
     if response is not None:
         status = _pseudo_headers(response.headers).get(":status", "")
@@ -133,11 +153,22 @@ def build_input(
         }
         if response.body is not None:
             http_response["body"] = body_json(response.body)
+        if response.trailers is not None:
+            http_response["trailers"] = _headers_json(response.trailers)
         data["response"] = http_response
     if attributes:
         data["attributes"] = attributes
     if metadata:
         data["metadata"] = metadata
+    if state is not None:
+        data["state"] = body_json(state)
+    if route is not None:
+        data["route"] = route
+    if chunk is not None:
+        if chunk.end_of_stream:
+            data["end_of_stream"] = True
+        if chunk.index:
+            data["chunk_index"] = chunk.index
     return data
 
 
@@ -153,7 +184,7 @@ def encode_protobuf(data: Mapping[str, Any]) -> bytes:
 # --- output --------------------------------------------------------------------------------
 
 _BAD_DETAILS = re.compile(r"[\r\n\x00]")
-_OUTPUT_KEYS = frozenset({"headers", "body", "immediate_response", "dynamic_metadata"})
+_OUTPUT_KEYS = frozenset({"headers", "body", "immediate_response", "dynamic_metadata", "state"})
 _MUTATION_KEYS = frozenset({"set", "append", "remove"})
 _IMMEDIATE_KEYS = frozenset({"status", "headers", "body", "grpc_status", "details"})
 _PAIR_KEYS = frozenset({"name", "value", "raw_value"})
@@ -232,8 +263,9 @@ def validate_output(data: object) -> PluginOutput | None:
     metadata = None
     if "dynamic_metadata" in obj:
         metadata = _mapping(obj["dynamic_metadata"], "dynamic_metadata", None)
+    state = _state(obj["state"]) if "state" in obj else None
     # Positional: a dataclass __init__ called with keywords costs a third more.
-    return PluginOutput(headers, body, immediate, metadata)
+    return PluginOutput(headers, body, immediate, metadata, state)
 
 
 def _mapping(value: object, where: str, allowed: frozenset[str] | None) -> dict[str, Any]:
@@ -341,6 +373,14 @@ def _body(value: object, where: str) -> bytes:
     return _base64(obj["data"], f"{where}.data")
 
 
+def _state(value: object) -> bytes:
+    # An empty Body (protobuf's set-but-empty message) drops the state like empty text does.
+    state = _body(value, "state") if value else b""
+    if len(state) > MAX_STATE_BYTES:
+        raise OutputError("state", f"{len(state)} bytes is over the {MAX_STATE_BYTES}-byte limit")
+    return state
+
+
 def _base64(value: object, where: str) -> bytes:
     if not isinstance(value, str):
         raise OutputError(where, "must be a base64 string")
@@ -396,7 +436,8 @@ SETTABLE_RESPONSE_PSEUDO = frozenset({":status"})
 
 
 def check_for_export(output: PluginOutput, export: Phase) -> None:
-    """Reject changes the phase cannot carry: bodies outside body phases, forbidden pseudo-headers.
+    """Reject changes the phase cannot carry: bodies outside body phases, headers in chunk phases,
+    forbidden pseudo-headers (any, in trailers).
 
     Values were checked by their grammar when the output was decoded.
     """
@@ -405,7 +446,12 @@ def check_for_export(output: PluginOutput, export: Phase) -> None:
     changes = output.headers
     if changes is None:
         return
-    settable = SETTABLE_RESPONSE_PSEUDO if export.is_response else SETTABLE_REQUEST_PSEUDO
+    if export.is_chunk:
+        raise OutputError("headers", f"headers cannot change in {export.value}: they went on before the first chunk")
+    if export.is_trailers:
+        settable: frozenset[str] = frozenset()
+    else:
+        settable = SETTABLE_RESPONSE_PSEUDO if export.is_response else SETTABLE_REQUEST_PSEUDO
     for index, (name, _) in enumerate(changes.set):
         if name[:1] == ":" and name not in settable:
             raise OutputError(f"headers.set[{index}].name", f"pseudo-header {name!r} may not be changed here")

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, text_format
 
 from extproc.contract import ImmediateReply, Pair
 from extproc.fields import value_bytes, value_text
@@ -129,36 +130,64 @@ def dynamic_metadata(per_plugin: Mapping[str, Mapping[str, Any]]) -> struct_pb2.
     return struct
 
 
-def headers_reply(*, request_body: bool, response_headers: bool, response_body: bool) -> ep.ProcessingResponse:
-    """A new reply to request headers (no change yet) asking Envoy for exactly the phases this request's
-    plugins need.
-
-    Parsed from cached bytes: half the cost of building it, or of copying a cached message into it.
-    """
-    return ep.ProcessingResponse.FromString(_headers_reply_bytes(request_body, response_headers, response_body))
-
-
-@functools.cache  # there are eight combinations
-def _headers_reply_bytes(request_body: bool, response_headers: bool, response_body: bool) -> bytes:
+def headers_reply_bytes(
+    request_body: ProcessingMode.BodySendMode.ValueType,
+    response_headers: bool,
+    response_body: ProcessingMode.BodySendMode.ValueType,
+    request_trailers: bool,
+    response_trailers: bool,
+) -> bytes:
+    """A reply to request headers (no change yet) asking Envoy for exactly these phases, serialized: a
+    stream parses it from these bytes, half the cost of building it or of copying a cached message."""
     mode = ProcessingMode(
         request_header_mode=ProcessingMode.SEND,
         response_header_mode=ProcessingMode.SEND if response_headers else ProcessingMode.SKIP,
-        request_body_mode=ProcessingMode.BUFFERED if request_body else ProcessingMode.NONE,
-        response_body_mode=ProcessingMode.BUFFERED if response_body else ProcessingMode.NONE,
-        request_trailer_mode=ProcessingMode.SKIP,
-        response_trailer_mode=ProcessingMode.SKIP,
+        request_body_mode=request_body,
+        response_body_mode=response_body,
+        request_trailer_mode=ProcessingMode.SEND if request_trailers else ProcessingMode.SKIP,
+        response_trailer_mode=ProcessingMode.SEND if response_trailers else ProcessingMode.SKIP,
     )
     reply = ep.ProcessingResponse(mode_override=mode)
     reply.request_headers.SetInParent()
     return bytes(reply.SerializeToString())
 
 
-def partial_body_fields(protocol_config: Any) -> set[str]:
-    """Body fields Envoy is configured to send as BUFFERED_PARTIAL (our override may not apply)."""
-    partial = ProcessingMode.BUFFERED_PARTIAL
-    fields = set()
-    if protocol_config.request_body_mode == partial:
-        fields.add("request_body")
-    if protocol_config.response_body_mode == partial:
-        fields.add("response_body")
-    return fields
+def empty_reply(kind: str | None) -> ep.ProcessingResponse:
+    """The reply that changes nothing, to a message of `kind` (a ProcessingRequest field name)."""
+    serialized = _EMPTY_REPLIES.get(kind or "")
+    if serialized is None:
+        raise ValueError(f"ProcessingRequest without a known message (got {kind!r})")
+    return ep.ProcessingResponse.FromString(serialized)
+
+
+def _empty(kind: str, reply: Any) -> bytes:
+    response = ep.ProcessingResponse(**{kind: reply})
+    return bytes(response.SerializeToString())
+
+
+_EMPTY_REPLIES = {
+    "request_headers": _empty("request_headers", ep.HeadersResponse()),
+    "response_headers": _empty("response_headers", ep.HeadersResponse()),
+    "request_body": _empty("request_body", ep.BodyResponse()),
+    "response_body": _empty("response_body", ep.BodyResponse()),
+    "request_trailers": _empty("request_trailers", ep.TrailersResponse()),
+    "response_trailers": _empty("response_trailers", ep.TrailersResponse()),
+}
+
+# The request attribute holding the route's metadata; Envoy sends it in protobuf text format.
+ROUTE_METADATA_ATTRIBUTE = "xds.route_metadata"
+
+
+@functools.lru_cache(maxsize=1024)  # a route sends the same text every time; parsing it takes 100+ us
+def route_values(text: str) -> Mapping[str, Any] | None:
+    """The values a route gives each plugin: its metadata under namespace "extproc", by plugin name.
+    None when the route has none or the text does not parse."""
+    metadata = base_pb2.Metadata()
+    try:
+        text_format.Parse(text, metadata)
+    except text_format.ParseError:
+        return None
+    if METADATA_NAMESPACE not in metadata.filter_metadata:
+        return None
+    values = struct_to_dict(metadata.filter_metadata[METADATA_NAMESPACE])
+    return MappingProxyType({name: value for name, value in values.items() if isinstance(value, dict)})

@@ -31,7 +31,7 @@ class ReloadResult:
 def config_hash(plugins: PluginSet) -> str:
     """Identifies what is being served: the config file's bytes and every loaded module."""
     digest = hashlib.sha256(plugins.config.source.read_bytes())
-    for plugin in plugins.plugins:
+    for plugin in plugins.versions:
         digest.update(plugin.sha256.encode())
     return digest.hexdigest()
 
@@ -39,7 +39,8 @@ def config_hash(plugins: PluginSet) -> str:
 def _fingerprint(config: Config) -> tuple[tuple[str, int, int], ...]:
     """Cheap change detection: path, mtime and size of the config file and every plugin file."""
     marks = []
-    for path in (config.source, *(spec.path for spec in config.plugins)):
+    candidates = (spec.candidate.path for spec in config.plugins if spec.candidate is not None)
+    for path in (config.source, *(spec.path for spec in config.plugins), *candidates):
         try:
             stat = path.stat()
             marks.append((str(path), stat.st_mtime_ns, stat.st_size))
@@ -73,7 +74,7 @@ class Reloader:
             fingerprint = _fingerprint(self._current.config)
             try:
                 config = load_config(source)
-                plugins = PluginSet.load(config, self._threads)
+                plugins = PluginSet.load(config, self._threads, self._current.observe)
             except (ExtprocError, OSError) as exc:
                 self._fingerprint = fingerprint
                 log.error("reload failed, still serving the previous configuration: %s", exc)

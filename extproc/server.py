@@ -23,11 +23,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from extproc import metrics, tracing
+from extproc import metrics, rollout, tracing
 from extproc.admin import AdminServer, describe_plugins, registry_text
 from extproc.config import Config, ListenAddress
 from extproc.plugins.registry import PluginSet
 from extproc.plugins.runner import PluginThreads
+from extproc.recording import Recorder
 from extproc.reload import FileWatcher, Reloader
 from extproc.service import ExternalProcessor
 from extproc.tls import server_credentials
@@ -60,10 +61,13 @@ class Server:
     start() begins serving, stop() ends both.
     """
 
-    def __init__(self, config: Config, host: str, port: int, admin: ListenAddress | None = None) -> None:
+    def __init__(
+        self, config: Config, host: str, port: int, admin: ListenAddress | None = None, recorder: Recorder | None = None
+    ) -> None:
         self.config = config
         self.threads = PluginThreads(config.server.plugin_threads)
-        self.plugins = PluginSet.load(config, self.threads)
+        self.recorder = recorder
+        self.plugins = PluginSet.load(config, self.threads, rollout.Observe(config.server.outcome_metadata, recorder))
         self.processor = ExternalProcessor(self.plugins, config.server)
         self.install(self.plugins)
         self._loop = new_event_loop()
@@ -112,7 +116,7 @@ class Server:
         they started with."""
         self.processor.plugins = plugins  # one attribute store: atomic for the loop thread
         self.plugins = plugins
-        metrics.breakers_in_force(plugin.breaker for plugin in plugins.plugins)
+        metrics.breakers_in_force(plugin.breaker for plugin in plugins.versions)
 
     def start(self) -> None:
         self._on_loop(self._start())
@@ -144,12 +148,15 @@ class Server:
         self._close_loop()
         self.threads.close()
         self.plugins.close()
+        if self.recorder is not None:
+            self.recorder.close()
         metrics.unwatch_pools(self._pool_use)
         if self.admin is not None:
             self.admin.stop()
 
     async def _stop(self, grace_seconds: float) -> None:
         await self._grpc.stop(grace_seconds)
+        await rollout.shadows_settled()
         if self._idle_watch is not None:
             self._idle_watch.cancel()
 
@@ -161,9 +168,9 @@ class Server:
     # --- what the admin endpoint reports ----------------------------------------------------
 
     def _pool_use(self) -> Iterator[metrics.PoolUse]:
-        for plugin in self.plugins.plugins:
+        for plugin in self.plugins.versions:
             pool = plugin.pool
-            yield plugin.name, pool.size, pool.idle, pool.max_size
+            yield plugin.label, pool.size, pool.idle, pool.max_size
 
     def metrics_text(self) -> bytes:
         return registry_text()
@@ -184,6 +191,7 @@ def serve(
     port: int,
     admin: ListenAddress | None = None,
     on_started: Callable[[Server], None] | None = None,
+    recorder: Recorder | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, reloading on SIGHUP and on file changes.
 
@@ -191,7 +199,7 @@ def serve(
     then the listener stops taking new streams and in-flight ones get `shutdown_grace_ms`.
     """
     tracing.start(config.tracing)
-    server = Server(config, host, port, admin)
+    server = Server(config, host, port, admin, recorder)
     reloader = Reloader(server.plugins, server.install, server.threads)
     metrics.config_loaded(reloader.hash)
     if server.admin is not None:

@@ -111,7 +111,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     yield envoy.immediate_response(_INTERNAL_ERROR, is_grpc=False)
                     await _close(messages)
                     return
-                yield reply
+                if isinstance(reply, tuple):  # none, or several (FULL_DUPLEX_STREAMED bodies)
+                    for each in reply:
+                        yield each
+                else:
+                    yield reply
                 if stream.done:
                     # Envoy goes on without us after a clean end. Envoy 1.40 would reset the stream
                     # itself once it expects nothing more; grpcio's cancellation path costs more.

@@ -14,6 +14,28 @@ body mutations, honour mode overrides, stop at an immediate response.
 
 from __future__ import annotations
 
+__all__ = [
+    "BodyLike",
+    "Case",
+    "CaseFailure",
+    "CasesError",
+    "CasesReport",
+    "HeadersLike",
+    "HttpRequest",
+    "HttpResponse",
+    "PluginHarness",
+    "Result",
+    "assert_cases",
+    "check",
+    "exchange",
+    "exchange_async",
+    "load_cases",
+    "plugin_config",
+    "request",
+    "response",
+    "run_cases",
+]
+
 import asyncio
 import difflib
 import json
@@ -53,14 +75,17 @@ _ATTRIBUTES_FILTER = "envoy.filters.http.ext_proc"
 
 @dataclass(frozen=True)
 class Message:
-    """Headers in wire order (names lower case, pseudo-headers included) and a body.
+    """Headers in wire order (names lower case, pseudo-headers included), a body and trailers.
 
     Values are text; bytes that are not UTF-8 appear as surrogate escapes (U+DC80-U+DCFF), and
-    `header_bytes` gives any value's exact bytes.
+    `header_bytes` gives any value's exact bytes. `chunks` is the body as it travels: one chunk per
+    body message (a test gives them to stream a body; a result shows what each chunk became).
     """
 
     headers: tuple[Pair, ...]
     body: bytes = b""
+    trailers: tuple[Pair, ...] = ()
+    chunks: tuple[bytes, ...] = ()
 
     def header(self, name: str) -> str | None:
         """The first value of `name`, or None."""
@@ -76,12 +101,21 @@ class Message:
         value = self.header(name)
         return None if value is None else value_bytes(value)
 
+    def trailer(self, name: str) -> str | None:
+        wanted = name.lower()
+        return next((value for key, value in self.trailers if key == wanted), None)
+
     @property
     def text(self) -> str:
         return self.body.decode()
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+    @property
+    def body_chunks(self) -> tuple[bytes, ...]:
+        """The body as Envoy streams it: the given chunks, else the body as one chunk."""
+        return self.chunks or ((self.body,) if self.body else ())
 
 
 @dataclass(frozen=True)
@@ -143,15 +177,25 @@ def _value(value: HeaderValueLike) -> str:
     return value_text(value) if isinstance(value, bytes) else str(value)
 
 
-def _body(body: BodyLike, json_body: Any) -> tuple[bytes, str | None]:
+def _body(body: BodyLike, json_body: Any, chunks: Sequence[str | bytes] | None) -> tuple[bytes, str | None]:
     """The body bytes and, for JSON given as data, the content-type it implies."""
+    if sum(given is not None for given in (body, json_body, chunks)) > 1:
+        raise ValueError("give one of body, json_body and chunks")
     if json_body is not None:
-        if body is not None:
-            raise ValueError("give either body or json_body, not both")
         return json.dumps(json_body).encode(), "application/json"
+    if chunks is not None:
+        return b"".join(_chunk_bytes(chunks)), None
     if body is None:
         return b"", None
     return (body.encode() if isinstance(body, str) else bytes(body)), None
+
+
+def _chunk_bytes(chunks: Sequence[str | bytes] | None) -> tuple[bytes, ...]:
+    if chunks is None:
+        return ()
+    if isinstance(chunks, (str, bytes)) or not all(isinstance(chunk, (str, bytes)) for chunk in chunks):
+        raise ValueError("chunks must be a list of strings or bytes")
+    return tuple(chunk.encode() if isinstance(chunk, str) else bytes(chunk) for chunk in chunks)
 
 
 def request(
@@ -164,33 +208,48 @@ def request(
     authority: str = "example.com",
     scheme: str = "http",
     attributes: Mapping[str, Any] | None = None,
+    chunks: Sequence[str | bytes] | None = None,
+    trailers: HeadersLike | None = None,
 ) -> HttpRequest:
-    """A client request as Envoy would pass it on: pseudo-headers first, content-length when there is a body."""
-    data, content_type = _body(body, json_body)
+    """A client request as Envoy would pass it on: pseudo-headers first, content-length when there is a body
+    (not for `chunks`: a streamed body is sent chunked). `chunks` streams the body in these pieces."""
+    data, content_type = _body(body, json_body, chunks)
     extra = _pairs(headers)
     names = {name for name, _ in extra}
     pairs = [(":authority", authority), (":path", path), (":method", method.upper()), (":scheme", scheme)]
     pairs.extend(extra)
     if content_type is not None and "content-type" not in names:
         pairs.append(("content-type", content_type))
-    if data and "content-length" not in names:
+    if data and chunks is None and "content-length" not in names:
         pairs.append(("content-length", str(len(data))))
-    return HttpRequest(tuple(pairs), data, dict(attributes or {"source.address": "127.0.0.1:40000"}))
+    return HttpRequest(
+        tuple(pairs),
+        data,
+        tuple(_pairs(trailers)),
+        _chunk_bytes(chunks),
+        dict(attributes or {"source.address": "127.0.0.1:40000"}),
+    )
 
 
 def response(
-    status: int = 200, headers: HeadersLike | None = None, body: BodyLike = None, *, json_body: Any = None
+    status: int = 200,
+    headers: HeadersLike | None = None,
+    body: BodyLike = None,
+    *,
+    json_body: Any = None,
+    chunks: Sequence[str | bytes] | None = None,
+    trailers: HeadersLike | None = None,
 ) -> HttpResponse:
-    """An upstream response; content-length is added when there is a body."""
-    data, content_type = _body(body, json_body)
+    """An upstream response; content-length is added when there is a body (not for `chunks`)."""
+    data, content_type = _body(body, json_body, chunks)
     extra = _pairs(headers)
     names = {name for name, _ in extra}
     pairs = [(":status", str(status)), *extra]
     if content_type is not None and "content-type" not in names:
         pairs.append(("content-type", content_type))
-    if data and "content-length" not in names:
+    if data and chunks is None and "content-length" not in names:
         pairs.append(("content-length", str(len(data))))
-    return HttpResponse(tuple(pairs), data)
+    return HttpResponse(tuple(pairs), data, tuple(_pairs(trailers)), _chunk_bytes(chunks))
 
 
 # --- the Envoy stand-in -------------------------------------------------------------------------
@@ -233,10 +292,13 @@ def _apply_common(pairs: list[Pair], body: bytes, common: Any) -> tuple[list[Pai
         pairs = _apply_mutation(pairs, common.header_mutation)
     if common.HasField("body_mutation"):
         mutation = common.body_mutation
-        if mutation.WhichOneof("mutation") == "body":
+        kind = mutation.WhichOneof("mutation")
+        if kind == "body":
             body = mutation.body
-        elif mutation.clear_body:
+        elif kind == "clear_body" and mutation.clear_body:
             body = b""
+        elif kind == "streamed_response":
+            body = mutation.streamed_response.body
     return pairs, body
 
 
@@ -249,17 +311,32 @@ class _Modes:
     """The processing mode in force for one stream, as Envoy tracks it (defaults: headers only)."""
 
     def __init__(self) -> None:
-        self.request_body = False
+        self.request_body: ProcessingMode.BodySendMode.ValueType = ProcessingMode.NONE
         self.response_headers = True
-        self.response_body = False
+        self.response_body: ProcessingMode.BodySendMode.ValueType = ProcessingMode.NONE
+        self.request_trailers = False
+        self.response_trailers = False
 
     def override(self, reply: Any) -> None:
         if not reply.HasField("mode_override"):
             return
         mode = reply.mode_override
-        self.request_body = mode.request_body_mode != ProcessingMode.NONE
+        self.request_body = mode.request_body_mode
         self.response_headers = mode.response_header_mode != ProcessingMode.SKIP
-        self.response_body = mode.response_body_mode != ProcessingMode.NONE
+        self.response_body = mode.response_body_mode
+        self.request_trailers = mode.request_trailer_mode == ProcessingMode.SEND
+        self.response_trailers = mode.response_trailer_mode == ProcessingMode.SEND
+
+
+class _ImmediateSent(ExtprocError):
+    """Ends an exchange early: the server answered with an immediate response."""
+
+    def __init__(self, reply: Any) -> None:
+        super().__init__("immediate response")
+        self.reply = reply
+
+
+_BODY_FIELDS = {True: ("request_body", "request_trailers"), False: ("response_body", "response_trailers")}
 
 
 def exchange(plugins: PluginSet, req: HttpRequest, resp: HttpResponse | None = None) -> Result:
@@ -274,52 +351,84 @@ async def exchange_async(plugins: PluginSet, req: HttpRequest, resp: HttpRespons
     phases: list[str] = []
     metadata: dict[str, Any] = {}
 
-    async def send(message: ep.ProcessingRequest) -> ep.ProcessingResponse:
+    async def send(message: ep.ProcessingRequest) -> list[ep.ProcessingResponse]:
         phases.append(str(message.WhichOneof("request")))
-        reply = await stream.handle(message)
-        if reply.HasField("dynamic_metadata"):
-            metadata.update(envoy.struct_to_dict(reply.dynamic_metadata).get(envoy.METADATA_NAMESPACE, {}))
-        modes.override(reply)
-        return reply
+        answer = await stream.handle(message)
+        replies = list(answer) if isinstance(answer, tuple) else [answer]
+        for reply in replies:
+            if reply.HasField("dynamic_metadata"):
+                metadata.update(envoy.struct_to_dict(reply.dynamic_metadata).get(envoy.METADATA_NAMESPACE, {}))
+            if reply.HasField("immediate_response"):
+                raise _ImmediateSent(reply.immediate_response)
+            modes.override(reply)
+        return replies
 
-    def finish(immediate: Any, upstream: HttpRequest | None) -> Result:
-        return Result(upstream, _immediate(immediate), True, immediate.details, metadata, tuple(phases))
+    async def message_body(
+        is_request: bool, pairs: list[Pair], message: Message, mode: ProcessingMode.BodySendMode.ValueType
+    ) -> tuple[list[Pair], tuple[bytes, ...]]:
+        """What Envoy does with a body in `mode`: the headers and the body's chunks as they go on."""
+        field, _ = _BODY_FIELDS[is_request]
+        chunks = message.body_chunks
+        if mode == ProcessingMode.NONE or not chunks:
+            return pairs, chunks
+        if mode in (ProcessingMode.BUFFERED, ProcessingMode.BUFFERED_PARTIAL):
+            chunks = (message.body,)
+        sent: list[bytes] = []
+        for index, chunk in enumerate(chunks):
+            last = index == len(chunks) - 1 and not message.trailers
+            [reply] = await send(ep.ProcessingRequest(**{field: ep.HttpBody(body=chunk, end_of_stream=last)}))
+            pairs, new_chunk = _apply_common(pairs, chunk, getattr(reply, field).response)
+            sent.append(new_chunk)
+        return pairs, tuple(sent)
+
+    async def message_trailers(is_request: bool, message: Message, wanted: bool) -> tuple[Pair, ...]:
+        _, field = _BODY_FIELDS[is_request]
+        if not message.trailers or not wanted:
+            return message.trailers
+        replies = await send(ep.ProcessingRequest(**{field: ep.HttpTrailers(trailers=_header_map(message.trailers))}))
+        # Under FULL_DUPLEX_STREAMED a body may come first; the trailers' own reply is the last.
+        common = ep.CommonResponse(header_mutation=getattr(replies[-1], field).header_mutation)
+        pairs, _ = _apply_common(list(message.trailers), b"", common)
+        return tuple(pairs)
 
     attributes = struct_pb2.Struct()
     attributes.update(dict(req.attributes))
-    headers_message = ep.ProcessingRequest(
-        request_headers=ep.HttpHeaders(headers=_header_map(req.headers), end_of_stream=not req.body),
-        attributes={_ATTRIBUTES_FILTER: attributes},
-    )
-    reply = await send(headers_message)
-    if reply.HasField("immediate_response"):
-        return finish(reply.immediate_response, None)
-    pairs, body = _apply_common(list(req.headers), req.body, reply.request_headers.response)
-    if req.body and modes.request_body:
-        reply = await send(ep.ProcessingRequest(request_body=ep.HttpBody(body=body, end_of_stream=True)))
-        if reply.HasField("immediate_response"):
-            return finish(reply.immediate_response, None)
-        pairs, body = _apply_common(pairs, body, reply.request_body.response)
-    upstream = HttpRequest(tuple(pairs), body, req.attributes)
-    if resp is None:
-        return Result(upstream, None, False, "", metadata, tuple(phases))
-
-    pairs, body = list(resp.headers), resp.body
-    if modes.response_headers:
-        reply = await send(
+    upstream: HttpRequest | None = None
+    try:
+        [reply] = await send(
             ep.ProcessingRequest(
-                response_headers=ep.HttpHeaders(headers=_header_map(pairs), end_of_stream=not resp.body)
+                request_headers=ep.HttpHeaders(
+                    headers=_header_map(req.headers), end_of_stream=not req.body_chunks and not req.trailers
+                ),
+                attributes={_ATTRIBUTES_FILTER: attributes},
             )
         )
-        if reply.HasField("immediate_response"):
-            return finish(reply.immediate_response, upstream)
-        pairs, body = _apply_common(pairs, body, reply.response_headers.response)
-        if resp.body and modes.response_body:
-            reply = await send(ep.ProcessingRequest(response_body=ep.HttpBody(body=body, end_of_stream=True)))
-            if reply.HasField("immediate_response"):
-                return finish(reply.immediate_response, upstream)
-            pairs, body = _apply_common(pairs, body, reply.response_body.response)
-    return Result(upstream, HttpResponse(tuple(pairs), body), False, "", metadata, tuple(phases))
+        pairs, _ = _apply_common(list(req.headers), b"", reply.request_headers.response)
+        pairs, chunks = await message_body(True, pairs, req, modes.request_body)
+        trailers = await message_trailers(True, req, modes.request_trailers)
+        upstream = HttpRequest(tuple(pairs), b"".join(chunks), trailers, chunks, req.attributes)
+        if resp is None:
+            return Result(upstream, None, False, "", metadata, tuple(phases))
+        pairs = list(resp.headers)
+        chunks = resp.body_chunks
+        trailers = resp.trailers
+        if modes.response_headers:
+            [reply] = await send(
+                ep.ProcessingRequest(
+                    response_headers=ep.HttpHeaders(
+                        headers=_header_map(pairs), end_of_stream=not chunks and not resp.trailers
+                    )
+                )
+            )
+            pairs, _ = _apply_common(pairs, b"", reply.response_headers.response)
+            pairs, chunks = await message_body(False, pairs, resp, modes.response_body)
+            trailers = await message_trailers(False, resp, modes.response_trailers)
+    except _ImmediateSent as sent:
+        immediate = sent.reply
+        return Result(upstream, _immediate(immediate), True, immediate.details, metadata, tuple(phases))
+    return Result(
+        upstream, HttpResponse(tuple(pairs), b"".join(chunks), trailers, chunks), False, "", metadata, tuple(phases)
+    )
 
 
 # --- the harness ----------------------------------------------------------------------------------
@@ -385,10 +494,10 @@ class PluginHarness:
 # --- CASES.yaml -----------------------------------------------------------------------------------
 
 CASE_KEYS = ("name", "request", "response", "expect")
-REQUEST_KEYS = ("method", "path", "headers", "body", "json", "authority", "scheme", "attributes")
-RESPONSE_KEYS = ("status", "headers", "body", "json")
+REQUEST_KEYS = ("method", "path", "headers", "body", "json", "chunks", "trailers", "authority", "scheme", "attributes")
+RESPONSE_KEYS = ("status", "headers", "body", "json", "chunks", "trailers")
 EXPECT_KEYS = ("immediate", "status", "details", "upstream", "response", "metadata")
-MESSAGE_EXPECT_KEYS = ("method", "path", "headers", "body", "json")
+MESSAGE_EXPECT_KEYS = ("method", "path", "headers", "body", "json", "chunks", "trailers")
 
 
 class CasesError(ExtprocError, ValueError):
@@ -486,12 +595,19 @@ def _case(path: Path, key: str, value: object) -> Case:
             authority=str(req.get("authority", "example.com")),
             scheme=str(req.get("scheme", "http")),
             attributes=req.get("attributes"),
+            chunks=req.get("chunks"),
+            trailers=req.get("trailers"),
         )
         http_response = None
         if item.get("response") is not None:
             resp = _cases_mapping(path, f"{key}.response", item["response"], RESPONSE_KEYS)
             http_response = response(
-                int(resp.get("status", 200)), resp.get("headers"), resp.get("body"), json_body=resp.get("json")
+                int(resp.get("status", 200)),
+                resp.get("headers"),
+                resp.get("body"),
+                json_body=resp.get("json"),
+                chunks=resp.get("chunks"),
+                trailers=resp.get("trailers"),
             )
     except (TypeError, ValueError, AttributeError) as exc:
         raise CasesError(path, key, f"invalid request or response: {exc}") from None
@@ -526,16 +642,21 @@ def _check_message(side: str, expect: Mapping[str, Any], message: Message) -> li
     for pseudo in ("method", "path"):
         if pseudo in expect and expect[pseudo] != message.header(f":{pseudo}"):
             problems.append(f"{side}.{pseudo}: expected {expect[pseudo]!r}, got {message.header(f':{pseudo}')!r}")
-    for name, wanted in (expect.get("headers") or {}).items():
-        values = message.header_values(name)
-        if wanted is None:
-            if values:
-                problems.append(f"{side}.headers.{name}: expected absent, got {_shown(values)}")
-        elif isinstance(wanted, list):
-            if values != [str(v) for v in wanted]:
-                problems.append(f"{side}.headers.{name}: expected {wanted!r}, got {_shown(values)}")
-        elif values != [str(wanted)]:
-            problems.append(f"{side}.headers.{name}: expected {str(wanted)!r}, got {_shown(values)}")
+    for part, pairs in (("headers", message.headers), ("trailers", message.trailers)):
+        for name, wanted in (expect.get(part) or {}).items():
+            values = [value for key, value in pairs if key == name.lower()]
+            if wanted is None:
+                if values:
+                    problems.append(f"{side}.{part}.{name}: expected absent, got {_shown(values)}")
+            elif isinstance(wanted, list):
+                if values != [str(v) for v in wanted]:
+                    problems.append(f"{side}.{part}.{name}: expected {wanted!r}, got {_shown(values)}")
+            elif values != [str(wanted)]:
+                problems.append(f"{side}.{part}.{name}: expected {str(wanted)!r}, got {_shown(values)}")
+    if "chunks" in expect:
+        chunks = [chunk.decode("utf-8", errors="replace") for chunk in message.body_chunks]
+        if [str(chunk) for chunk in expect["chunks"]] != chunks:
+            problems.append(_diff(f"{side}.chunks", [str(chunk) for chunk in expect["chunks"]], chunks))
     if "body" in expect:
         text = message.body.decode("utf-8", errors="replace")
         if str(expect["body"]) != text:

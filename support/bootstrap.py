@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from extproc.deploy.envoy_config import HCM_STAT_PREFIX, connection_manager
-from extproc.envoy import METADATA_NAMESPACE
+from extproc.deploy.envoy_config import HCM_STAT_PREFIX, access_log, connection_manager
+from extproc.envoy import METADATA_NAMESPACE, ROUTE_METADATA_ATTRIBUTE
 
 EXT_PROC_FILTER_NAME = "envoy.filters.http.ext_proc"
 # Stats of the ext_proc filter live under http.<HCM stat_prefix>.ext_proc.<filter stat_prefix>.
@@ -41,12 +41,14 @@ def _duration(ms: int) -> str:
     return f"{ms // 1000}.{ms % 1000:03d}s"
 
 
-def _static_cluster(name: str, port: int, protocol_options: dict[str, Any]) -> dict[str, Any]:
+def _static_cluster(
+    name: str, port: int, protocol_options: dict[str, Any], buffer_limit: int = BUFFER_LIMIT_BYTES
+) -> dict[str, Any]:
     return {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "5s",
-        "per_connection_buffer_limit_bytes": BUFFER_LIMIT_BYTES,
+        "per_connection_buffer_limit_bytes": buffer_limit,
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -141,13 +143,24 @@ def render_bootstrap(
     extproc_cluster: Mapping[str, Any] | None = None,
     allow_all_routing: bool = True,
     otlp_collector_port: int | None = None,
+    upstream_http2: bool = False,
+    route_metadata: Mapping[str, Any] | None = None,
+    buffer_limit_bytes: int = BUFFER_LIMIT_BYTES,
+    send_body_without_waiting: bool = False,
+    plugin_outcomes: bool = False,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap: listener -> ext_proc -> router -> the echo upstream.
+
+    ``upstream_http2`` speaks HTTP/2 to the upstream (a gRPC server). ``route_metadata`` becomes the catch-all
+    route's ``filter_metadata``, which the filter sends as the ``xds.route_metadata`` attribute.
+    ``buffer_limit_bytes`` bounds Envoy's buffers of the listener and the upstream, and so the size of
+    a streamed body's chunks.
 
     Trailer modes default as in :func:`render_ext_proc_filter`. ``extproc_cluster`` keys replace or add
     to those of the ext_proc cluster (health checks, TLS, several endpoints). ``allow_all_routing`` False
     leaves the filter's ``mutation_rules`` out. With ``otlp_collector_port``, Envoy traces every request
-    with its OpenTelemetry tracer and exports the spans over OTLP/gRPC to that loopback port.
+    with its OpenTelemetry tracer and exports the spans over OTLP/gRPC to that loopback port. With
+    ``plugin_outcomes``, the access log shows each plugin call's outcome (server.outcome_metadata).
     """
     if isinstance(per_route_disabled_prefixes, str):
         # A bare string would otherwise be iterated character by character.
@@ -160,6 +173,8 @@ def render_bootstrap(
         *({"match": {"prefix": prefix}, "route": {"cluster": "upstream"}} for prefix in per_route_disabled_prefixes),
         {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}},
     ]
+    if route_metadata is not None:
+        routes[-1]["metadata"] = {"filter_metadata": dict(route_metadata)}
     if per_route_disabled_prefixes:
         # Any per-route config of the filter switches a default-disabled filter on; empty overrides change nothing else.
         routes[-1]["typed_per_filter_config"] = {EXT_PROC_FILTER_NAME: {"@type": _TYPE + _PER_ROUTE, "overrides": {}}}
@@ -179,11 +194,20 @@ def render_bootstrap(
             allow_all_routing=allow_all_routing,
         ),
     }
+    if route_metadata is not None:
+        ext_proc["typed_config"]["request_attributes"].append(ROUTE_METADATA_ATTRIBUTE)
+    if send_body_without_waiting:
+        ext_proc["typed_config"]["send_body_without_waiting_for_header_response"] = True
     if per_route_disabled_prefixes:
         ext_proc["disabled"] = True
-    manager = connection_manager("e2e", routes, [ext_proc])
+    manager = connection_manager("e2e", routes, [ext_proc], access_log(plugin_outcomes=plugin_outcomes))
     clusters = [
-        _static_cluster("upstream", upstream_port, {"http_protocol_options": {}}),
+        _static_cluster(
+            "upstream",
+            upstream_port,
+            {"http2_protocol_options": {}} if upstream_http2 else {"http_protocol_options": {}},
+            buffer_limit_bytes,
+        ),
         # gRPC needs HTTP/2 to the ext_proc server.
         {
             **_static_cluster("extproc", extproc_port, {"http2_protocol_options": {}}),
@@ -224,7 +248,7 @@ def render_bootstrap(
                 {
                     "name": "main",
                     "address": _socket_address(listen_port),
-                    "per_connection_buffer_limit_bytes": BUFFER_LIMIT_BYTES,
+                    "per_connection_buffer_limit_bytes": buffer_limit_bytes,
                     "filter_chains": [
                         {
                             "filters": [

@@ -12,7 +12,7 @@ from typing import Any
 import extism
 import pytest
 
-from extproc.chain import Exchange
+from extproc.chain import REQUEST, RESPONSE, Exchange, Flow, Side, SidePlan
 from extproc.config import BreakerConfig
 from extproc.errors import FailureKind, PluginCallError
 from extproc.headers import HeaderList
@@ -132,11 +132,13 @@ def test_failed_attempts_are_counted_apart_from_the_calls_they_belong_to(
         return runner.invoke(instance, export, failing if failed else data, *rest)
 
     monkeypatch.setattr(loader, "invoke", first_attempt_traps)
-    exchange = Exchange(Selection.of((plugin,)), HeaderList([(":path", "/")]), {}, {})
+    request = Side(SidePlan(REQUEST, Flow.NONE, False, False), HeaderList([(":path", "/")]), False)
+    response = Side(SidePlan(RESPONSE, Flow.NONE, False, False), None, False)
+    exchange = Exchange(Selection.of((plugin,)), request, response, {}, {}, None)
 
     async def two_calls() -> None:
         assert await exchange.run(Phase.REQUEST_HEADERS) is None  # the retry succeeded
-        exchange.request = HeaderList([(":path", "/"), ("x-fail", "1")])
+        request.headers = HeaderList([(":path", "/"), ("x-fail", "1")])
         assert await exchange.run(Phase.REQUEST_HEADERS) is plugin.failure_reply  # both attempts trapped
 
     asyncio.run(two_calls())

@@ -245,3 +245,70 @@ def test_durations_are_read_exactly(tmp_path: Path, timeout: object, ms: int) ->
     envoy = tmp_path / "envoy.yaml"
     envoy.write_text(envoy_fragment(message_timeout=timeout))
     assert [found.message_timeout_ms for found in ec.read_filter_timeouts(envoy)] == [ms]
+
+
+BODY_MEMORY_CASES = {
+    # (server settings, the plugin's entry, whether check warns)
+    "body-plugin-below-the-need": ("", "path: transform.wasm\n    memory_limit_mb: 39", True),
+    "body-plugin-default": ("", "path: transform.wasm", False),
+    "body-plugin-at-the-need": ("", "path: transform.wasm\n    memory_limit_mb: 40", False),
+    "smaller-bodies-need-less": (
+        "server: {max_body_bytes: 1048576}\n",
+        "path: transform.wasm\n    memory_limit_mb: 12",
+        False,
+    ),
+    "header-plugin": (
+        "",
+        "path: transform.wasm\n    memory_limit_mb: 1\n    execution_points: [request_headers]",
+        False,
+    ),
+    "generate-response-with-the-body": (
+        "",
+        "path: echo.wasm\n    memory_limit_mb: 16\n    execution_points: [request_body]",
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize(("server", "entry", "warns"), BODY_MEMORY_CASES.values(), ids=BODY_MEMORY_CASES)
+def test_a_body_plugin_with_too_little_memory_for_max_body_bytes_warns(
+    workdir: Path, capsys: pytest.CaptureFixture[str], server: str, entry: str, warns: bool
+) -> None:
+    code, out, err = run_check(
+        workdir, f"{server}plugins:\n  - name: other\n    path: scripted.wasm\n  - name: body\n    {entry}\n", capsys
+    )
+    assert code == 0, err
+    assert "ok, 2 plugin(s)" in out
+    if not warns:
+        assert "warning" not in err
+        return
+    assert "extproc: warning: plugins[1].memory_limit_mb (body) is" in err
+    assert "four times the body plus 8 MiB, 40 MiB" in err
+
+
+def test_a_candidate_is_listed_under_its_plugin(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = """
+plugins:
+  - name: hdr
+    path: scripted.wasm
+    execution_points: [request_headers]
+    candidate: {path: transform.wasm, mode: canary, fraction: 0.05}
+"""
+    code, out, err = run_check(workdir, text, capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith("  hdr: "))
+    assert lines[index + 1].startswith(f"    candidate (canary, fraction 0.05): {workdir / 'transform.wasm'} sha256:")
+    assert lines[index + 1].endswith("calls: process_request_headers")
+
+
+def test_a_candidate_that_does_not_load_fails_the_check(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = """
+plugins:
+  - name: hdr
+    path: scripted.wasm
+    candidate: {path: not-wasm.wasm, fraction: 0.5}
+"""
+    code, _, err = run_check(workdir, text, capsys)
+    assert code == 1
+    assert f"plugin 'hdr' ({workdir / 'not-wasm.wasm'}): not a WebAssembly module" in err

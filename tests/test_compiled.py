@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPILED = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["extproc"]["compiled"]
 TESTS = [
     "tests/test_grpc_stream.py",
+    "tests/test_streaming.py",
     "tests/test_declared_phases.py",
     "tests/test_contract.py",
     "tests/test_headers.py",

@@ -9,13 +9,16 @@ from hypothesis import strategies as st
 
 from extproc.config import (
     MAX_CONFIG_BYTES,
+    CandidateConfig,
     Config,
     ConfigError,
     Encoding,
+    FailurePolicy,
     HeaderRule,
     ListenAddress,
     MatchRules,
     PluginConfig,
+    RolloutMode,
     ServerConfig,
     TlsConfig,
     load_config,
@@ -128,9 +131,31 @@ def test_defaults(tmp_path: Path, wasm_dir: Path) -> None:
     assert plugin.config == {}
     assert plugin.enabled is True
     assert plugin.execution_points is None
-    assert (plugin.timeout_ms, plugin.memory_limit_mb, plugin.pool_size) == (100, 16, None)
+    assert (plugin.timeout_ms, plugin.memory_limit_mb, plugin.pool_size) == (100, None, None)
+    assert plugin.memory_limit(config.server.max_body_bytes) == 40
     assert plugin.encoding is Encoding.JSON
     assert plugin.match.is_empty
+
+
+@pytest.mark.parametrize(
+    ("max_body_bytes", "memory_limit_mb", "limit"),
+    [
+        (8 * 1024 * 1024, None, 40),  # the defaults: four times the body plus 8 MiB
+        (1, None, 12),  # a body under a MiB counts as one
+        (1024 * 1024 + 1, None, 16),
+        (64 * 1024 * 1024, None, 264),
+        (64 * 1024 * 1024, 16, 16),  # what the plugin's entry says wins, even when it is too small
+    ],
+)
+def test_memory_limit_defaults_to_room_for_the_largest_body(
+    tmp_path: Path, wasm_dir: Path, max_body_bytes: int, memory_limit_mb: int | None, limit: int
+) -> None:
+    entry = "{name: a, path: plugins/a.wasm" + (
+        "" if memory_limit_mb is None else f", memory_limit_mb: {memory_limit_mb}"
+    )
+    text = f"server: {{max_body_bytes: {max_body_bytes}}}\nplugins:\n  - {entry}}}\n"
+    config = load_config(write(tmp_path, text))
+    assert config.plugins[0].memory_limit(config.server.max_body_bytes) == limit
 
 
 def test_null_means_default(tmp_path: Path, wasm_dir: Path) -> None:
@@ -545,7 +570,103 @@ BAD = [
         "plugins[0].max_http_response_bytes",
         "must be a positive integer",
     ),
+    ("candidate not a mapping", plugin("candidate: b.wasm\n"), "plugins[0].candidate", "must be a mapping"),
+    ("candidate without path", plugin("candidate: {fraction: 0.1}\n"), "plugins[0].candidate.path", "required"),
+    (
+        "candidate without fraction",
+        plugin("candidate: {path: plugins/b.wasm}\n"),
+        "plugins[0].candidate.fraction",
+        "required key is missing",
+    ),
+    (
+        "candidate file missing",
+        plugin("candidate: {path: plugins/v2.wasm, fraction: 0.1}\n"),
+        "plugins[0].candidate.path",
+        "file not found",
+    ),
+    (
+        "candidate fraction above 1",
+        plugin("candidate: {path: plugins/b.wasm, fraction: 10}\n"),
+        "plugins[0].candidate.fraction",
+        "must be a number from 0 to 1, got 10",
+    ),
+    (
+        "candidate fraction as percent string",
+        plugin("candidate: {path: plugins/b.wasm, fraction: '10%'}\n"),
+        "plugins[0].candidate.fraction",
+        "must be a number from 0 to 1, got '10%'",
+    ),
+    (
+        "candidate mode misspelt",
+        plugin("candidate: {path: plugins/b.wasm, fraction: 0.1, mode: canery}\n"),
+        "plugins[0].candidate.mode",
+        "must be one of shadow, canary, got 'canery'; did you mean 'canary'?",
+    ),
+    (
+        "candidate key misspelt",
+        plugin("candidate: {path: plugins/b.wasm, fraction: 0.1, key_heder: x-user}\n"),
+        "plugins[0].candidate.key_heder",
+        "did you mean 'key_header'?",
+    ),
+    (
+        "shadow with a failure policy",
+        plugin("candidate: {path: plugins/b.wasm, fraction: 0.1, on_error: fail_open}\n"),
+        "plugins[0].candidate.on_error",
+        "applies only to mode 'canary': a shadow never serves a request",
+    ),
+    (
+        "shadow with a key header",
+        plugin("candidate: {path: plugins/b.wasm, fraction: 0.1, mode: shadow, key_header: x-user}\n"),
+        "plugins[0].candidate.key_header",
+        "applies only to mode 'canary'",
+    ),
+    (
+        "canary key header not a name",
+        plugin("candidate: {path: plugins/b.wasm, fraction: 0.1, mode: canary, key_header: 'x user'}\n"),
+        "plugins[0].candidate.key_header",
+        "must be an HTTP header name, got 'x user'",
+    ),
+    (
+        "candidate zero timeout",
+        plugin("candidate: {path: plugins/b.wasm, fraction: 0.1, timeout_ms: 0}\n"),
+        "plugins[0].candidate.timeout_ms",
+        "must be a positive integer, got 0",
+    ),
+    (
+        "candidate breaker key misspelt",
+        plugin("candidate: {path: plugins/b.wasm, fraction: 0.1, circuit_breaker: {failure: 1}}\n"),
+        "plugins[0].candidate.circuit_breaker.failure",
+        "did you mean 'failures'",
+    ),
+    (
+        "outcome metadata not a boolean",
+        "server: {outcome_metadata: 'yes'}\nplugins: []\n",
+        "server.outcome_metadata",
+        "must be true or false, got 'yes'",
+    ),
 ]
+
+
+def test_a_candidate_takes_the_live_settings_it_does_not_set(tmp_path: Path, wasm_dir: Path) -> None:
+    text = plugin(
+        "candidate:\n"
+        "  path: plugins/b.wasm\n"
+        "  mode: canary\n"
+        "  fraction: 0.25\n"
+        "  key_header: X-User\n"
+        "  on_error: fail_open\n"
+        "  config: {greeting: hi}\n"
+    )
+    candidate = load_config(write(tmp_path, text)).plugins[0].candidate
+    assert candidate == CandidateConfig(
+        path=wasm_dir / "b.wasm",
+        fraction=0.25,
+        mode=RolloutMode.CANARY,
+        config={"greeting": "hi"},
+        key_header="x-user",
+        on_error=FailurePolicy.FAIL_OPEN,
+    )
+    assert load_config(write(tmp_path, plugin())).plugins[0].candidate is None
 
 
 @pytest.mark.parametrize(("text", "key", "fragment"), [case[1:] for case in BAD], ids=[case[0] for case in BAD])

@@ -23,6 +23,7 @@ SECTIONS: dict[str, str] = {
     "server.tls": "_TLS_KEYS",
     "plugins": "_PLUGIN_KEYS",
     "circuit_breaker": "_BREAKER_KEYS",
+    "candidate": "_CANDIDATE_KEYS",
     "match": "_MATCH_KEYS",
     "match.headers": "_HEADER_RULE_KEYS",
     "state": "_STATE_KEYS",

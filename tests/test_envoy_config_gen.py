@@ -16,7 +16,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from google.protobuf import json_format
 
 from extproc import cli
-from extproc.config import Config, parse_config
+from extproc.config import Config, ConfigError, parse_config
 from extproc.deploy import envoy_config as ec
 from extproc.deploy.demo import DemoPorts, demo_bootstrap
 from support.envoy import envoy_argv, envoy_validate
@@ -205,6 +205,58 @@ def test_processing_mode_is_what_the_plugins_export(
     keys = ("request_header_mode", "response_header_mode", "request_body_mode", "response_body_mode")
     assert tuple(got[k] for k in keys) == mode
     assert (got["request_trailer_mode"], got["response_trailer_mode"]) == ("SKIP", "SKIP")
+
+
+@pytest.mark.parametrize(
+    ("plugins", "modes"),
+    [
+        # Chunk plugins only: the bodies stream, trailers are sent for the plugin that reads them.
+        ([{}], ("STREAMED", "STREAMED", "SEND", "SEND")),
+        # A whole-body plugin beside them buffers that direction (chunk plugins then see one last chunk).
+        (
+            [{"execution_points": ["response_body_chunk"]}, {"wasm": "transform.wasm", "name": "t"}],
+            ("BUFFERED", "BUFFERED", "SKIP", "SKIP"),
+        ),
+        ([{"execution_points": ["request_body_chunk"]}], ("STREAMED", "NONE", "SKIP", "SKIP")),
+    ],
+    ids=["chunks-and-trailers", "whole-beside-chunks", "request-chunks-only"],
+)
+def test_streaming_plugins_get_streamed_bodies_and_trailers(
+    plugin_dir: Path, tmp_path: Path, plugins: list[dict[str, Any]], modes: tuple[str, ...]
+) -> None:
+    entries = [
+        plugin(plugin_dir / fields.pop("wasm", "stream.wasm"), **{"name": f"p{i}", **fields})
+        for i, fields in enumerate(dict(p) for p in plugins)
+    ]
+    config = make_config(tmp_path, *entries)
+    got = ec.ext_proc_filter(config, ec.phase_needs(config), options())["typed_config"]["processing_mode"]
+    keys = ("request_body_mode", "response_body_mode", "request_trailer_mode", "response_trailer_mode")
+    assert tuple(got[k] for k in keys) == modes
+
+
+def test_route_values_become_route_metadata_ahead_of_the_plan(plugin_dir: Path, tmp_path: Path) -> None:
+    config = make_config(tmp_path, plugin(plugin_dir / "echo.wasm", name="echo", match={"path_prefix": "/api"}))
+    values = (
+        ec.RouteValues.parse('/api/gold={"echo": {"tier": "gold"}}', ["echo"]),
+        ec.RouteValues.parse('/api/gold/vip={"echo": {"tier": "vip"}}', ["echo"]),
+    )
+    document = ec.bootstrap(config, ec.phase_needs(config), options(route_values=values), PROXY)
+    assert_valid(tmp_path, document)
+    routes = vhost_routes(document)
+    # The longest prefix first, then the plan's routes.
+    assert [r["match"].get("prefix") for r in routes] == ["/api/gold/vip", "/api/gold", "/api", "/"]
+    assert routes[0]["metadata"] == {"filter_metadata": {"extproc": {"echo": {"tier": "vip"}}}}
+    assert "xds.route_metadata" in ext_proc_typed_config(document)["request_attributes"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["api={}", "/api", "/api=[1]", '/api={"echo": 1}', '/api={"nobody": {}}', "/api={not json"],
+    ids=["no-slash", "no-json", "not-object", "value-not-object", "unknown-plugin", "bad-json"],
+)
+def test_bad_route_values_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="--route-values"):
+        ec.RouteValues.parse(text, ["echo"])
 
 
 def test_filter_matches_the_proto_and_carries_the_options(plugin_dir: Path, tmp_path: Path) -> None:
@@ -526,3 +578,38 @@ def test_unmatched_routes_never_open_a_stream(plugin_dir: Path, tmp_path: Path) 
                 assert (response.header("x-tagged") == "yes") is through, path
                 assert (response.header("server") == "plugin") is through, path
                 assert streams() - before == (1 if through else 0), path
+
+
+# --- plugin outcomes and candidates -------------------------------------------------------------------
+
+
+def access_log_format(document: dict[str, Any]) -> str:
+    hcm = document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    text: str = hcm["access_log"][0]["typed_config"]["log_format"]["text_format_source"]["inline_string"]
+    return text
+
+
+@pytest.mark.e2e
+def test_the_access_log_shows_plugin_outcomes_when_the_server_sends_them(plugin_dir: Path, tmp_path: Path) -> None:
+    wasm = plugin_dir / "transform.wasm"
+    quiet = make_config(tmp_path, plugin(wasm))
+    telling = make_config(tmp_path, plugin(wasm), server={"outcome_metadata": True})
+    shown = 'plugins="%DYNAMIC_METADATA(extproc:_outcomes)%"'
+    assert shown not in access_log_format(ec.bootstrap(quiet, ec.phase_needs(quiet), options(), PROXY))
+    document = ec.bootstrap(telling, ec.phase_needs(telling), options(), PROXY)
+    assert shown in access_log_format(document)
+    assert_valid(tmp_path, document)
+    # A fragment brings the access log along for the user's own connection manager.
+    assert ec.fragment(telling, ec.phase_needs(telling), options())["access_log"] == ec.access_log(plugin_outcomes=True)
+    assert "access_log" not in ec.fragment(quiet, ec.phase_needs(quiet), options())
+
+
+def test_envoy_is_asked_for_the_phases_a_canary_needs(plugin_dir: Path, tmp_path: Path) -> None:
+    live = plugin(plugin_dir / "flaky.wasm")  # request headers only
+    canary = dict(live, candidate={"path": str(plugin_dir / "transform.wasm"), "mode": "canary", "fraction": 0.1})
+    shadow = dict(live, candidate={"path": str(plugin_dir / "transform.wasm"), "fraction": 0.1})
+    with_canary = ec.phase_needs(make_config(tmp_path, canary))
+    assert (with_canary.request_body, with_canary.response_headers, with_canary.response_body) == (True, True, True)
+    # A shadow runs only in the phases of the live version, so it needs nothing more from Envoy.
+    with_shadow = ec.phase_needs(make_config(tmp_path, shadow))
+    assert (with_shadow.request_body, with_shadow.response_headers, with_shadow.response_body) == (False, False, False)

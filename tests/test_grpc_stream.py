@@ -106,11 +106,13 @@ def test_buffered_body_rewrite_fixes_content_length(connect: Any, plugin_dir: Pa
 
 
 def test_streamed_body_is_held_then_sent_whole(connect: Any, plugin_dir: Path) -> None:
+    """Envoy configured STREAMED (it says so in protocol_config): chunks are held for the whole-body plugin."""
     plugin = {"name": "t", "path": str(plugin_dir / "transform.wasm"), "config": {"suffix": "!"}}
     plugin["execution_points"] = ["request_body"]
+    streamed = ep.ProtocolConfiguration(request_body_mode=ProcessingMode.STREAMED)
     replies = exchange(
         connect(plugin),
-        headers(*REQUEST),
+        headers(*REQUEST, protocol_config=streamed),
         body(b"ab", end_of_stream=False),
         body(b"cd", end_of_stream=False),
         body(b"ef", end_of_stream=True),
@@ -134,7 +136,10 @@ def test_buffered_partial_overflow_passes_through(connect: Any, plugin_dir: Path
 def test_a_request_body_over_the_limit_is_413(connect: Any, plugin_dir: Path, chunks: list[bytes]) -> None:
     plugin = {"name": "t", "path": str(plugin_dir / "transform.wasm"), "execution_points": ["request_body"]}
     messages = [body(chunk, end_of_stream=i == len(chunks) - 1) for i, chunk in enumerate(chunks)]
-    replies = exchange(connect(plugin, max_body_bytes=4), headers(*REQUEST), *messages)
+    # Chunks come only when Envoy is configured to stream, and it says so.
+    mode = ProcessingMode.STREAMED if len(chunks) > 1 else ProcessingMode.BUFFERED
+    config = ep.ProtocolConfiguration(request_body_mode=mode)
+    replies = exchange(connect(plugin, max_body_bytes=4), headers(*REQUEST, protocol_config=config), *messages)
     assert replies[-1].immediate_response.status.code == 413
     assert replies[-1].immediate_response.details == "extproc_body_too_large"
 

@@ -381,6 +381,8 @@ def probe_wasm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
 def probe(wasm: Path, config: dict[str, Any], **settings: Any) -> Any:
     settings.setdefault("allowed_hosts", ["127.0.0.1"])
+    # Room for a loaded machine: these calls are about what the plugin sees, not about its time limit.
+    settings.setdefault("timeout_ms", 2000)
     # The Rust and C probes also export process_request_headers (their key-value checks).
     settings.setdefault("execution_points", ["generate_response"])
     with PluginHarness(wasm, config=config, **settings) as harness:
@@ -409,10 +411,10 @@ def test_the_sdk_sees_answers_and_failures_as_values(probe_wasm: Path, server: S
 
 
 def test_a_plugin_told_timeout_still_answers_within_its_own_timeout(probe_wasm: Path, server: Server) -> None:
-    started = time.monotonic()
-    # The call ends a tenth of timeout_ms before the plugin's deadline, so the plugin can act on it.
+    # The call ends a tenth of timeout_ms before the plugin's deadline, so the plugin can act on it: probe()
+    # checks it answered (200); had the call run to the deadline, Extism would have failed it (503).
     slow = probe(probe_wasm, {"url": server.url("/slow")}, timeout_ms=1000)
-    assert slow["error"] == "timeout" and time.monotonic() - started < 1.0
+    assert slow["error"] == "timeout"
     shorter = probe(probe_wasm, {"url": server.url("/slow"), "timeout_ms": 100}, timeout_ms=2000)
     assert shorter["error"] == "timeout"
 

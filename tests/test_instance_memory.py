@@ -14,6 +14,8 @@ from typing import Any
 
 import grpc
 import pytest
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
 from extproc.errors import FailureKind, PluginCallError
@@ -152,10 +154,11 @@ def test_a_server_gives_back_the_memory_of_large_calls(server_process: tuple[Man
 
     def rewrite(size: int) -> None:
         payload = b"y" * size
-        # In chunks, as Envoy streams a body: the server holds them and the plugin sees the whole.
+        # In chunks, as Envoy configured STREAMED sends a body: the server holds them and the plugin sees the whole.
         step = 256 * 1024
         chunks = [body(payload[at : at + step], end_of_stream=at + step >= size) for at in range(0, size, step)]
-        replies = exchange(stub, headers(*REQUEST), *chunks)
+        streamed = ep.ProtocolConfiguration(request_body_mode=ProcessingMode.STREAMED)
+        replies = exchange(stub, headers(*REQUEST, protocol_config=streamed), *chunks)
         assert replies[-1].request_body.response.body_mutation.body == payload + b"!"
 
     for _ in range(3):  # pooled instances, grpc and the codecs warmed up by calls under RECYCLE_AFTER_BYTES

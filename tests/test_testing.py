@@ -123,9 +123,26 @@ def test_cli_plugin_bench_reports_rate_latency_and_memory(tmp_path: Path) -> Non
     assert report["body_bytes"] == 4096
     assert report["calls"] > 0
     assert 0 < report["p50_us"] <= report["p99_us"] <= report["max_us"]
-    assert report["memory_limit_bytes"] == 64 * 1024 * 1024
+    # The server's limits, not the bench's own: a plugin passes here only if it passes there.
+    assert (report["timeout_ms"], report["memory_limit_bytes"]) == (100, 40 * 1024 * 1024)
+    assert 1 <= report["call_memory_mb"] <= 40
+
+
+def test_bench_refuses_what_the_server_would_refuse() -> None:
+    wasm = example_wasm("json-transform")
+    config = {"request": {"redact": ["ssn"]}}
+    with pytest.raises(BenchError, match=r"needs memory_limit_mb >= \d+, more than the limit of 3 MiB"):
+        bench(wasm, phase="request_body", body_size=1024 * 1024, config=config, memory_limit_mb=3, seconds=0.01)
+    with pytest.raises(BenchError, match="is over max_body_bytes"):
+        bench(wasm, phase="request_body", body_size=2048, config=config, max_body_bytes=1024, seconds=0.01)
 
 
 def test_bench_refuses_a_phase_the_plugin_lacks() -> None:
     with pytest.raises(BenchError, match="does not export process_response_body"):
         bench(example_wasm("api-key"), phase="response_body", seconds=0.01)
+
+
+def test_bench_measures_a_plugin_whose_config_declares_no_phase() -> None:
+    # header-rewrite with no rules declares nothing; benching it measures its first export all the same.
+    result = bench(example_wasm("header-rewrite"), seconds=0.05)
+    assert result.export == "process_request_headers" and result.calls > 0

@@ -46,6 +46,13 @@ def add_commands(commands: Any) -> None:
     gen.add_argument("--no-mode-override", action="store_true", help="ignore the server's per-request mode override")
     gen.add_argument("--message-timeout-ms", type=int, help="default: derived from the plugins' timeout_ms")
     gen.add_argument("--no-health-check", action="store_true", help="leave out the grpc.health.v1 health check")
+    gen.add_argument(
+        "--route-values",
+        action="append",
+        metavar="PREFIX=JSON",
+        help='plugin values for requests under PREFIX, e.g. \'/premium={"rate-limit": {"rps": 100}}\' '
+        "(plugin name -> values, which the plugin sees as `route`); repeatable",
+    )
     gen.add_argument("--format", choices=ec.FORMATS, default="yaml")
 
     demo: argparse.ArgumentParser = commands.add_parser(
@@ -109,6 +116,10 @@ def _envoy_config(args: argparse.Namespace, config: Config, argv: Sequence[str])
         message_timeout_ms=_positive(args.message_timeout_ms, "--message-timeout-ms"),
         health_check=not args.no_health_check,
         route_cluster=args.route_cluster or ec.UPSTREAM_CLUSTER,
+        route_values=tuple(
+            ec.RouteValues.parse(text, (p.name for p in config.plugins if p.enabled))
+            for text in args.route_values or ()
+        ),
     )
     needs = ec.phase_needs(config)
     plan = ec.plan_routes(config.plugins)
@@ -134,6 +145,8 @@ def _envoy_config(args: argparse.Namespace, config: Config, argv: Sequence[str])
     else:
         document = ec.fragment(config, needs, options)
         header.append("Add http_filters ahead of your router, routes to your virtual host, clusters to yours.")
+        if config.server.outcome_metadata:
+            header.append("access_log shows each plugin's outcome (server.outcome_metadata): put it in your manager.")
         header.append(
             "Set server_header_transformation: PASS_THROUGH in your http_connection_manager, or Envoy "
             "replaces any server header a plugin sets."

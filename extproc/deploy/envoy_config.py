@@ -24,11 +24,12 @@ from typing import Any, Final
 import yaml
 
 from extproc.config import Config, ConfigError, ListenAddress, PluginConfig
-from extproc.envoy import METADATA_NAMESPACE
+from extproc.envoy import METADATA_NAMESPACE, ROUTE_METADATA_ATTRIBUTE
 from extproc.phases import Phase
 from extproc.plugins.loader import LoadedPlugin
 from extproc.plugins.registry import PluginSet, Selection
 from extproc.plugins.runner import PluginThreads
+from extproc.rollout import OUTCOMES_KEY
 
 EXT_PROC_FILTER: Final = "envoy.filters.http.ext_proc"
 EXTPROC_CLUSTER: Final = "extproc"
@@ -53,16 +54,40 @@ _WAITS_PER_ATTEMPT: Final = 2
 # request headers, or the request body when its plugin waits for the body.
 _MESSAGE_EXPORTS: Final = {
     "request headers": frozenset({Phase.REQUEST_HEADERS, Phase.GENERATE_RESPONSE}),
-    "request body": frozenset({Phase.REQUEST_BODY, Phase.GENERATE_RESPONSE}),
+    "request body": frozenset({Phase.REQUEST_BODY, Phase.REQUEST_BODY_CHUNK, Phase.GENERATE_RESPONSE}),
+    "request trailers": frozenset({Phase.REQUEST_TRAILERS}),
     "response headers": frozenset({Phase.RESPONSE_HEADERS}),
-    "response body": frozenset({Phase.RESPONSE_BODY}),
+    "response body": frozenset({Phase.RESPONSE_BODY, Phase.RESPONSE_BODY_CHUNK}),
+    "response trailers": frozenset({Phase.RESPONSE_TRAILERS}),
 }
-_ACCESS_LOG_FORMAT: Final = (
+_ACCESS_LOG_REQUEST: Final = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
     "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% %BYTES_SENT% "
     '%DURATION% "%REQ(X-REQUEST-ID)%" "%UPSTREAM_HOST%" route=%ROUTE_NAME% '
-    f"extproc_md=%DYNAMIC_METADATA({METADATA_NAMESPACE})%\n"
 )
+_ACCESS_LOG_METADATA: Final = f"extproc_md=%DYNAMIC_METADATA({METADATA_NAMESPACE})%\n"
+# With server.outcome_metadata: each plugin call's outcome and time (rollout.py), e.g.
+# plugins="auth:request_headers=applied/212us hdr:request_headers=no_change/48us".
+_ACCESS_LOG_OUTCOMES: Final = f'plugins="%DYNAMIC_METADATA({METADATA_NAMESPACE}:{OUTCOMES_KEY})%" '
+
+
+def access_log(*, plugin_outcomes: bool) -> list[dict[str, Any]]:
+    """A stdout access log: one line per request; with `plugin_outcomes`, the outcomes the server sends
+    (server.outcome_metadata)."""
+    outcomes = _ACCESS_LOG_OUTCOMES if plugin_outcomes else ""
+    return [
+        {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": {
+                "@type": _TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                "log_format": {
+                    "text_format_source": {"inline_string": _ACCESS_LOG_REQUEST + outcomes + _ACCESS_LOG_METADATA}
+                },
+            },
+        }
+    ]
+
+
 # Python regex syntax that RE2 (Envoy's safe_regex) rejects. A plugin using any of it keeps every path
 # routed through ext_proc rather than risk a route Envoy refuses or that matches less than Python does.
 _RE2_UNSUPPORTED_GROUPS: Final = {
@@ -126,6 +151,38 @@ class RoutePlan:
 
 
 @dataclasses.dataclass(frozen=True)
+class RouteValues:
+    """Per-route plugin values: requests whose path starts with ``prefix`` give each plugin named in
+    ``values`` its mapping there (the plugin input's ``route``), as Envoy route metadata."""
+
+    prefix: str
+    values: Mapping[str, Mapping[str, Any]]
+
+    @classmethod
+    def parse(cls, text: str, plugins: Iterable[str]) -> RouteValues:
+        """``PREFIX=JSON``: a JSON object of plugin name -> object of values."""
+        where = Path("command line")
+        prefix, sep, raw = text.partition("=")
+        if not sep or not prefix.startswith("/"):
+            raise ConfigError(
+                where, "--route-values", f"must be PREFIX=JSON with PREFIX starting with '/', got {text!r}"
+            )
+        try:
+            values = json.loads(raw)
+        except ValueError as e:
+            raise ConfigError(where, "--route-values", f"{prefix}: not JSON: {e}") from None
+        if not isinstance(values, dict) or not all(isinstance(v, dict) for v in values.values()):
+            raise ConfigError(where, "--route-values", f"{prefix}: must be an object of plugin name -> object")
+        known = set(plugins)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                where, "--route-values", f"{prefix}: no enabled plugin named {unknown[0]!r} (have: {sorted(known)})"
+            )
+        return cls(prefix, values)
+
+
+@dataclasses.dataclass(frozen=True)
 class Options:
     """Knobs of the generated config that do not come from the server's YAML."""
 
@@ -135,6 +192,7 @@ class Options:
     message_timeout_ms: int | None = None  # None: derived from the plugins' timeouts
     health_check: bool = True
     route_cluster: str = UPSTREAM_CLUSTER
+    route_values: tuple[RouteValues, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -161,13 +219,18 @@ class Proxy:
 
 
 def phase_needs(config: Config) -> Selection:
-    """The phases the enabled plugins export, all together. Loads (compiles) every enabled plugin,
+    """The phases the enabled plugins and their canaries export, all together. Loads (compiles) every enabled plugin,
     because which exports a module has is only known from the module."""
     plugins = PluginSet.load(config, PluginThreads(config.server.plugin_threads))
     try:
-        return Selection.of(plugins.plugins)
+        return Selection.of(serving(plugins))
     finally:
         plugins.close()
+
+
+def serving(plugins: PluginSet) -> tuple[LoadedPlugin, ...]:
+    """The versions that may answer Envoy: the plugins and their canaries (a shadow is never waited for)."""
+    return plugins.plugins if plugins.rollout is None else (*plugins.plugins, *plugins.rollout.serving)
 
 
 def plan_routes(specs: Iterable[PluginConfig]) -> RoutePlan:
@@ -400,25 +463,36 @@ def ext_proc_filter(config: Config, needs: Selection, options: Options) -> dict[
                 # The server needs request headers to pick the plugins, whatever they export.
                 "request_header_mode": "SEND",
                 "response_header_mode": "SEND" if needs.response_headers else "SKIP",
-                "request_body_mode": "BUFFERED" if needs.request_body else "NONE",
-                "response_body_mode": "BUFFERED" if needs.response_body else "NONE",
-                "request_trailer_mode": "SKIP",
-                "response_trailer_mode": "SKIP",
+                "request_body_mode": _body_mode(needs.request_body, needs.request_chunks),
+                "response_body_mode": _body_mode(needs.response_body, needs.response_chunks),
+                "request_trailer_mode": "SEND" if needs.request_trailers else "SKIP",
+                "response_trailer_mode": "SEND" if needs.response_trailers else "SKIP",
             },
             # Without this Envoy drops plugin changes to :authority, host, :method and :scheme (it counts them in
             # rejected_header_mutations); :path changes go through either way.
             "mutation_rules": {"allow_all_routing": True},
-            # The attributes the plugin contract promises (docs/plugin-abi.md).
-            "request_attributes": ["source.address", "request.id"],
+            # The attributes the plugin contract promises (docs/plugin-abi.md), and the route's metadata
+            # when routes give plugins values.
+            "request_attributes": ["source.address", "request.id"]
+            + ([ROUTE_METADATA_ATTRIBUTE] if options.route_values else []),
             # Unset, Envoy drops all dynamic metadata the server returns.
             "metadata_options": {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
         },
     }
 
 
-def routes(plan: RoutePlan, cluster: str) -> list[dict[str, Any]]:
-    """Virtual-host routes: the plugins' paths through ext_proc, then a catch-all that bypasses it
-    (Envoy takes the first route that matches)."""
+def _body_mode(whole: bool, chunks: bool) -> str:
+    """BUFFERED when a plugin reads the body whole (chunk plugins then see it as one chunk), STREAMED when
+    plugins only read chunks. Never FULL_DUPLEX_STREAMED: the server cannot narrow it per request (a
+    request's mode may not switch into or out of it), so every body would pass through the server."""
+    if whole:
+        return "BUFFERED"
+    return "STREAMED" if chunks else "NONE"
+
+
+def routes(plan: RoutePlan, cluster: str, values: Sequence[RouteValues] = ()) -> list[dict[str, Any]]:
+    """Virtual-host routes: prefixes with plugin values, the plugins' paths through ext_proc, then a
+    catch-all that bypasses it (Envoy takes the first route that matches)."""
 
     def route(name: str, match: dict[str, Any]) -> dict[str, Any]:
         # A fresh action per route: a shared dict would come out as a YAML anchor and alias.
@@ -432,11 +506,21 @@ def routes(plan: RoutePlan, cluster: str) -> list[dict[str, Any]]:
             "typed_per_filter_config": {EXT_PROC_FILTER: {"@type": _PER_ROUTE_TYPE, "overrides": {}}},
         }
 
+    # The longest prefix first, so each request meets the most specific values.
+    valued = [
+        {**through(f"extproc-values:{v.prefix}", {"prefix": v.prefix}), "metadata": _route_metadata(v)}
+        for v in sorted(values, key=lambda v: len(v.prefix), reverse=True)
+    ]
     if plan.everything:
-        return [route("extproc", {"prefix": "/"})]
+        return [*valued, route("extproc", {"prefix": "/"})]
     routed = [through(f"extproc:{prefix}", {"prefix": prefix}) for prefix in plan.prefixes]
     routed += [through(f"extproc:regex{i}", {"safe_regex": {"regex": regex}}) for i, regex in enumerate(plan.regexes)]
-    return [*routed, route("bypass", {"prefix": "/"})]
+    return [*valued, *routed, route("bypass", {"prefix": "/"})]
+
+
+def _route_metadata(values: RouteValues) -> dict[str, Any]:
+    # The server reads the route's metadata under this namespace (the ROUTE_METADATA_ATTRIBUTE attribute).
+    return {"filter_metadata": {METADATA_NAMESPACE: {name: dict(value) for name, value in values.values.items()}}}
 
 
 def _cluster(
@@ -496,15 +580,20 @@ def fragment(config: Config, needs: Selection, options: Options) -> dict[str, An
         # Off unless a route switches it on: on bypassed routes Envoy does not even create the
         # filter, which keeps them within a few microseconds of having no filter at all.
         http_filter["disabled"] = True
-    return {
+    pieces = {
         "http_filters": [http_filter],
-        "routes": routes(plan, options.route_cluster),
+        "routes": routes(plan, options.route_cluster, options.route_values),
         "clusters": [extproc_cluster(config, options)],
     }
+    if config.server.outcome_metadata:
+        pieces["access_log"] = access_log(plugin_outcomes=True)
+    return pieces
 
 
-def connection_manager(name: str, routes: list[dict[str, Any]], http_filters: list[dict[str, Any]]) -> dict[str, Any]:
-    """The HTTP connection manager: request ids, a stdout access log, `http_filters` then the router."""
+def connection_manager(
+    name: str, routes: list[dict[str, Any]], http_filters: list[dict[str, Any]], log: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The HTTP connection manager: request ids, the access `log`, `http_filters` then the router."""
     return {
         "@type": _TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": HCM_STAT_PREFIX,
@@ -514,15 +603,7 @@ def connection_manager(name: str, routes: list[dict[str, Any]], http_filters: li
         # plugin can set one (every export may answer with an immediate response). The price: without a
         # plugin that sets or removes it, clients see the upstream's own `server` header, not "envoy".
         "server_header_transformation": "PASS_THROUGH",
-        "access_log": [
-            {
-                "name": "envoy.access_loggers.stdout",
-                "typed_config": {
-                    "@type": _TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-                    "log_format": {"text_format_source": {"inline_string": _ACCESS_LOG_FORMAT}},
-                },
-            }
-        ],
+        "access_log": log,
         "route_config": {"name": name, "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
         "http_filters": [
             *http_filters,
@@ -538,7 +619,9 @@ def bootstrap(config: Config, needs: Selection, options: Options, proxy: Proxy) 
     """A complete Envoy bootstrap: listener -> ext_proc -> router -> ``proxy.upstream``."""
     pieces = fragment(config, needs, dataclasses.replace(options, route_cluster=UPSTREAM_CLUSTER))
     buffer_limit = _buffer_limit(config)
-    manager = connection_manager("local", pieces["routes"], pieces["http_filters"])
+    manager = connection_manager(
+        "local", pieces["routes"], pieces["http_filters"], access_log(plugin_outcomes=config.server.outcome_metadata)
+    )
     return {
         "admin": {"address": proxy.admin.socket_address()},
         # Envoy warns on every start without a downstream connection limit.

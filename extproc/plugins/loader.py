@@ -39,6 +39,12 @@ log = logging.getLogger("extproc.plugins")
 
 WASM_PAGE_BYTES = 64 * 1024
 
+# A plugin reads one direction's body whole or in chunks, not both: both would need two copies of the body.
+_BODY_PAIRS: Final = (
+    (Phase.REQUEST_BODY, Phase.REQUEST_BODY_CHUNK),
+    (Phase.RESPONSE_BODY, Phase.RESPONSE_BODY_CHUNK),
+)
+
 Encoder = Callable[[Mapping[str, Any]], bytes]
 Decoder = Callable[[bytes], PluginOutput | None]
 DeclarationDecoder = Callable[[bytes], frozenset[Phase]]
@@ -178,6 +184,8 @@ class LoadedPlugin:
     max_body_bytes: int = field(repr=False)
     max_output_bytes: int = field(repr=False)
     threads: PluginThreads = field(repr=False)
+    # The name in metrics, breaker and logs: `name`, or the candidate version's "name@candidate" (rollout.py).
+    label: str = field(repr=False)
     # Why the plugin's calls never run on the event loop, or "" while they may.
     runs_on_threads: str = ""
     # An inline call that takes longer moves the plugin's calls to the threads for good (see _demote).
@@ -194,7 +202,7 @@ class LoadedPlugin:
     @cached_property
     def metrics(self) -> PluginMetrics:
         # Shared by every load of a plugin of this name, so counters carry on across reloads.
-        return plugin_metrics(self.name)
+        return plugin_metrics(self.label)
 
     async def call(self, export: Phase, payload: Mapping[str, Any]) -> PluginOutput | None:
         """Run one export within the plugin's limits, retries and circuit breaker.
@@ -206,7 +214,7 @@ class LoadedPlugin:
         breaker = self.breaker
         admission = breaker.admit()
         if admission is Admission.REFUSED:
-            raise PluginCallError(self.name, export.value, FailureKind.CIRCUIT_OPEN, "circuit breaker is open")
+            raise PluginCallError(self.label, export.value, FailureKind.CIRCUIT_OPEN, "circuit breaker is open")
         try:
             data = self.encode(payload)
             attempt = 1
@@ -225,7 +233,7 @@ class LoadedPlugin:
                 except PluginCallError as exc:
                     self.metrics.attempt_failed(export, exc.kind)
                     if attempt <= self.spec.retries and exc.kind not in _NOT_RETRIED:
-                        log.warning("%s; retry %d of %d", exc, attempt, self.spec.retries, extra={"plugin": self.name})
+                        log.warning("%s; retry %d of %d", exc, attempt, self.spec.retries, extra={"plugin": self.label})
                         attempt += 1
                         continue
                     if exc.kind in _NOT_THE_PLUGINS_FAULT:
@@ -251,7 +259,7 @@ class LoadedPlugin:
         try:
             instance = await self.pool.acquire(self.spec.timeout_ms / 1000)
         except PoolExhausted as exc:
-            raise PluginCallError(self.name, export.value, FailureKind.POOL_EXHAUSTED, str(exc)) from None
+            raise PluginCallError(self.label, export.value, FailureKind.POOL_EXHAUSTED, str(exc)) from None
         call = ThreadedCall(instance, self.pool.factory, export, data, self.host, self.max_output_bytes, self._settle)
         result = await self.threads.run(call)
         if result is None:
@@ -276,10 +284,10 @@ class LoadedPlugin:
         self.runs_on_threads = f"{export.value} took {elapsed * 1000:.1f} ms of CPU on the event loop"
         log.warning(
             "plugin %r: %s (budget %.1f ms); its calls run on plugin threads from now on",
-            self.name,
+            self.label,
             self.runs_on_threads,
             self.inline_budget_seconds * 1000,
-            extra={"plugin": self.name},
+            extra={"plugin": self.label},
         )
 
     def _settle(self, call: ThreadedCall) -> None:
@@ -299,25 +307,25 @@ class LoadedPlugin:
             self.pool.discard(instance)
         elif len(data) + result.output_size > RECYCLE_AFTER_BYTES:
             self.pool.discard(instance)
-            instance_recycled(self.name)
+            instance_recycled(self.label)
         else:
             self.pool.release(instance)
 
     def _output(self, export: Phase, result: RawResult) -> PluginOutput | None:
         if result.error is not None:
-            raise PluginCallError(self.name, export.value, classify(result.error), str(result.error))
+            raise PluginCallError(self.label, export.value, classify(result.error), str(result.error))
         if result.state_failure is not None:
-            raise PluginCallError(self.name, export.value, FailureKind.STATE_UNAVAILABLE, str(result.state_failure))
+            raise PluginCallError(self.label, export.value, FailureKind.STATE_UNAVAILABLE, str(result.state_failure))
         if result.output is None:  # the call returned, but more than the plugin may give
             reason = f"output of {result.output_size} bytes is over max_output_bytes ({self.max_output_bytes})"
-            raise PluginCallError(self.name, export.value, FailureKind.BAD_OUTPUT, reason)
+            raise PluginCallError(self.label, export.value, FailureKind.BAD_OUTPUT, reason)
         try:
             output = self.decode(result.output)
             if output is not None:
                 contract.check_for_export(output, export)
                 contract.check_body_sizes(output, self.max_body_bytes)
         except OutputError as exc:
-            raise PluginCallError(self.name, export.value, FailureKind.BAD_OUTPUT, str(exc)) from None
+            raise PluginCallError(self.label, export.value, FailureKind.BAD_OUTPUT, str(exc)) from None
         return output
 
     def close(self) -> None:
@@ -329,8 +337,10 @@ def load_plugin(
     server: ServerConfig,
     threads: PluginThreads,
     store: KeyValueStore | None = None,
+    label: str | None = None,
 ) -> LoadedPlugin:
-    """Compile the module, check it against the contract, and seed its instance pool."""
+    """Compile the module, check it against the contract, and seed its instance pool. `label` names it in
+    metrics, breaker and logs (default: its name)."""
     try:
         wasm = spec.path.read_bytes()
     except OSError as exc:
@@ -341,7 +351,7 @@ def load_plugin(
     manifest = {
         "wasm": [{"data": wasm}],
         "timeout_ms": spec.timeout_ms,
-        "memory": {"max_pages": spec.memory_limit_mb * 1024 * 1024 // WASM_PAGE_BYTES},
+        "memory": {"max_pages": spec.memory_limit(server.max_body_bytes) * 1024 * 1024 // WASM_PAGE_BYTES},
         # No allowed_paths: the sandbox never has a filesystem. No allowed_hosts either: Extism's own
         # http_request then refuses every host (it would follow redirects to hosts nobody allowed);
         # plugins call extproc_http_request, which checks every hop against spec.allowed_hosts.
@@ -390,11 +400,12 @@ def load_plugin(
         encode=encode,
         decode=decode,
         host=host,
-        breaker=CircuitBreaker(spec.name, spec.circuit_breaker),
+        breaker=CircuitBreaker(label or spec.name, spec.circuit_breaker),
         failure_reply=failure_reply(spec.error_status),
         max_body_bytes=server.max_body_bytes,
         max_output_bytes=spec.max_output_bytes or default_max_output_bytes(server.max_body_bytes),
         threads=threads,
+        label=label or spec.name,
         runs_on_threads=_threads_only_reason(wasm, store, server),
         inline_budget_seconds=server.inline_call_budget_us / 1_000_000,
     )
@@ -483,7 +494,7 @@ def _active_phases(
         named, source, where = declaration, PhaseSource.DECLARED, f"{contract.DECLARE_PHASES} names phase"
     else:
         with_body = module_exports & _BODY_READERS if Phase.REQUEST_BODY in module_exports else frozenset()
-        return ActivePhases(module_exports, PhaseSource.EXPORTS, with_body)
+        return ActivePhases(_one_body_phase_per_direction(spec, module_exports), PhaseSource.EXPORTS, with_body)
     generate_reads_body = (
         Phase.REQUEST_BODY in named
         and Phase.REQUEST_BODY not in module_exports
@@ -496,7 +507,20 @@ def _active_phases(
             )
     phases = (named & module_exports) | ({Phase.GENERATE_RESPONSE} if generate_reads_body else frozenset())
     with_body = phases & _BODY_READERS if Phase.REQUEST_BODY in named else frozenset()
-    return ActivePhases(frozenset(phases), source, frozenset(with_body))
+    return ActivePhases(_one_body_phase_per_direction(spec, frozenset(phases)), source, frozenset(with_body))
 
 
 _BODY_READERS: Final = frozenset({Phase.REQUEST_BODY, Phase.GENERATE_RESPONSE})
+
+
+def _one_body_phase_per_direction(spec: PluginConfig, phases: frozenset[Phase]) -> frozenset[Phase]:
+    for whole, chunk in _BODY_PAIRS:
+        if whole in phases and chunk in phases:
+            raise PluginLoadError(
+                spec.name,
+                spec.path,
+                f"reads its {whole.config_name.removesuffix('_body')} body both whole and in chunks ({whole.value} "
+                f"and {chunk.value}); narrow execution_points (or its phase declaration) to "
+                f"{whole.config_name!r} or {chunk.config_name!r}",
+            )
+    return phases

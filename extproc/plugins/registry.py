@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from extproc.config import Config, StateBackend
 from extproc.contract import Pair
@@ -12,16 +13,25 @@ from extproc.plugins.loader import LoadedPlugin, load_plugin
 from extproc.plugins.runner import PluginThreads
 from extproc.plugins.store import KeyValueStore, default_store
 
+if TYPE_CHECKING:
+    from extproc.rollout import Observe, Rollout
+
 
 @dataclass(frozen=True, slots=True)
 class Selection:
     """The plugins one request runs through, in config order, and the phases they need."""
 
     plugins: tuple[LoadedPlugin, ...]
-    request_body: bool
+    request_body: bool  # some plugin reads the request body whole
+    request_chunks: bool  # some plugin reads it chunk by chunk
+    request_trailers: bool
     generate_response: bool
-    response_headers: bool
+    response_headers: bool  # some plugin works on the response at all
     response_body: bool
+    response_chunks: bool
+    response_trailers: bool
+    # How exchanges of this selection flow, by Envoy's configured body modes (filled in by extproc.stream).
+    plans: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, plugins: tuple[LoadedPlugin, ...]) -> Selection:
@@ -29,9 +39,13 @@ class Selection:
         return cls(
             plugins=plugins,
             request_body=any(plugin.request_body_phases for plugin in plugins),
+            request_chunks=Phase.REQUEST_BODY_CHUNK in exports,
+            request_trailers=Phase.REQUEST_TRAILERS in exports,
             generate_response=Phase.GENERATE_RESPONSE in exports,
-            response_headers=Phase.RESPONSE_HEADERS in exports or Phase.RESPONSE_BODY in exports,
+            response_headers=any(phase.is_response for phase in exports),
             response_body=Phase.RESPONSE_BODY in exports,
+            response_chunks=Phase.RESPONSE_BODY_CHUNK in exports,
+            response_trailers=Phase.RESPONSE_TRAILERS in exports,
         )
 
 
@@ -48,9 +62,11 @@ def state_store(config: Config) -> KeyValueStore:
 class PluginSet:
     """An immutable snapshot of loaded plugins. A reload builds a new set; streams keep theirs."""
 
-    def __init__(self, config: Config, plugins: Sequence[LoadedPlugin]) -> None:
+    def __init__(self, config: Config, plugins: Sequence[LoadedPlugin], rollout: Rollout | None = None) -> None:
         self.config = config
         self.plugins = tuple(plugins)
+        # Candidate versions and what is watched per exchange (extproc/rollout.py); None: nothing.
+        self.rollout = rollout
         self._unconditional = tuple(p for p in self.plugins if p.spec.match.is_empty)
         self._all_unconditional = len(self._unconditional) == len(self.plugins)
         self._needs_header_map = any(p.spec.match.headers for p in self.plugins)
@@ -59,19 +75,23 @@ class PluginSet:
         self._everything = Selection.of(self.plugins)
 
     @classmethod
-    def load(cls, config: Config, threads: PluginThreads) -> PluginSet:
-        """Load every enabled plugin; their calls that leave the event loop run on `threads`."""
+    def load(cls, config: Config, threads: PluginThreads, observe: Observe | None = None) -> PluginSet:
+        """Load every enabled plugin and its candidate; their calls that leave the event loop run on `threads`.
+        `observe`: what the server watches per exchange (none by default)."""
+        from extproc.rollout import Observe, Rollout  # it builds on this module
+
         loaded: list[LoadedPlugin] = []
         store = state_store(config)
         try:
             for spec in config.plugins:
                 if spec.enabled:
                     loaded.append(load_plugin(spec, config.server, threads, store))
+            rollout = Rollout.build(config, loaded, threads, store, observe or Observe())
         except BaseException:
             for plugin in loaded:
                 plugin.close()
             raise
-        return cls(config, loaded)
+        return cls(config, loaded, rollout)
 
     def select(self, method: str, path: str, authority: str, headers: Sequence[Pair]) -> Selection:
         if self._all_unconditional:
@@ -93,6 +113,19 @@ class PluginSet:
             self._selections[chosen] = selection
         return selection
 
+    @property
+    def versions(self) -> tuple[LoadedPlugin, ...]:
+        """Every loaded module: the plugins, then their candidates (NAME@candidate)."""
+        if self.rollout is None:
+            return self.plugins
+        return (*self.plugins, *(candidate.plugin for candidate in self.rollout.candidates.values()))
+
+    @property
+    def observe(self) -> Observe | None:
+        return None if self.rollout is None else self.rollout.observe
+
     def close(self) -> None:
         for plugin in self.plugins:
             plugin.close()
+        if self.rollout is not None:
+            self.rollout.close()

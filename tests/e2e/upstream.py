@@ -17,6 +17,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 COUNT_PATH = "/__count"
+RELEASE_PATH = "/__release"
+# An event stream that sends its first event, then waits for RELEASE_PATH?id=<its id> before the rest.
+HELD_EVENTS_PATH = "/events-held"
+# An event stream of [any prefix]/events-bulk/<n> bytes, written in pieces as fast as the client takes them.
+BULK_EVENTS_PREFIX = "/events-bulk/"
+HELD_EVENTS = (b"data: first sk-abc123\n\n", b"data: second ghp_zz9\n\n")
+_RELEASE_WAIT_S = 30.0
+_BULK_EVENT = b"data: " + b"x" * 1000 + b" sk-key\n\n"
 
 
 class _Counter:
@@ -37,6 +45,21 @@ class _Counter:
 
 
 COUNTER = _Counter()
+
+
+class _Releases:
+    """One event per held stream id: the stream goes on once its id is released."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, threading.Event] = {}
+
+    def get(self, key: str) -> threading.Event:
+        with self._lock:
+            return self._events.setdefault(key, threading.Event())
+
+
+RELEASES = _Releases()
 
 
 class EchoHandler(BaseHTTPRequestHandler):
@@ -98,6 +121,17 @@ class EchoHandler(BaseHTTPRequestHandler):
             return
         COUNTER.increment()
 
+        query = urllib.parse.parse_qs(parsed.query)
+        if parsed.path == RELEASE_PATH:
+            RELEASES.get(query.get("id", [""])[0]).set()
+            self._send(200, "text/plain", b"released\n")
+            return
+        if parsed.path == HELD_EVENTS_PATH:
+            self._held_events(query.get("id", [""])[0])
+            return
+        if BULK_EVENTS_PREFIX in parsed.path:  # under any prefix, so plugins can match a path of their own
+            self._bulk_events(int(parsed.path.rsplit("/", 1)[1]))
+            return
         if parsed.path.startswith("/bytes/"):
             try:
                 n = int(parsed.path.removeprefix("/bytes/"))
@@ -117,6 +151,38 @@ class EchoHandler(BaseHTTPRequestHandler):
         if parsed.path == "/set-cookie":
             extra = [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]
         self._send(200, "application/json", json.dumps(self._describe(body)).encode(), extra)
+
+    def _start_chunked(self, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _held_events(self, key: str) -> None:
+        first, second = HELD_EVENTS
+        self._start_chunked("text/event-stream")
+        self._write_chunk(first)
+        # The rest of the response waits until the test has seen the first event arrive.
+        if not RELEASES.get(key).wait(_RELEASE_WAIT_S):
+            sys.stderr.write(f"upstream: {HELD_EVENTS_PATH} {key!r} was never released\n")
+        self._write_chunk(second)
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _bulk_events(self, size: int) -> None:
+        self._start_chunked("text/event-stream")
+        piece = _BULK_EVENT * (64 * 1024 // len(_BULK_EVENT))
+        sent = 0
+        while sent < size:
+            data = piece[: size - sent]
+            self._write_chunk(data)
+            sent += len(data)
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
     def _describe(self, body: bytes) -> dict[str, Any]:
         description: dict[str, Any] = {

@@ -12,7 +12,7 @@ const asc = join(here, "node_modules", "assemblyscript", "bin", "asc.js");
 
 // Plugins that allocate per call and may be called many times get the
 // garbage-collected runtime; the rest the smaller, never-freeing stub.
-const INCREMENTAL = new Set(["echo", "flaky", "scripted", "transform"]);
+const INCREMENTAL = new Set(["echo", "flaky", "scripted", "scripted_streaming", "stream", "transform"]);
 
 function ascArgs(name) {
   return [

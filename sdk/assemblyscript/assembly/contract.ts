@@ -1,8 +1,9 @@
 // Typed views over the plugin contract (docs/plugin-abi.md) and builders for the output.
-import { base64Decode, base64Encode } from "./base64";
-import { config_get, free } from "./env";
+import { base64DecodeBytes, base64Write } from "./base64";
+import { alloc, config_get, free, input_offset, output_set } from "./env";
 import { fromExtism, readInputBytes, setError, stringToExtism, writeOutputBytes } from "./io";
-import { JsonValue, JsonWriter } from "./json";
+import { ByteBuffer, JsonValue, JsonWriter, parseInPlace } from "./json";
+import { indexOfBytes, replaceAllBytes } from "./util";
 
 // --- input ----------------------------------------------------------------------------------
 
@@ -68,13 +69,17 @@ export class Headers {
       h.names.push(items[i].getString("name"));
       h.values.push(items[i].getString("value"));
       const raw = items[i].get("raw_value");
-      h.raws.push(raw === null ? null : base64Decode(raw.asString()));
+      h.raws.push(raw === null ? null : base64DecodeBytes(raw.asUtf8()));
     }
     return h;
   }
 }
 
-/** A message body: the bytes, and whether they are UTF-8 text (`text` in the contract) or not (`data`). */
+/**
+ * A message body: the bytes, and whether they are UTF-8 text (`text` in the contract) or not (`data`).
+ * A text body's bytes are part of the call input (no copy). `text` decodes them to a string of two
+ * bytes per character: for a large body, `indexOf`, `replaceAll` and `json()` work on the bytes instead.
+ */
 export class Body {
   private textCache: string | null = null;
 
@@ -96,9 +101,22 @@ export class Body {
     return t;
   }
 
-  /** The body parsed as JSON, or null when it is not text or not valid JSON. */
+  /** The body parsed as JSON, or null when it is not text or not valid JSON. Its strings share the body's bytes. */
   json(): JsonValue | null {
     return this.isText ? JsonValue.parseBytes(this.raw) : null;
+  }
+
+  /** The byte offset of the first `search` (as UTF-8) at or after byte `from`, or -1. */
+  indexOf(search: string, from: i32 = 0): i32 {
+    return indexOfBytes(this.raw, Uint8Array.wrap(String.UTF8.encode(search)), from);
+  }
+
+  /**
+   * The body's bytes with every `search` replaced by `replacement` (both as UTF-8), for `setBodyBytes`;
+   * the body's own bytes when there is none. On text, what `text.replaceAll` gives, without its strings.
+   */
+  replaceAll(search: string, replacement: string): Uint8Array {
+    return replaceAllBytes(this.raw, Uint8Array.wrap(String.UTF8.encode(search)), Uint8Array.wrap(String.UTF8.encode(replacement)));
   }
 
   static from(v: JsonValue | null): Body | null {
@@ -107,7 +125,7 @@ export class Body {
     if (text !== null) return new Body(text.asUtf8(), true);
     const data = v.get("data");
     if (data !== null) {
-      const decoded = base64Decode(data.asString());
+      const decoded = base64DecodeBytes(data.asUtf8());
       return new Body(decoded === null ? new Uint8Array(0) : decoded, false);
     }
     return new Body(new Uint8Array(0), true);
@@ -120,8 +138,10 @@ export class Request {
   scheme: string = "";
   authority: string = "";
   headers: Headers = new Headers();
-  /** Present in REQUEST_BODY (and GENERATE_RESPONSE when the plugin asked for the body). */
+  /** Present in REQUEST_BODY (and GENERATE_RESPONSE when the plugin asked for the body); in REQUEST_BODY_CHUNK, the chunk. */
   body: Body | null = null;
+  /** Present in REQUEST_TRAILERS. */
+  trailers: Headers | null = null;
 
   /** The path without its query string. */
   get pathOnly(): string {
@@ -133,12 +153,17 @@ export class Request {
 export class Response {
   status: i32 = 0;
   headers: Headers = new Headers();
-  /** Present in RESPONSE_BODY. */
+  /** Present in RESPONSE_BODY; in RESPONSE_BODY_CHUNK, the chunk. */
   body: Body | null = null;
+  /** Present in RESPONSE_TRAILERS. */
+  trailers: Headers | null = null;
 }
 
 export class Input {
-  /** REQUEST_HEADERS, REQUEST_BODY, GENERATE_RESPONSE, RESPONSE_HEADERS or RESPONSE_BODY. */
+  /**
+   * REQUEST_HEADERS, REQUEST_BODY_CHUNK, REQUEST_BODY, GENERATE_RESPONSE, REQUEST_TRAILERS,
+   * RESPONSE_HEADERS, RESPONSE_BODY_CHUNK, RESPONSE_BODY or RESPONSE_TRAILERS.
+   */
   phase: string = "";
   pluginName: string = "";
   request: Request = new Request();
@@ -148,6 +173,22 @@ export class Input {
   attributes: JsonValue = JsonValue.object();
   /** Envoy's metadata context: namespace -> values. */
   metadata: JsonValue = JsonValue.object();
+  /** What this plugin returned as state in an earlier phase or chunk of this exchange, or null. */
+  state: Body | null = null;
+  /** The values the route gives this plugin (an empty object when it gives none). */
+  route: JsonValue = JsonValue.object();
+  /** Chunk phases: this chunk is the body's last (a body that ends with trailers has none). */
+  endOfStream: bool = false;
+  /** Chunk phases: the chunk's place in its body, from 0. */
+  chunkIndex: i32 = 0;
+
+  /** The state as text ("" when there is none). */
+  get stateText(): string {
+    const s = this.state;
+    if (s === null) return "";
+    const t = s.text;
+    return t === null ? "" : t;
+  }
 
   /** An attribute as text ("source.address" -> "10.0.0.7:53122"), or null. */
   attribute(name: string): string | null {
@@ -155,8 +196,9 @@ export class Input {
     return v === null ? null : v.asString();
   }
 
+  /** Parses the call input in place: `bytes` become the bodies' bytes (no copy), nothing else may use them. */
   static parse(bytes: Uint8Array): Input {
-    const parsed = JsonValue.parseBytes(bytes);
+    const parsed = parseInPlace(bytes);
     if (parsed === null || !parsed.isObject) {
       throw new Error("extproc sdk: the input is not a JSON object (is the plugin configured with encoding: protobuf?)");
     }
@@ -173,6 +215,8 @@ export class Input {
       r.authority = req.getString("authority");
       r.headers = Headers.from(req.get("headers"));
       r.body = Body.from(req.get("body"));
+      const t = req.get("trailers");
+      if (t !== null) r.trailers = Headers.from(t);
     }
     const resp = root.get("response");
     if (resp !== null) {
@@ -180,19 +224,31 @@ export class Input {
       r.status = <i32>resp.getNumber("status");
       r.headers = Headers.from(resp.get("headers"));
       r.body = Body.from(resp.get("body"));
+      const t = resp.get("trailers");
+      if (t !== null) r.trailers = Headers.from(t);
       input.response = r;
     }
     const attrs = root.get("attributes");
     if (attrs !== null && attrs.isObject) input.attributes = attrs;
     const meta = root.get("metadata");
     if (meta !== null && meta.isObject) input.metadata = meta;
+    input.state = Body.from(root.get("state"));
+    const route = root.get("route");
+    if (route !== null && route.isObject) input.route = route;
+    input.endOfStream = root.getBool("end_of_stream");
+    input.chunkIndex = <i32>root.getNumber("chunk_index");
     return input;
   }
 }
 
-/** The input of the current call. */
+/**
+ * The input of the current call. Extism's copy of the input is freed once it is read, so the output
+ * can take its place: after this, `readInputBytes` finds nothing.
+ */
 export function readInput(): Input {
-  return Input.parse(readInputBytes());
+  const bytes = readInputBytes();
+  free(input_offset());
+  return Input.parse(bytes);
 }
 
 // --- output ---------------------------------------------------------------------------------
@@ -236,8 +292,9 @@ export class Output {
   private newBody: Uint8Array | null = null;
   private immediate: ImmediateResponse | null = null;
   private meta: JsonValue = JsonValue.object();
+  private newState: Uint8Array | null = null;
 
-  /** Replace every value of `name` (added when absent). */
+  /** Replace every value of `name` (added when absent). In trailers phases these change the trailers. */
   setHeader(name: string, value: string): Output { this.sets.push(new Pair(name.toLowerCase(), value)); return this; }
   /** Add one more value of `name`. */
   appendHeader(name: string, value: string): Output { this.appends.push(new Pair(name.toLowerCase(), value)); return this; }
@@ -248,7 +305,7 @@ export class Output {
   /** Remove every value of `name`. */
   removeHeader(name: string): Output { this.removes.push(name.toLowerCase()); return this; }
 
-  /** Replace the phase's body (body phases only); the server fixes content-length. */
+  /** Replace the phase's body (body phases only; in chunk phases, this chunk); the server fixes content-length. */
   setBody(text: string): Output { this.newBody = Uint8Array.wrap(String.UTF8.encode(text)); return this; }
   setBodyBytes(bytes: Uint8Array): Output { this.newBody = bytes; return this; }
   setBodyJson(value: JsonValue): Output { this.newBody = value.toBytes(); return this; }
@@ -260,18 +317,45 @@ export class Output {
     return r;
   }
 
+  /**
+   * Hand `bytes` to this plugin's later phases and chunks of the same exchange (`Input.state`), at most
+   * 16 KiB; empty drops the state. Without a call the state stays as it was.
+   */
+  setStateBytes(bytes: Uint8Array): Output { this.newState = bytes; return this; }
+  setState(text: string): Output { return this.setStateBytes(Uint8Array.wrap(String.UTF8.encode(text))); }
+
   /** Emit `key: value` as Envoy dynamic metadata (namespace extproc, under the plugin's name). */
   metadata(key: string, value: JsonValue): Output { this.meta.set(key, value); return this; }
 
   get isEmpty(): bool {
     return this.sets.length == 0 && this.appends.length == 0 && this.removes.length == 0 &&
-      this.newBody === null && this.immediate === null && this.meta.keys.length == 0;
+      this.newBody === null && this.immediate === null && this.meta.keys.length == 0 && this.newState === null;
   }
 
   /** The output JSON (empty when nothing changed). */
   toBytes(): Uint8Array {
     if (this.isEmpty) return new Uint8Array(0);
     const w = new JsonWriter();
+    this.writeJson(w);
+    return w.toBytes();
+  }
+
+  /** Sets the output JSON as the call's output (none when nothing changed). */
+  write(): void {
+    if (this.isEmpty) return;
+    // Measured first, then written once straight into Extism memory: the output, a whole body
+    // perhaps, needs no room in the plugin's own memory.
+    const counter = new JsonWriter(ByteBuffer.counter());
+    this.writeJson(counter);
+    const n = <u64>counter.out.length;
+    const offset = alloc(n);
+    const w = new JsonWriter(ByteBuffer.extism(offset));
+    this.writeJson(w);
+    w.out.flush();
+    output_set(offset, n);
+  }
+
+  private writeJson(w: JsonWriter): void {
     w.raw("{");
     let first = true;
     if (this.sets.length + this.appends.length + this.removes.length > 0) {
@@ -316,14 +400,15 @@ export class Output {
       if (!first) w.raw(",");
       w.raw('"dynamic_metadata":');
       w.value(this.meta);
+      first = false;
+    }
+    const state = this.newState;
+    if (state !== null) {
+      if (!first) w.raw(",");
+      w.raw('"state":');
+      bodyJson(w, state);
     }
     w.raw("}");
-    return w.toBytes();
-  }
-
-  write(): void {
-    const bytes = this.toBytes();
-    if (bytes.length > 0) writeOutputBytes(bytes);
   }
 }
 
@@ -342,8 +427,9 @@ function pairs(w: JsonWriter, list: Array<Pair>): void {
       w.raw(',"value":');
       w.stringBytes(raw);
     } else {
-      w.raw(',"raw_value":');
-      w.string(base64Encode(raw));
+      w.raw(',"raw_value":"');
+      base64Write(w.out, raw);
+      w.raw('"');
     }
     w.raw("}");
   }
@@ -355,8 +441,9 @@ function bodyJson(w: JsonWriter, bytes: Uint8Array): void {
     w.raw('{"text":');
     w.stringBytes(bytes);
   } else {
-    w.raw('{"data":');
-    w.string(base64Encode(bytes));
+    w.raw('{"data":"');
+    base64Write(w.out, bytes);
+    w.raw('"');
   }
   w.raw("}");
 }
@@ -365,7 +452,10 @@ function bodyJson(w: JsonWriter, bytes: Uint8Array): void {
 export function isUtf8(b: Uint8Array): bool {
   let i = 0;
   const n = b.length;
+  const p = b.dataStart;
   while (i < n) {
+    // Eight ASCII bytes at a time: bodies are mostly ASCII, and this runs on every output body.
+    if (i + 8 <= n && (load<u64>(p + <usize>i) & 0x8080808080808080) == 0) { i += 8; continue; }
     const c = unchecked(b[i]);
     if (c < 0x80) { i++; continue; }
     let extra = 0;
@@ -427,10 +517,14 @@ export function run(handler: Handler): i32 {
 /** The phases a plugin can declare, by their config names (see declarePhases). */
 export namespace Phase {
   export const REQUEST_HEADERS = "request_headers";
+  export const REQUEST_BODY_CHUNK = "request_body_chunk";
   export const REQUEST_BODY = "request_body";
   export const GENERATE_RESPONSE = "generate_response";
+  export const REQUEST_TRAILERS = "request_trailers";
   export const RESPONSE_HEADERS = "response_headers";
+  export const RESPONSE_BODY_CHUNK = "response_body_chunk";
   export const RESPONSE_BODY = "response_body";
+  export const RESPONSE_TRAILERS = "response_trailers";
 }
 
 /**

@@ -17,13 +17,16 @@ export function readInputBytes(): Uint8Array {
 
 /** Copies `bytes` into a new block of Extism memory and returns its offset. */
 export function toExtism(bytes: Uint8Array): u64 {
-  const n = bytes.length;
-  const offset = alloc(<u64>n);
-  const p = bytes.dataStart;
-  let i = 0;
-  for (; i + 8 <= n; i += 8) store_u64(offset + <u64>i, load<u64>(p + i));
-  for (; i < n; i++) store_u8(offset + <u64>i, load<u8>(p + i));
+  const offset = alloc(<u64>bytes.length);
+  copyToExtism(offset, bytes.dataStart, bytes.length);
   return offset;
+}
+
+/** Copies `n` bytes at `src` in the plugin's memory to Extism memory at `offset`, in 8-byte words. */
+export function copyToExtism(offset: u64, src: usize, n: i32): void {
+  let i = 0;
+  for (; i + 8 <= n; i += 8) store_u64(offset + <u64>i, load<u64>(src + i));
+  for (; i < n; i++) store_u8(offset + <u64>i, load<u8>(src + i));
 }
 
 export function stringToExtism(s: string): u64 {

@@ -1,6 +1,7 @@
 // A small dynamic JSON model: parse any JSON document, change it, write it back.
 // Object members keep their order; numbers keep their original text so that integers
 // beyond 2^53 survive a round trip unchanged.
+import { copyToExtism } from "./io";
 
 export enum JsonKind { Null, Bool, Number, String, Array, Object }
 
@@ -53,12 +54,12 @@ export class JsonValue {
     return JsonValue.parseBytes(Uint8Array.wrap(String.UTF8.encode(text)));
   }
 
+  /**
+   * Parses UTF-8 JSON. String values without escapes are views into `bytes` (no copy), so change
+   * `bytes` no more once parsed.
+   */
   static parseBytes(bytes: Uint8Array): JsonValue | null {
-    const parser = new Parser(bytes);
-    const value = parser.value(0);
-    if (value === null) return null;
-    parser.skipSpace();
-    return parser.pos == bytes.length ? value : null;
+    return parse(bytes, false);
   }
 
   /** The UTF-8 bytes of a string value (empty for other kinds). */
@@ -181,7 +182,11 @@ export class JsonValue {
   }
 
   toBytes(): Uint8Array {
-    const w = new JsonWriter();
+    // Measured first, then written once at its exact size: a growing buffer would leave each of
+    // its smaller predecessors behind until the call's garbage is collected.
+    const counter = new JsonWriter(ByteBuffer.counter());
+    counter.value(this);
+    const w = new JsonWriter(new ByteBuffer(counter.out.length));
     w.value(this);
     return w.toBytes();
   }
@@ -232,9 +237,26 @@ function parseI64Text(text: string): i64 {
 /** The deepest a value may sit inside arrays and objects; deeper documents do not parse. */
 const MAX_DEPTH = 512;
 
+/**
+ * Parses `bytes` and decodes the escapes of its strings in place, into the bytes themselves (the
+ * decoded form is never longer): every string value is then a view into `bytes`, which are garbled
+ * for anything else. For a buffer only the parse will read, such as the call input.
+ */
+export function parseInPlace(bytes: Uint8Array): JsonValue | null {
+  return parse(bytes, true);
+}
+
+function parse(bytes: Uint8Array, inPlace: bool): JsonValue | null {
+  const parser = new Parser(bytes, inPlace);
+  const value = parser.value(0);
+  if (value === null) return null;
+  parser.skipSpace();
+  return parser.pos == bytes.length ? value : null;
+}
+
 class Parser {
   pos: i32 = 0;
-  constructor(public bytes: Uint8Array) {}
+  constructor(public bytes: Uint8Array, private inPlace: bool) {}
 
   skipSpace(): void {
     const b = this.bytes;
@@ -294,47 +316,71 @@ class Parser {
     return JsonValue.numberText(String.UTF8.decodeUnsafe(b.dataStart + <usize>start, <usize>(this.pos - start)));
   }
 
-  /** The unescaped UTF-8 bytes of the string literal at `pos`, or null when it is malformed. */
+  /**
+   * The unescaped UTF-8 bytes of the string literal at `pos`, or null when it is malformed: a view
+   * into `bytes` when the literal has no escapes or the parse is in place, else a copy of its size.
+   */
   stringBytes(): Uint8Array | null {
     const b = this.bytes;
-    this.pos++; // opening quote
-    const start = this.pos;
-    // Fast path: no escapes, so the bytes decode in one go. Large bodies make this loop hot, hence
-    // the local index and raw loads.
-    this.pos = scanPlain(b, start);
-    if (this.pos < b.length && unchecked(b[this.pos]) == 0x22) {
-      const s = b.slice(start, this.pos);
+    const start = ++this.pos; // after the opening quote
+    // Large bodies make this scan hot, hence scanPlain's raw loads.
+    const plainEnd = scanPlain(b, start);
+    this.pos = plainEnd;
+    if (plainEnd < b.length && unchecked(b[plainEnd]) == 0x22) {
       this.pos++;
-      return s;
+      return b.subarray(start, plainEnd);
     }
-    const out = new ByteBuffer(this.pos - start + 16);
-    out.writeRange(b, start, this.pos);
+    if (this.inPlace) {
+      const end = this.unescape(b, plainEnd);
+      return end < 0 ? null : b.subarray(start, end);
+    }
+    // Measured first, so the copy has its exact size: doubling a buffer would leave every smaller
+    // one behind until the call's garbage is collected.
+    const size = this.unescape(null, plainEnd - start);
+    if (size < 0) return null;
+    const out = new Uint8Array(size);
+    memory.copy(out.dataStart, b.dataStart + <usize>start, <usize>(plainEnd - start));
+    this.pos = plainEnd;
+    this.unescape(out, plainEnd - start);
+    return out;
+  }
+
+  /**
+   * Decodes the rest of a string literal, from `pos` to its closing quote, into `out` from `at` (only
+   * counts with null); returns the end in `out`, or -1 when the literal is malformed. In place (`out`
+   * is `bytes`), writing never overtakes reading: no escape decodes to more bytes than it takes.
+   */
+  private unescape(out: Uint8Array | null, at: i32): i32 {
+    const b = this.bytes;
     while (this.pos < b.length) {
       const c = unchecked(b[this.pos]);
       if (c == 0x22) {
         this.pos++;
-        return out.toBytes();
+        return at;
       }
-      if (c < 0x20) return null;
+      if (c < 0x20) return -1;
       if (c != 0x5c) {
-        // Copy the run up to the next quote, backslash or control byte in one go.
+        // The run up to the next quote, backslash or control byte, in one go.
         const run = this.pos;
         this.pos = scanPlain(b, run);
-        out.writeRange(b, run, this.pos);
+        const n = this.pos - run;
+        if (out !== null) memory.copy(out.dataStart + <usize>at, b.dataStart + <usize>run, <usize>n);
+        at += n;
         continue;
       }
       this.pos++;
-      if (this.pos >= b.length) return null;
+      if (this.pos >= b.length) return -1;
       const e = unchecked(b[this.pos++]);
-      if (e == 0x22 || e == 0x5c || e == 0x2f) out.writeByte(e);
-      else if (e == 0x62) out.writeByte(0x08);
-      else if (e == 0x66) out.writeByte(0x0c);
-      else if (e == 0x6e) out.writeByte(0x0a);
-      else if (e == 0x72) out.writeByte(0x0d);
-      else if (e == 0x74) out.writeByte(0x09);
+      let cp: i32;
+      if (e == 0x22 || e == 0x5c || e == 0x2f) cp = e;
+      else if (e == 0x62) cp = 0x08;
+      else if (e == 0x66) cp = 0x0c;
+      else if (e == 0x6e) cp = 0x0a;
+      else if (e == 0x72) cp = 0x0d;
+      else if (e == 0x74) cp = 0x09;
       else if (e == 0x75) {
-        let cp = this.hex4();
-        if (cp < 0) return null;
+        cp = this.hex4();
+        if (cp < 0) return -1;
         if (cp >= 0xd800 && cp < 0xdc00 && this.pos + 6 <= b.length && b[this.pos] == 0x5c && b[this.pos + 1] == 0x75) {
           const save = this.pos;
           this.pos += 2;
@@ -342,10 +388,10 @@ class Parser {
           if (low >= 0xdc00 && low < 0xe000) cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
           else this.pos = save;
         }
-        out.writeCodePoint(cp);
-      } else return null;
+      } else return -1;
+      at = putCodePoint(out, at, cp);
     }
-    return null;
+    return -1;
   }
 
   hex4(): i32 {
@@ -429,69 +475,129 @@ function scanPlain(b: Uint8Array, from: i32, stopAtED: bool = false): i32 {
 
 // --- writing --------------------------------------------------------------------------------
 
-/** A growable byte buffer. */
+/** What a full ByteBuffer does: grow, or hand its bytes on and start over. */
+enum Spill { Grow, Count, Extism }
+
+// The buffer of a ByteBuffer that hands its bytes on: larger runs bypass it.
+const SPILL_BUFFER_BYTES = 16 * 1024;
+
+/**
+ * A growable byte buffer. Made by `counter()` it only counts the bytes written to it, and made by
+ * `extism(offset)` it passes them on into that block of Extism memory: written once to count and
+ * once for real, a large output then needs no room of its size in the plugin's memory.
+ */
 export class ByteBuffer {
   private buf: Uint8Array;
-  length: i32 = 0;
+  private used: i32 = 0;
+  // Bytes handed on (or only counted) before those in `buf`.
+  private passed: i32 = 0;
+  private spill: Spill = Spill.Grow;
+  private target: u64 = 0;
 
   constructor(capacity: i32 = 256) { this.buf = new Uint8Array(max(capacity, 16)); }
 
+  /** A buffer that keeps nothing and counts what is written (`length`). */
+  static counter(): ByteBuffer {
+    const b = new ByteBuffer(SPILL_BUFFER_BYTES);
+    b.spill = Spill.Count;
+    return b;
+  }
+
+  /** A buffer that writes into the Extism memory block at `offset`, which must have room; `flush()` at the end. */
+  static extism(offset: u64): ByteBuffer {
+    const b = new ByteBuffer(SPILL_BUFFER_BYTES);
+    b.spill = Spill.Extism;
+    b.target = offset;
+    return b;
+  }
+
+  /** Bytes written so far. */
+  get length(): i32 { return this.passed + this.used; }
+
+  /** Room for `extra` bytes more; a buffer that hands its bytes on only empties itself, `extra` may still not fit. */
   private reserve(extra: i32): void {
-    const need = this.length + extra;
+    const need = this.used + extra;
     if (need <= this.buf.length) return;
+    if (this.spill != Spill.Grow) {
+      this.flush();
+      return;
+    }
     let cap = this.buf.length * 2;
     while (cap < need) cap *= 2;
     const next = new Uint8Array(cap);
-    memory.copy(next.dataStart, this.buf.dataStart, <usize>this.length);
+    memory.copy(next.dataStart, this.buf.dataStart, <usize>this.used);
     this.buf = next;
+  }
+
+  /** Hands the buffered bytes on (a growable buffer keeps them). */
+  flush(): void {
+    if (this.spill == Spill.Grow) return;
+    this.pass(this.buf.dataStart, this.used);
+    this.used = 0;
+  }
+
+  private pass(src: usize, n: i32): void {
+    if (this.spill == Spill.Extism) copyToExtism(this.target + <u64>this.passed, src, n);
+    this.passed += n;
   }
 
   writeByte(c: u8): void {
     this.reserve(1);
-    unchecked((this.buf[this.length++] = c));
+    unchecked((this.buf[this.used++] = c));
   }
 
   writeRange(src: Uint8Array, start: i32, end: i32): void {
     const n = end - start;
     this.reserve(n);
-    memory.copy(this.buf.dataStart + <usize>this.length, src.dataStart + <usize>start, <usize>n);
-    this.length += n;
+    if (this.used + n > this.buf.length) {
+      this.pass(src.dataStart + <usize>start, n);
+      return;
+    }
+    memory.copy(this.buf.dataStart + <usize>this.used, src.dataStart + <usize>start, <usize>n);
+    this.used += n;
   }
 
   writeBytes(src: Uint8Array): void { this.writeRange(src, 0, src.length); }
 
   writeAscii(s: string): void {
-    const n = s.length;
-    this.reserve(n);
-    for (let i = 0; i < n; i++) unchecked((this.buf[this.length++] = <u8>s.charCodeAt(i)));
+    for (let i = 0; i < s.length; i++) this.writeByte(<u8>s.charCodeAt(i));
   }
 
   writeString(s: string): void { this.writeBytes(Uint8Array.wrap(String.UTF8.encode(s))); }
 
   writeCodePoint(cp: i32): void {
-    if (cp < 0x80) { this.writeByte(<u8>cp); return; }
-    if (cp < 0x800) { this.writeByte(<u8>(0xc0 | (cp >> 6))); this.writeByte(<u8>(0x80 | (cp & 0x3f))); return; }
-    if (cp < 0x10000) {
-      this.writeByte(<u8>(0xe0 | (cp >> 12)));
-      this.writeByte(<u8>(0x80 | ((cp >> 6) & 0x3f)));
-      this.writeByte(<u8>(0x80 | (cp & 0x3f)));
-      return;
-    }
-    this.writeByte(<u8>(0xf0 | (cp >> 18)));
-    this.writeByte(<u8>(0x80 | ((cp >> 12) & 0x3f)));
-    this.writeByte(<u8>(0x80 | ((cp >> 6) & 0x3f)));
-    this.writeByte(<u8>(0x80 | (cp & 0x3f)));
+    this.reserve(4);
+    this.used = putCodePoint(this.buf, this.used, cp);
   }
 
-  toBytes(): Uint8Array { return this.buf.slice(0, this.length); }
-  toUtf8String(): string { return String.UTF8.decodeUnsafe(this.buf.dataStart, <usize>this.length); }
+  /** What a growable buffer holds: the buffer itself when it is exactly full (no copy), else a copy. */
+  toBytes(): Uint8Array { return this.used == this.buf.length ? this.buf : this.buf.slice(0, this.used); }
+  toUtf8String(): string { return String.UTF8.decodeUnsafe(this.buf.dataStart, <usize>this.used); }
+}
+
+/**
+ * Writes `cp` as UTF-8 into `out` at `at` (lone surrogates too, as three bytes) and returns the
+ * index after it; with null only counts.
+ */
+function putCodePoint(out: Uint8Array | null, at: i32, cp: i32): i32 {
+  const n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+  if (out === null) return at + n;
+  if (n == 1) {
+    out[at] = <u8>cp;
+  } else {
+    // The lead byte's marker bits for 2, 3 and 4 bytes, then six bits per continuation byte.
+    const lead: i32 = n == 2 ? 0xc0 : n == 3 ? 0xe0 : 0xf0;
+    out[at] = <u8>(lead | (cp >> (6 * (n - 1))));
+    for (let i = 1; i < n; i++) out[at + i] = <u8>(0x80 | ((cp >> (6 * (n - 1 - i))) & 0x3f));
+  }
+  return at + n;
 }
 
 const HEX = "0123456789abcdef";
 
 /** Writes JSON as UTF-8 straight into a byte buffer (no intermediate strings per value). */
 export class JsonWriter {
-  out: ByteBuffer = new ByteBuffer(1024);
+  constructor(public out: ByteBuffer = new ByteBuffer(1024)) {}
 
   value(v: JsonValue): void {
     switch (v.kind) {

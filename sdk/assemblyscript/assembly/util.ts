@@ -83,3 +83,41 @@ export function stripPort(address: string): string {
   const colon = address.lastIndexOf(":");
   return colon < 0 || address.indexOf(":") != colon ? address : address.substring(0, colon);
 }
+
+/** The index of the first `needle` in `haystack` at or after `from`, or -1 (an empty needle is at `from`). */
+export function indexOfBytes(haystack: Uint8Array, needle: Uint8Array, from: i32 = 0): i32 {
+  const n = needle.length;
+  const start = max(from, 0);
+  if (n == 0) return start <= haystack.length ? start : -1;
+  const first = unchecked(needle[0]);
+  const hay = haystack.dataStart;
+  for (let i = start, last = haystack.length - n; i <= last; i++) {
+    if (load<u8>(hay + <usize>i) == first && memory.compare(hay + <usize>i, needle.dataStart, <usize>n) == 0) return i;
+  }
+  return -1;
+}
+
+/**
+ * `haystack` with every `needle` replaced by `replacement`, left to right, in a new array of the exact
+ * size; `haystack` itself when there is nothing to replace (also for an empty needle). UTF-8 finds the
+ * same matches in bytes as in text, so text needs no decoding (a string takes two bytes per character).
+ */
+export function replaceAllBytes(haystack: Uint8Array, needle: Uint8Array, replacement: Uint8Array): Uint8Array {
+  const n = needle.length;
+  if (n == 0) return haystack;
+  let count = 0;
+  for (let i = indexOfBytes(haystack, needle); i >= 0; i = indexOfBytes(haystack, needle, i + n)) count++;
+  if (count == 0) return haystack;
+  const out = new Uint8Array(haystack.length + count * (replacement.length - n));
+  let from = 0;
+  let at = 0;
+  for (let i = indexOfBytes(haystack, needle); i >= 0; i = indexOfBytes(haystack, needle, i + n)) {
+    memory.copy(out.dataStart + <usize>at, haystack.dataStart + <usize>from, <usize>(i - from));
+    at += i - from;
+    memory.copy(out.dataStart + <usize>at, replacement.dataStart, <usize>replacement.length);
+    at += replacement.length;
+    from = i + n;
+  }
+  memory.copy(out.dataStart + <usize>at, haystack.dataStart + <usize>from, <usize>(haystack.length - from));
+  return out;
+}

@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65xtproc/plugin/v1/plugin.proto\x12\x11\x65xtproc.plugin.v1\x1a\x1cgoogle/protobuf/struct.proto\"8\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x11\n\traw_value\x18\x03 \x01(\x0c\"1\n\x04\x42ody\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"\xa1\x01\n\x0bHttpRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06scheme\x18\x03 \x01(\t\x12\x11\n\tauthority\x18\x04 \x01(\t\x12*\n\x07headers\x18\x05 \x03(\x0b\x32\x19.extproc.plugin.v1.Header\x12%\n\x04\x62ody\x18\x06 \x01(\x0b\x32\x17.extproc.plugin.v1.Body\"q\n\x0cHttpResponse\x12\x0e\n\x06status\x18\x01 \x01(\r\x12*\n\x07headers\x18\x02 \x03(\x0b\x32\x19.extproc.plugin.v1.Header\x12%\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x17.extproc.plugin.v1.Body\"\x87\x02\n\x0bPluginInput\x12\'\n\x05phase\x18\x01 \x01(\x0e\x32\x18.extproc.plugin.v1.Phase\x12/\n\x07request\x18\x02 \x01(\x0b\x32\x1e.extproc.plugin.v1.HttpRequest\x12\x31\n\x08response\x18\x03 \x01(\x0b\x32\x1f.extproc.plugin.v1.HttpResponse\x12+\n\nattributes\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bplugin_name\x18\x06 \x01(\t\"s\n\x0eHeaderMutation\x12&\n\x03set\x18\x01 \x03(\x0b\x32\x19.extproc.plugin.v1.Header\x12)\n\x06\x61ppend\x18\x02 \x03(\x0b\x32\x19.extproc.plugin.v1.Header\x12\x0e\n\x06remove\x18\x03 \x03(\t\"\xb1\x01\n\x11ImmediateResponse\x12\x0e\n\x06status\x18\x01 \x01(\r\x12*\n\x07headers\x18\x02 \x03(\x0b\x32\x19.extproc.plugin.v1.Header\x12%\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x17.extproc.plugin.v1.Body\x12\x18\n\x0bgrpc_status\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0f\n\x07\x64\x65tails\x18\x05 \x01(\tB\x0e\n\x0c_grpc_status\"\xde\x01\n\x0cPluginOutput\x12\x32\n\x07headers\x18\x01 \x01(\x0b\x32!.extproc.plugin.v1.HeaderMutation\x12%\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x17.extproc.plugin.v1.Body\x12@\n\x12immediate_response\x18\x03 \x01(\x0b\x32$.extproc.plugin.v1.ImmediateResponse\x12\x31\n\x10\x64ynamic_metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\"\n\x10PhaseDeclaration\x12\x0e\n\x06phases\x18\x01 \x03(\t*\x85\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x13\n\x0fREQUEST_HEADERS\x10\x01\x12\x10\n\x0cREQUEST_BODY\x10\x02\x12\x14\n\x10RESPONSE_HEADERS\x10\x03\x12\x11\n\rRESPONSE_BODY\x10\x04\x12\x15\n\x11GENERATE_RESPONSE\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65xtproc/plugin/v1/plugin.proto\x12\x11\x65xtproc.plugin.v1\x1a\x1cgoogle/protobuf/struct.proto\"8\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x11\n\traw_value\x18\x03 \x01(\x0c\"1\n\x04\x42ody\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"\xce\x01\n\x0bHttpRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06scheme\x18\x03 \x01(\t\x12\x11\n\tauthority\x18\x04 \x01(\t\x12*\n\x07headers\x18\x05 \x03(\x0b\x32\x19.extproc.plugin.v1.Header\x12%\n\x04\x62ody\x18\x06 \x01(\x0b\x32\x17.extproc.plugin.v1.Body\x12+\n\x08trailers\x18\x07 \x03(\x0b\x32\x19.extproc.plugin.v1.Header\"\x9e\x01\n\x0cHttpResponse\x12\x0e\n\x06status\x18\x01 \x01(\r\x12*\n\x07headers\x18\x02 \x03(\x0b\x32\x19.extproc.plugin.v1.Header\x12%\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x17.extproc.plugin.v1.Body\x12+\n\x08trailers\x18\x04 \x03(\x0b\x32\x19.extproc.plugin.v1.Header\"\x83\x03\n\x0bPluginInput\x12\'\n\x05phase\x18\x01 \x01(\x0e\x32\x18.extproc.plugin.v1.Phase\x12/\n\x07request\x18\x02 \x01(\x0b\x32\x1e.extproc.plugin.v1.HttpRequest\x12\x31\n\x08response\x18\x03 \x01(\x0b\x32\x1f.extproc.plugin.v1.HttpResponse\x12+\n\nattributes\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bplugin_name\x18\x06 \x01(\t\x12&\n\x05state\x18\x07 \x01(\x0b\x32\x17.extproc.plugin.v1.Body\x12&\n\x05route\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rend_of_stream\x18\t \x01(\x08\x12\x13\n\x0b\x63hunk_index\x18\n \x01(\r\"s\n\x0eHeaderMutation\x12&\n\x03set\x18\x01 \x03(\x0b\x32\x19.extproc.plugin.v1.Header\x12)\n\x06\x61ppend\x18\x02 \x03(\x0b\x32\x19.extproc.plugin.v1.Header\x12\x0e\n\x06remove\x18\x03 \x03(\t\"\xb1\x01\n\x11ImmediateResponse\x12\x0e\n\x06status\x18\x01 \x01(\r\x12*\n\x07headers\x18\x02 \x03(\x0b\x32\x19.extproc.plugin.v1.Header\x12%\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x17.extproc.plugin.v1.Body\x12\x18\n\x0bgrpc_status\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0f\n\x07\x64\x65tails\x18\x05 \x01(\tB\x0e\n\x0c_grpc_status\"\x95\x02\n\x0cPluginOutput\x12\x32\n\x07headers\x18\x01 \x01(\x0b\x32!.extproc.plugin.v1.HeaderMutation\x12%\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x17.extproc.plugin.v1.Body\x12@\n\x12immediate_response\x18\x03 \x01(\x0b\x32$.extproc.plugin.v1.ImmediateResponse\x12\x31\n\x10\x64ynamic_metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x05state\x18\x05 \x01(\x0b\x32\x17.extproc.plugin.v1.BodyH\x00\x88\x01\x01\x42\x08\n\x06_state\"\"\n\x10PhaseDeclaration\x12\x0e\n\x06phases\x18\x01 \x03(\t*\xe3\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x13\n\x0fREQUEST_HEADERS\x10\x01\x12\x10\n\x0cREQUEST_BODY\x10\x02\x12\x14\n\x10RESPONSE_HEADERS\x10\x03\x12\x11\n\rRESPONSE_BODY\x10\x04\x12\x15\n\x11GENERATE_RESPONSE\x10\x05\x12\x16\n\x12REQUEST_BODY_CHUNK\x10\x06\x12\x17\n\x13RESPONSE_BODY_CHUNK\x10\x07\x12\x14\n\x10REQUEST_TRAILERS\x10\x08\x12\x15\n\x11RESPONSE_TRAILERS\x10\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'extproc.plugin.v1.plugin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PHASE']._serialized_start=1296
-  _globals['_PHASE']._serialized_end=1429
+  _globals['_PHASE']._serialized_start=1566
+  _globals['_PHASE']._serialized_end=1793
   _globals['_HEADER']._serialized_start=83
   _globals['_HEADER']._serialized_end=139
   _globals['_BODY']._serialized_start=141
   _globals['_BODY']._serialized_end=190
   _globals['_HTTPREQUEST']._serialized_start=193
-  _globals['_HTTPREQUEST']._serialized_end=354
-  _globals['_HTTPRESPONSE']._serialized_start=356
-  _globals['_HTTPRESPONSE']._serialized_end=469
-  _globals['_PLUGININPUT']._serialized_start=472
-  _globals['_PLUGININPUT']._serialized_end=735
-  _globals['_HEADERMUTATION']._serialized_start=737
-  _globals['_HEADERMUTATION']._serialized_end=852
-  _globals['_IMMEDIATERESPONSE']._serialized_start=855
-  _globals['_IMMEDIATERESPONSE']._serialized_end=1032
-  _globals['_PLUGINOUTPUT']._serialized_start=1035
-  _globals['_PLUGINOUTPUT']._serialized_end=1257
-  _globals['_PHASEDECLARATION']._serialized_start=1259
-  _globals['_PHASEDECLARATION']._serialized_end=1293
+  _globals['_HTTPREQUEST']._serialized_end=399
+  _globals['_HTTPRESPONSE']._serialized_start=402
+  _globals['_HTTPRESPONSE']._serialized_end=560
+  _globals['_PLUGININPUT']._serialized_start=563
+  _globals['_PLUGININPUT']._serialized_end=950
+  _globals['_HEADERMUTATION']._serialized_start=952
+  _globals['_HEADERMUTATION']._serialized_end=1067
+  _globals['_IMMEDIATERESPONSE']._serialized_start=1070
+  _globals['_IMMEDIATERESPONSE']._serialized_end=1247
+  _globals['_PLUGINOUTPUT']._serialized_start=1250
+  _globals['_PLUGINOUTPUT']._serialized_end=1527
+  _globals['_PHASEDECLARATION']._serialized_start=1529
+  _globals['_PHASEDECLARATION']._serialized_end=1563
 # @@protoc_insertion_point(module_scope)

@@ -16,12 +16,20 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESPONSE_HEADERS: _ClassVar[Phase]
     RESPONSE_BODY: _ClassVar[Phase]
     GENERATE_RESPONSE: _ClassVar[Phase]
+    REQUEST_BODY_CHUNK: _ClassVar[Phase]
+    RESPONSE_BODY_CHUNK: _ClassVar[Phase]
+    REQUEST_TRAILERS: _ClassVar[Phase]
+    RESPONSE_TRAILERS: _ClassVar[Phase]
 PHASE_UNSPECIFIED: Phase
 REQUEST_HEADERS: Phase
 REQUEST_BODY: Phase
 RESPONSE_HEADERS: Phase
 RESPONSE_BODY: Phase
 GENERATE_RESPONSE: Phase
+REQUEST_BODY_CHUNK: Phase
+RESPONSE_BODY_CHUNK: Phase
+REQUEST_TRAILERS: Phase
+RESPONSE_TRAILERS: Phase
 
 class Header(_message.Message):
     __slots__ = ("name", "value", "raw_value")
@@ -42,46 +50,58 @@ class Body(_message.Message):
     def __init__(self, text: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class HttpRequest(_message.Message):
-    __slots__ = ("method", "path", "scheme", "authority", "headers", "body")
+    __slots__ = ("method", "path", "scheme", "authority", "headers", "body", "trailers")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SCHEME_FIELD_NUMBER: _ClassVar[int]
     AUTHORITY_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
+    TRAILERS_FIELD_NUMBER: _ClassVar[int]
     method: str
     path: str
     scheme: str
     authority: str
     headers: _containers.RepeatedCompositeFieldContainer[Header]
     body: Body
-    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., scheme: _Optional[str] = ..., authority: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[Body, _Mapping]] = ...) -> None: ...
+    trailers: _containers.RepeatedCompositeFieldContainer[Header]
+    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., scheme: _Optional[str] = ..., authority: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[Body, _Mapping]] = ..., trailers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ...) -> None: ...
 
 class HttpResponse(_message.Message):
-    __slots__ = ("status", "headers", "body")
+    __slots__ = ("status", "headers", "body", "trailers")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
+    TRAILERS_FIELD_NUMBER: _ClassVar[int]
     status: int
     headers: _containers.RepeatedCompositeFieldContainer[Header]
     body: Body
-    def __init__(self, status: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[Body, _Mapping]] = ...) -> None: ...
+    trailers: _containers.RepeatedCompositeFieldContainer[Header]
+    def __init__(self, status: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[Body, _Mapping]] = ..., trailers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ...) -> None: ...
 
 class PluginInput(_message.Message):
-    __slots__ = ("phase", "request", "response", "attributes", "metadata", "plugin_name")
+    __slots__ = ("phase", "request", "response", "attributes", "metadata", "plugin_name", "state", "route", "end_of_stream", "chunk_index")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    END_OF_STREAM_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
     phase: Phase
     request: HttpRequest
     response: HttpResponse
     attributes: _struct_pb2.Struct
     metadata: _struct_pb2.Struct
     plugin_name: str
-    def __init__(self, phase: _Optional[_Union[Phase, str]] = ..., request: _Optional[_Union[HttpRequest, _Mapping]] = ..., response: _Optional[_Union[HttpResponse, _Mapping]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., plugin_name: _Optional[str] = ...) -> None: ...
+    state: Body
+    route: _struct_pb2.Struct
+    end_of_stream: bool
+    chunk_index: int
+    def __init__(self, phase: _Optional[_Union[Phase, str]] = ..., request: _Optional[_Union[HttpRequest, _Mapping]] = ..., response: _Optional[_Union[HttpResponse, _Mapping]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., plugin_name: _Optional[str] = ..., state: _Optional[_Union[Body, _Mapping]] = ..., route: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., end_of_stream: _Optional[bool] = ..., chunk_index: _Optional[int] = ...) -> None: ...
 
 class HeaderMutation(_message.Message):
     __slots__ = ("set", "append", "remove")
@@ -108,16 +128,18 @@ class ImmediateResponse(_message.Message):
     def __init__(self, status: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., body: _Optional[_Union[Body, _Mapping]] = ..., grpc_status: _Optional[int] = ..., details: _Optional[str] = ...) -> None: ...
 
 class PluginOutput(_message.Message):
-    __slots__ = ("headers", "body", "immediate_response", "dynamic_metadata")
+    __slots__ = ("headers", "body", "immediate_response", "dynamic_metadata", "state")
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     IMMEDIATE_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     DYNAMIC_METADATA_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     headers: HeaderMutation
     body: Body
     immediate_response: ImmediateResponse
     dynamic_metadata: _struct_pb2.Struct
-    def __init__(self, headers: _Optional[_Union[HeaderMutation, _Mapping]] = ..., body: _Optional[_Union[Body, _Mapping]] = ..., immediate_response: _Optional[_Union[ImmediateResponse, _Mapping]] = ..., dynamic_metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    state: Body
+    def __init__(self, headers: _Optional[_Union[HeaderMutation, _Mapping]] = ..., body: _Optional[_Union[Body, _Mapping]] = ..., immediate_response: _Optional[_Union[ImmediateResponse, _Mapping]] = ..., dynamic_metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[Body, _Mapping]] = ...) -> None: ...
 
 class PhaseDeclaration(_message.Message):
     __slots__ = ("phases",)
