@@ -26,9 +26,10 @@ from typing import Any, Final, Protocol
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from extproc import metrics
-from extproc.config import Config, ListenAddress, is_loopback
+from extproc.config import Config, ListenAddress
 from extproc.plugins.registry import PluginSet
 from extproc.reload import ReloadResult
+from extproc.tls import is_loopback
 
 log = logging.getLogger("extproc.admin")
 

@@ -10,16 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from extproc import __version__, plugin_tools, recording
-from extproc.config import (
-    LOG_LEVELS,
-    Config,
-    ConfigError,
-    ListenAddress,
-    PlaintextRefused,
-    check_plaintext,
-    default_memory_limit_mb,
-    load_config,
-)
+from extproc.config import LOG_LEVELS, Config, ConfigError, ListenAddress, default_memory_limit_mb, load_config
 from extproc.deploy import commands as deploy_commands
 from extproc.deploy import envoy_config as ec
 from extproc.errors import ExtprocError
@@ -28,6 +19,7 @@ from extproc.plugins.loader import LoadedPlugin
 from extproc.plugins.registry import PluginSet
 from extproc.plugins.runner import PluginThreads
 from extproc.redaction import redact_url
+from extproc.tls import PlaintextRefused, check_plaintext
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -4,12 +4,15 @@ Everything is checked up front so the request path never has to second-guess a s
 problem becomes a ConfigError naming the file, the key path and what is wrong with the value.
 An explicit ``null`` for an optional key means "use the default", so a section whose entries are all
 commented out still loads.
+
+Each section is a table at the end of this module, from key to the parser of its value (the parsers of
+plain values are in validation.py): the table's keys are the ones the section allows, in the order an error
+lists them, and a key left out takes the default of the dataclass field it fills.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import importlib.util
 import ipaddress
@@ -17,99 +20,77 @@ import json
 import math
 import re
 import urllib.parse
-from collections.abc import Callable, Collection, Hashable, Mapping
+from collections.abc import Hashable, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import yaml
 
-from extproc.errors import ExtprocError
+from extproc.errors import ConfigError
 from extproc.phases import CONFIG_NAMES as PHASE_NAMES
 from extproc.phases import Phase
+from extproc.plugins.match import HeaderRule, MatchRules
 from extproc.redaction import redact_url
+from extproc.tls import PlaintextRefused, check_plaintext
+from extproc.validation import (
+    Invalid,
+    Table,
+    as_list,
+    boolean,
+    child,
+    choice,
+    describe,
+    enum_choice,
+    json_mapping,
+    mapping,
+    non_empty_string,
+    non_negative_int,
+    optional,
+    parse_keys,
+    positive_int,
+    section,
+    string,
+    string_list,
+    thaw,
+)
+
+# The config format's API; MatchRules, HeaderRule and ConfigError live where they are used and are
+# named here too, as types of this module's dataclasses and of its errors.
+__all__ = [
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "MAX_CONFIG_BYTES",
+    "MAX_RETRIES",
+    "OTLP_HTTP_TRACES_PATH",
+    "TRACING_PROTOCOLS",
+    "BreakerConfig",
+    "CandidateConfig",
+    "Config",
+    "ConfigError",
+    "Encoding",
+    "FailurePolicy",
+    "HeaderRule",
+    "ListenAddress",
+    "MatchRules",
+    "PluginConfig",
+    "RolloutMode",
+    "ServerConfig",
+    "StateBackend",
+    "StateConfig",
+    "TlsConfig",
+    "TracingConfig",
+    "default_memory_limit_mb",
+    "load_config",
+    "parse_config",
+]
 
 # Far above any real configuration; it only stops a wrong path (a log file, a device) from being slurped.
 MAX_CONFIG_BYTES: Final = 1024 * 1024
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-
-_T = TypeVar("_T")
-_D = TypeVar("_D")
-
-_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_DNS_NAME: Final = r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*"
-_LISTEN_HOST_RE: Final = re.compile(_DNS_NAME, re.IGNORECASE)
-_HOST_PATTERN_RE: Final = re.compile(rf"(?:\*\.)?{_DNS_NAME}|\[[0-9a-f:.]+\]")
-# RFC 9110 token: the syntax of both method names and header field names.
-_TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-_TOP_KEYS: Final = ("server", "plugins", "state", "tracing")
-_SERVER_KEYS: Final = (
-    "listen",
-    "plugin_threads",
-    "max_concurrent_streams",
-    "stream_idle_timeout_ms",
-    "inline_call_budget_us",
-    "log_level",
-    "max_body_bytes",
-    "shutdown_grace_ms",
-    "reload_poll_ms",
-    "drain_ms",
-    "admin_listen",
-    "admin_token_file",
-    "log_format",
-    "tls",
-    "allow_plaintext_off_loopback",
-    "outcome_metadata",
-)
-_TLS_KEYS: Final = ("cert_file", "key_file", "client_ca_file")
-# A shorter token could be guessed over the network; the upper bound only catches a wrong file.
-_MIN_ADMIN_TOKEN_CHARS: Final = 16
-_MAX_ADMIN_TOKEN_BYTES: Final = 4096
-# It travels in an Authorization header.
-_ADMIN_TOKEN_RE: Final = re.compile(rb"[\x21-\x7e]+")
 LOG_FORMATS: Final = ("text", "json")
-_PLUGIN_KEYS: Final = (
-    "name",
-    "path",
-    "config",
-    "enabled",
-    "execution_points",
-    "timeout_ms",
-    "memory_limit_mb",
-    "encoding",
-    "pool_size",
-    "match",
-    "on_error",
-    "error_status",
-    "retries",
-    "circuit_breaker",
-    "allowed_hosts",
-    "max_http_response_bytes",
-    "state_failure",
-    "max_output_bytes",
-    "candidate",
-)
-_CANDIDATE_KEYS: Final = (
-    "path",
-    "mode",
-    "fraction",
-    "config",
-    "key_header",
-    "on_error",
-    "error_status",
-    "timeout_ms",
-    "memory_limit_mb",
-    "pool_size",
-    "circuit_breaker",
-)
-_CANARY_ONLY_KEYS: Final = ("key_header", "on_error", "error_status")
-_STATE_KEYS: Final = ("backend", "url", "key_prefix", "timeout_ms")
-_REDIS_ONLY_KEYS: Final = ("url", "key_prefix", "timeout_ms")
-_REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
-_BREAKER_KEYS: Final = ("failures", "cooldown_ms")
-_TRACING_KEYS: Final = ("endpoint", "protocol", "service_name", "sample_ratio")
 TRACING_PROTOCOLS: Final = ("grpc", "http/protobuf")
 # What each protocol needs installed: the `otel` extra (pip install 'extism-extproc[otel]').
 _TRACING_MODULES: Final = {
@@ -119,16 +100,28 @@ _TRACING_MODULES: Final = {
 # The OTLP/HTTP path for traces, added to an endpoint given without one.
 OTLP_HTTP_TRACES_PATH: Final = "/v1/traces"
 MAX_RETRIES: Final = 5
-_MATCH_KEYS: Final = ("path_prefix", "path_regex", "hosts", "methods", "headers")
-_HEADER_RULE_KEYS: Final = ("name", "present", "equals")
+_REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+# A shorter token could be guessed over the network; the upper bound only catches a wrong file.
+_MIN_ADMIN_TOKEN_CHARS: Final = 16
+_MAX_ADMIN_TOKEN_BYTES: Final = 4096
+# It travels in an Authorization header.
+_ADMIN_TOKEN_RE: Final = re.compile(rb"[\x21-\x7e]+")
+
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_DNS_NAME: Final = r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*"
+_LISTEN_HOST_RE: Final = re.compile(_DNS_NAME, re.IGNORECASE)
+_HOST_PATTERN_RE: Final = re.compile(rf"(?:\*\.)?{_DNS_NAME}|\[[0-9a-f:.]+\]")
+# RFC 9110 token: the syntax of both method names and header field names.
+_TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+# The folder of the file parse_config is reading: relative file names in it resolve against it. A context
+# variable rather than a parameter of every parser, as only the file keys need it.
+_FOLDER: ContextVar[Path] = ContextVar("config_folder")
 
 
 class Encoding(enum.StrEnum):
     JSON = "json"
     PROTOBUF = "protobuf"
-
-
-_ENCODINGS: Final = tuple(e.value for e in Encoding)
 
 
 class FailurePolicy(enum.StrEnum):
@@ -138,42 +131,11 @@ class FailurePolicy(enum.StrEnum):
     FAIL_CLOSED = "fail_closed"  # answer the client with `error_status` at once
 
 
-_FAILURE_POLICIES: Final = tuple(p.value for p in FailurePolicy)
-
-
 class StateBackend(enum.StrEnum):
     """Where the key-value host functions keep their data."""
 
     MEMORY = "memory"  # in this process: every worker and replica counts alone
     REDIS = "redis"  # shared by every process that uses the same Redis and key_prefix
-
-
-_STATE_BACKENDS: Final = tuple(b.value for b in StateBackend)
-
-
-class ConfigError(ExtprocError, ValueError):
-    """A configuration problem, located by file, key path (``plugins[2].timeout_ms``) and, for YAML
-    syntax errors, 1-based line and column."""
-
-    def __init__(
-        self, file: Path, key: str, reason: str, *, line: int | None = None, column: int | None = None
-    ) -> None:
-        self.file = file
-        self.key = key
-        self.reason = reason
-        self.line = line
-        self.column = column
-        where = str(file) if line is None else f"{file}:{line}:{column}"
-        super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
-
-
-class _Invalid(ExtprocError):
-    """Raised by the validators, which know the key path but not the file; parse_config adds the file."""
-
-    def __init__(self, key: str, reason: str) -> None:
-        super().__init__(key, reason)
-        self.key = key
-        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +147,7 @@ class ListenAddress:
     def parse(cls, text: str, *, source: Path, key: str = "server.listen") -> ListenAddress:
         try:
             return _listen_address(text, key)
-        except _Invalid as e:
+        except Invalid as e:
             raise ConfigError(source, e.key, e.reason) from None
 
     def __str__(self) -> str:
@@ -244,55 +206,6 @@ class ServerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class HeaderRule:
-    name: str  # lower case
-    present: bool | None = None
-    equals: str | None = None
-
-    def matches(self, headers: Mapping[str, str]) -> bool:
-        if self.present is not None:
-            return (self.name in headers) == self.present
-        return headers.get(self.name) == self.equals
-
-
-@dataclasses.dataclass(frozen=True)
-class MatchRules:
-    """Conditions on a request that must all hold for a plugin to run; no conditions match everything."""
-
-    path_prefix: str | None = None
-    path_regex: re.Pattern[str] | None = None
-    hosts: tuple[str, ...] = ()  # lower case, exact or "*.suffix"
-    methods: frozenset[str] = frozenset()  # upper case
-    headers: tuple[HeaderRule, ...] = ()
-
-    @property
-    def is_empty(self) -> bool:
-        return (
-            self.path_prefix is None
-            and self.path_regex is None
-            and not self.hosts
-            and not self.methods
-            and not self.headers
-        )
-
-    def matches(self, method: str, path: str, authority: str, headers: Mapping[str, str]) -> bool:
-        """``headers`` maps lower-case names to their first value."""
-        path = path.partition("?")[0]
-        if self.path_prefix is not None and not path.startswith(self.path_prefix):
-            return False
-        if self.path_regex is not None and self.path_regex.search(path) is None:
-            return False
-        if self.hosts:
-            host = _strip_port(authority).lower()
-            if not any(host_matches(pattern, host) for pattern in self.hosts):
-                return False
-        # Methods are compared case-insensitively so a lower-case client is not silently let through.
-        if self.methods and method.upper() not in self.methods:
-            return False
-        return all(rule.matches(headers) for rule in self.headers)
-
-
-@dataclasses.dataclass(frozen=True)
 class BreakerConfig:
     """After `failures` consecutive failures the plugin is skipped for `cooldown_ms`; 0 failures = never."""
 
@@ -305,9 +218,6 @@ class RolloutMode(enum.StrEnum):
 
     SHADOW = "shadow"  # runs on the live version's input, its output compared and never applied
     CANARY = "canary"  # serves a share of the clients in place of the live version
-
-
-_ROLLOUT_MODES: Final = tuple(m.value for m in RolloutMode)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,7 +251,7 @@ class PluginConfig:
     memory_limit_mb: int | None = None  # None: derived from server.max_body_bytes (see memory_limit)
     encoding: Encoding = Encoding.JSON
     pool_size: int | None = None  # None: twice the cores, at most server.plugin_threads (see loader)
-    match: MatchRules = MatchRules()
+    match: MatchRules = MatchRules()  # noqa: RUF009 (frozen: one shared default is safe)
     # Closed by default: a failed redaction or auth plugin must not let the request through unchanged.
     on_error: FailurePolicy = FailurePolicy.FAIL_CLOSED
     error_status: int = 503
@@ -361,7 +271,7 @@ class PluginConfig:
     candidate: CandidateConfig | None = None
 
     def config_json(self) -> str:
-        return json.dumps(self.config, default=_thaw, ensure_ascii=False, allow_nan=False)
+        return json.dumps(self.config, default=thaw, ensure_ascii=False, allow_nan=False)
 
     def memory_limit(self, max_body_bytes: int) -> int:
         """The plugin's memory limit in MiB: its `memory_limit_mb`, else the default for `max_body_bytes`."""
@@ -435,17 +345,15 @@ def parse_config(data: object, source: Path) -> Config:
     # Not resolve(): a Kubernetes ConfigMap is a symlink into a directory that is swapped on update, so
     # a reload must go through the path as given to see the new version.
     absolute = source.absolute()
+    token = _FOLDER.set(absolute.parent)
     try:
-        top = _mapping(data, "", _TOP_KEYS, required=("plugins",))
-        return Config(
-            server=_optional(top, "", "server", lambda v, k: _server(v, k, absolute.parent), ServerConfig()),
-            plugins=_plugins(top["plugins"], absolute.parent),
-            source=absolute,
-            state=_optional(top, "", "state", _state, StateConfig()),
-            tracing=_optional(top, "", "tracing", _tracing, None),
-        )
-    except _Invalid as e:
+        top = section(data, "", _TOP_KEYS, required=("plugins",))
+        # Config.server has no default, for code that builds a Config; the file may leave the section out.
+        return Config(server=top.pop("server", ServerConfig()), source=absolute, **top)
+    except Invalid as e:
         raise ConfigError(source, e.key, e.reason) from None
+    finally:
+        _FOLDER.reset(token)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -469,230 +377,81 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-# --- validators: each raises _Invalid naming the key path ---------------------------------------------
+def _existing_file(value: object, key: str) -> Path:
+    text = non_empty_string(value, key)
+    try:
+        path = (_FOLDER.get() / text).resolve()  # an absolute text replaces the folder
+    except (OSError, RuntimeError) as e:  # RuntimeError: symlink loop
+        raise Invalid(key, f"cannot resolve {text!r}: {e}") from None
+    if not path.is_file():
+        raise Invalid(key, f"not a file: {path}" if path.exists() else f"file not found: {path}")
+    return path
 
 
-def _child(key: str, name: str) -> str:
-    return f"{key}.{name}" if key else name
-
-
-def _describe(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"{str(value).lower()} (boolean)"
-    if isinstance(value, str):
-        return repr(value) if len(value) <= 60 else f"{value[:60]!r}..."
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return f"{value} ({type(value).__name__})"
-
-
-def _did_you_mean(value: str, choices: Collection[str]) -> str:
-    close = difflib.get_close_matches(value, choices, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _optional(m: Mapping[str, object], key: str, name: str, parse: Callable[[object, str], _T], default: _D) -> _T | _D:
-    value = m.get(name)
-    return default if value is None else parse(value, _child(key, name))
-
-
-def _mapping(value: object, key: str, allowed: Collection[str], required: Collection[str] = ()) -> Mapping[str, object]:
-    if not isinstance(value, Mapping):
-        raise _Invalid(key, f"must be a mapping, got {_describe(value)}")
-    for name in value:
-        if not isinstance(name, str):
-            raise _Invalid(key, f"keys must be strings, got {_describe(name)}")
-        if name not in allowed:
-            hint = _did_you_mean(name, allowed) or "."
-            raise _Invalid(_child(key, name), f"unknown key {name!r}{hint} Allowed keys: {', '.join(allowed)}")
-    for name in required:
-        if name not in value:
-            raise _Invalid(_child(key, name), "required key is missing")
-    return value
-
-
-def _list(value: object, key: str) -> list[object]:
-    if not isinstance(value, list):
-        raise _Invalid(key, f"must be a list, got {_describe(value)}")
-    return value
-
-
-def _string(value: object, key: str) -> str:
-    if not isinstance(value, str):
-        hint = "; quote it" if isinstance(value, int | float) and not isinstance(value, bool) else ""
-        raise _Invalid(key, f"must be a string, got {_describe(value)}{hint}")
-    return value
-
-
-def _non_empty_string(value: object, key: str) -> str:
-    text = _string(value, key)
-    if not text:
-        raise _Invalid(key, "must not be empty")
-    return text
-
-
-def _bool(value: object, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(key, f"must be true or false, got {_describe(value)}")
-    return value
-
-
-def _positive_int(value: object, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _Invalid(key, f"must be a positive integer, got {_describe(value)}")
-    return value
-
-
-def _non_negative_int(value: object, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _Invalid(key, f"must be a non-negative integer, got {_describe(value)}")
-    return value
-
-
-def _one_of(value: object, key: str, choices: Collection[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
-        raise _Invalid(key, f"must be one of {', '.join(choices)}, got {_describe(value)}{hint}")
-    return value
-
-
-def _string_list(value: object, key: str, item: Callable[[object, str], str], *, empty_hint: str) -> tuple[str, ...]:
-    """A list of strings normalised by ``item``. Empty lists are refused because "none allowed" and "no
-    condition" would both be plausible readings."""
-    items = _list(value, key)
-    if not items:
-        raise _Invalid(key, f"must not be empty; {empty_hint}")
-    seen: dict[str, int] = {}
-    for i, raw in enumerate(items):
-        text = item(raw, f"{key}[{i}]")
-        if text in seen:
-            raise _Invalid(f"{key}[{i}]", f"duplicate value {text!r} (same as {key}[{seen[text]}])")
-        seen[text] = i
-    return tuple(seen)
+# --- the sections -----------------------------------------------------------------------------------------
 
 
 def _listen_address(value: object, key: str) -> ListenAddress:
-    text = _string(value, key)
+    text = string(value, key)
     host, sep, port = text.rpartition(":")
     if not sep:
-        raise _Invalid(key, f"must be 'host:port' (IPv6 as '[::1]:50051'), got {text!r}")
+        raise Invalid(key, f"must be 'host:port' (IPv6 as '[::1]:50051'), got {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise _Invalid(key, f"{host!r} is not an IPv6 address") from None
+            raise Invalid(key, f"{host!r} is not an IPv6 address") from None
     elif ":" in host:
-        raise _Invalid(key, f"IPv6 addresses must be bracketed, as in '[::1]:50051', got {text!r}")
+        raise Invalid(key, f"IPv6 addresses must be bracketed, as in '[::1]:50051', got {text!r}")
     elif not _LISTEN_HOST_RE.fullmatch(host):
-        raise _Invalid(key, f"invalid host {host!r} in {text!r}")
+        raise Invalid(key, f"invalid host {host!r} in {text!r}")
     # Port 0 is allowed: it asks the OS for a free port, which tests need.
     if not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise _Invalid(key, f"port must be a number from 0 to 65535, got {port!r}")
+        raise Invalid(key, f"port must be a number from 0 to 65535, got {port!r}")
     return ListenAddress(host, int(port))
 
 
-def _server(value: object, key: str, base_dir: Path) -> ServerConfig:
+def _server(value: object, key: str) -> ServerConfig:
     if isinstance(value, Mapping) and "grpc_threads" in value:
-        raise _Invalid(
-            _child(key, "grpc_threads"),
+        raise Invalid(
+            child(key, "grpc_threads"),
             "no longer used: streams hold no thread since the server runs on asyncio; limit open streams "
             "with server.max_concurrent_streams, and size the threads for slow plugin calls with "
             "server.plugin_threads",
         )
-    m = _mapping(value, key, _SERVER_KEYS)
-    defaults = ServerConfig()
-    address = _optional(m, key, "listen", _listen_address, ListenAddress(defaults.listen_host, defaults.listen_port))
-    server = ServerConfig(
-        listen_host=address.host,
-        listen_port=address.port,
-        plugin_threads=_optional(m, key, "plugin_threads", _positive_int, defaults.plugin_threads),
-        max_concurrent_streams=_optional(
-            m, key, "max_concurrent_streams", _positive_int, defaults.max_concurrent_streams
-        ),
-        stream_idle_timeout_ms=_optional(
-            m, key, "stream_idle_timeout_ms", _non_negative_int, defaults.stream_idle_timeout_ms
-        ),
-        inline_call_budget_us=_optional(
-            m, key, "inline_call_budget_us", _non_negative_int, defaults.inline_call_budget_us
-        ),
-        log_level=_optional(m, key, "log_level", lambda v, k: _one_of(v, k, LOG_LEVELS), defaults.log_level),
-        max_body_bytes=_optional(m, key, "max_body_bytes", _positive_int, defaults.max_body_bytes),
-        shutdown_grace_ms=_optional(m, key, "shutdown_grace_ms", _non_negative_int, defaults.shutdown_grace_ms),
-        reload_poll_ms=_optional(m, key, "reload_poll_ms", _non_negative_int, defaults.reload_poll_ms),
-        drain_ms=_optional(m, key, "drain_ms", _non_negative_int, defaults.drain_ms),
-        admin_listen=_optional(m, key, "admin_listen", _listen_address, defaults.admin_listen),
-        admin_token=_optional(
-            m, key, "admin_token_file", lambda v, k: _admin_token(v, k, base_dir), defaults.admin_token
-        ),
-        log_format=_optional(m, key, "log_format", lambda v, k: _one_of(v, k, LOG_FORMATS), defaults.log_format),
-        tls=_optional(m, key, "tls", lambda v, k: _tls(v, k, base_dir), defaults.tls),
-        allow_plaintext_off_loopback=_optional(
-            m, key, "allow_plaintext_off_loopback", _bool, defaults.allow_plaintext_off_loopback
-        ),
-        outcome_metadata=_optional(m, key, "outcome_metadata", _bool, defaults.outcome_metadata),
-    )
+    values = section(value, key, _SERVER_KEYS)
+    # The two keys that fill fields of other names.
+    if "listen" in values:
+        address = values.pop("listen")
+        values.update(listen_host=address.host, listen_port=address.port)
+    if "admin_token_file" in values:
+        values["admin_token"] = values.pop("admin_token_file")
+    server = ServerConfig(**values)
     try:
         check_plaintext(server, ListenAddress(server.listen_host, server.listen_port), tls_applies=True)
         if server.admin_listen is not None:
             check_plaintext(server, server.admin_listen, tls_applies=False)
     except PlaintextRefused as e:
-        raise _Invalid(_child(key, "admin_listen" if e.admin else "listen"), str(e)) from None
+        raise Invalid(child(key, "admin_listen" if e.admin else "listen"), str(e)) from None
     return server
 
 
-class PlaintextRefused(ExtprocError, ValueError):
-    """A plaintext listener would be reachable from other machines without the config allowing it."""
-
-    def __init__(self, address: ListenAddress, *, admin: bool) -> None:
-        what = "the admin endpoint (plain HTTP)" if admin else "plaintext gRPC (no server.tls)"
-        super().__init__(
-            f"{what} would listen on {address}, which is not loopback; "
-            "set server.allow_plaintext_off_loopback: true to allow it"
-        )
-        self.admin = admin
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
-
-
-def check_plaintext(server: ServerConfig, address: ListenAddress, *, tls_applies: bool) -> None:
-    """Raise PlaintextRefused if `address` would serve plaintext off loopback without permission.
-
-    `tls_applies` is false for the admin endpoint, which is always plain HTTP.
-    """
-    plaintext = not tls_applies or server.tls is None
-    if plaintext and not server.allow_plaintext_off_loopback and not is_loopback(address.host):
-        raise PlaintextRefused(address, admin=not tls_applies)
-
-
-def _admin_token(value: object, key: str, base_dir: Path) -> str:
-    path = _existing_file(value, key, base_dir)
+def _admin_token(value: object, key: str) -> str:
+    path = _existing_file(value, key)
     try:
         with path.open("rb") as f:
             raw = f.read(_MAX_ADMIN_TOKEN_BYTES + 1)
     except OSError as e:
-        raise _Invalid(key, f"cannot read {path}: {e.strerror or e}") from None
+        raise Invalid(key, f"cannot read {path}: {e.strerror or e}") from None
     # No message quotes the file's content: it is the secret.
     if len(raw) > _MAX_ADMIN_TOKEN_BYTES:
-        raise _Invalid(key, f"{path} is larger than {_MAX_ADMIN_TOKEN_BYTES} bytes; it should hold one token")
+        raise Invalid(key, f"{path} is larger than {_MAX_ADMIN_TOKEN_BYTES} bytes; it should hold one token")
     token = raw.strip()  # a trailing newline is how editors and `echo` leave it
     if not _ADMIN_TOKEN_RE.fullmatch(token):
-        raise _Invalid(key, f"{path} must hold one token of printable ASCII characters without spaces")
+        raise Invalid(key, f"{path} must hold one token of printable ASCII characters without spaces")
     if len(token) < _MIN_ADMIN_TOKEN_CHARS:
-        raise _Invalid(
+        raise Invalid(
             key,
             f"the token in {path} has {len(token)} characters, fewer than {_MIN_ADMIN_TOKEN_CHARS}; "
             "make one with `openssl rand -hex 32`",
@@ -700,154 +459,90 @@ def _admin_token(value: object, key: str, base_dir: Path) -> str:
     return token.decode("ascii")
 
 
-def _tls(value: object, key: str, base_dir: Path) -> TlsConfig:
-    m = _mapping(value, key, _TLS_KEYS, required=("cert_file", "key_file"))
-    return TlsConfig(
-        cert_file=_existing_file(m["cert_file"], _child(key, "cert_file"), base_dir),
-        key_file=_existing_file(m["key_file"], _child(key, "key_file"), base_dir),
-        client_ca_file=_optional(m, key, "client_ca_file", lambda v, k: _existing_file(v, k, base_dir), None),
-    )
+def _tls(value: object, key: str) -> TlsConfig:
+    return TlsConfig(**section(value, key, _TLS_KEYS, required=("cert_file", "key_file")))
 
 
-def _plugins(value: object, base_dir: Path) -> tuple[PluginConfig, ...]:
+def _plugins(value: object, key: str) -> tuple[PluginConfig, ...]:
     plugins: list[PluginConfig] = []
     first_use: dict[str, int] = {}
-    for i, item in enumerate(_list(value, "plugins")):
-        plugin = _plugin(item, f"plugins[{i}]", base_dir)
+    for i, item in enumerate(as_list(value, key)):
+        plugin = _plugin(item, f"{key}[{i}]")
         if plugin.name in first_use:
-            raise _Invalid(
-                f"plugins[{i}].name",
-                f"duplicate plugin name {plugin.name!r} (already used by plugins[{first_use[plugin.name]}])",
+            raise Invalid(
+                f"{key}[{i}].name",
+                f"duplicate plugin name {plugin.name!r} (already used by {key}[{first_use[plugin.name]}])",
             )
         first_use[plugin.name] = i
         plugins.append(plugin)
     return tuple(plugins)
 
 
-def _plugin(value: object, key: str, base_dir: Path) -> PluginConfig:
-    m = _mapping(value, key, _PLUGIN_KEYS, required=("name", "path"))
-    name = _plugin_name(m["name"], f"{key}.name")
-    defaults = PluginConfig(name=name, path=_existing_file(m["path"], f"{key}.path", base_dir))
-    return PluginConfig(
-        name=name,
-        path=defaults.path,
-        config=_optional(m, key, "config", _plugin_config, defaults.config),
-        enabled=_optional(m, key, "enabled", _bool, defaults.enabled),
-        execution_points=_optional(m, key, "execution_points", _execution_points, defaults.execution_points),
-        timeout_ms=_optional(m, key, "timeout_ms", _positive_int, defaults.timeout_ms),
-        memory_limit_mb=_optional(m, key, "memory_limit_mb", _positive_int, defaults.memory_limit_mb),
-        encoding=_optional(m, key, "encoding", lambda v, k: Encoding(_one_of(v, k, _ENCODINGS)), defaults.encoding),
-        pool_size=_optional(m, key, "pool_size", _positive_int, defaults.pool_size),
-        match=_optional(m, key, "match", _match, defaults.match),
-        on_error=_optional(m, key, "on_error", _failure_policy, defaults.on_error),
-        error_status=_optional(m, key, "error_status", _http_status, defaults.error_status),
-        retries=_optional(m, key, "retries", _retries, defaults.retries),
-        circuit_breaker=_optional(m, key, "circuit_breaker", _breaker, defaults.circuit_breaker),
-        allowed_hosts=_optional(m, key, "allowed_hosts", _allowed_hosts, defaults.allowed_hosts),
-        max_http_response_bytes=_optional(
-            m, key, "max_http_response_bytes", _positive_int, defaults.max_http_response_bytes
-        ),
-        state_failure=_optional(m, key, "state_failure", _failure_policy, defaults.state_failure),
-        max_output_bytes=_optional(m, key, "max_output_bytes", _positive_int, defaults.max_output_bytes),
-        candidate=_optional(m, key, "candidate", lambda v, k: _candidate(v, k, base_dir), None),
-    )
+def _plugin(value: object, key: str) -> PluginConfig:
+    return PluginConfig(**section(value, key, _PLUGIN_KEYS, required=("name", "path")))
 
 
-def _candidate(value: object, key: str, base_dir: Path) -> CandidateConfig:
-    m = _mapping(value, key, _CANDIDATE_KEYS, required=("path", "fraction"))
-    mode = _optional(m, key, "mode", lambda v, k: RolloutMode(_one_of(v, k, _ROLLOUT_MODES)), RolloutMode.SHADOW)
+def _candidate(value: object, key: str) -> CandidateConfig:
+    required = ("path", "fraction")
+    m = mapping(value, key, _CANDIDATE_KEYS, required)
+    mode = optional(m, key, "mode", enum_choice(RolloutMode), CandidateConfig.mode)
     if mode is RolloutMode.SHADOW:
         for name in _CANARY_ONLY_KEYS:
             if m.get(name) is not None:
-                raise _Invalid(_child(key, name), "applies only to mode 'canary': a shadow never serves a request")
-    return CandidateConfig(
-        path=_existing_file(m["path"], _child(key, "path"), base_dir),
-        fraction=_ratio(m["fraction"], _child(key, "fraction")),
-        mode=mode,
-        config=_optional(m, key, "config", _plugin_config, None),
-        key_header=_optional(m, key, "key_header", _header_name, CandidateConfig.key_header),
-        on_error=_optional(m, key, "on_error", _failure_policy, None),
-        error_status=_optional(m, key, "error_status", _http_status, None),
-        timeout_ms=_optional(m, key, "timeout_ms", _positive_int, None),
-        memory_limit_mb=_optional(m, key, "memory_limit_mb", _positive_int, None),
-        pool_size=_optional(m, key, "pool_size", _positive_int, None),
-        circuit_breaker=_optional(m, key, "circuit_breaker", _breaker, None),
-    )
-
-
-def _header_name(value: object, key: str) -> str:
-    """Lower case, as the server holds header names."""
-    name = _string(value, key)
-    if not _TOKEN_RE.fullmatch(name):
-        raise _Invalid(key, f"must be an HTTP header name, got {name!r}")
-    return name.lower()
-
-
-def _failure_policy(value: object, key: str) -> FailurePolicy:
-    return FailurePolicy(_one_of(value, key, _FAILURE_POLICIES))
+                raise Invalid(child(key, name), "applies only to mode 'canary': a shadow never serves a request")
+    return CandidateConfig(mode=mode, **parse_keys(m, key, _CANDIDATE_KEYS, required))
 
 
 def _state(value: object, key: str) -> StateConfig:
-    m = _mapping(value, key, _STATE_KEYS)
-    defaults = StateConfig()
-    backend = _optional(m, key, "backend", lambda v, k: StateBackend(_one_of(v, k, _STATE_BACKENDS)), defaults.backend)
+    m = mapping(value, key, _STATE_KEYS)
+    backend = optional(m, key, "backend", enum_choice(StateBackend), StateConfig.backend)
     if backend is StateBackend.MEMORY:
-        for name in _REDIS_ONLY_KEYS:
-            if m.get(name) is not None:
-                raise _Invalid(_child(key, name), "applies only to backend 'redis'")
+        for name in _STATE_KEYS:
+            if name != "backend" and m.get(name) is not None:
+                raise Invalid(child(key, name), "applies only to backend 'redis'")
         return StateConfig()
     if m.get("url") is None:
-        raise _Invalid(_child(key, "url"), "required when backend is 'redis', e.g. 'redis://127.0.0.1:6379/0'")
-    return StateConfig(
-        backend=backend,
-        url=_redis_url(m["url"], _child(key, "url")),
-        key_prefix=_optional(m, key, "key_prefix", _string, defaults.key_prefix),
-        timeout_ms=_optional(m, key, "timeout_ms", _positive_int, defaults.timeout_ms),
-    )
+        raise Invalid(child(key, "url"), "required when backend is 'redis', e.g. 'redis://127.0.0.1:6379/0'")
+    return StateConfig(backend=backend, **parse_keys(m, key, _STATE_KEYS))
 
 
 def _redis_url(value: object, key: str) -> str:
-    text = _non_empty_string(value, key)
+    text = non_empty_string(value, key)
     # Errors quote the URL, and a config error is printed, logged and answered to POST /reload.
     shown = repr(redact_url(text))
     try:
         parts = urllib.parse.urlsplit(text)
         port = parts.port  # raises ValueError when not a number from 0 to 65535
     except ValueError as e:
-        raise _Invalid(key, f"invalid URL {shown}: {e}") from None
+        raise Invalid(key, f"invalid URL {shown}: {e}") from None
     if parts.scheme not in _REDIS_SCHEMES:
-        raise _Invalid(key, f"must start with {', '.join(s + '://' for s in _REDIS_SCHEMES)}, got {shown}")
+        raise Invalid(key, f"must start with {', '.join(s + '://' for s in _REDIS_SCHEMES)}, got {shown}")
     if parts.scheme == "unix" and not parts.path:
-        raise _Invalid(key, f"a unix:// URL needs a socket path, got {shown}")
+        raise Invalid(key, f"a unix:// URL needs a socket path, got {shown}")
     if parts.scheme != "unix" and not parts.hostname:
-        raise _Invalid(key, f"needs a host, as in 'redis://127.0.0.1:6379/0', got {shown}")
+        raise Invalid(key, f"needs a host, as in 'redis://127.0.0.1:6379/0', got {shown}")
     if port == 0:
-        raise _Invalid(key, f"port must be from 1 to 65535, got {shown}")
+        raise Invalid(key, f"port must be from 1 to 65535, got {shown}")
     return text
 
 
 def _tracing(value: object, key: str) -> TracingConfig:
-    m = _mapping(value, key, _TRACING_KEYS, required=("endpoint",))
-    defaults = TracingConfig(endpoint="")
-    protocol = _optional(m, key, "protocol", lambda v, k: _one_of(v, k, TRACING_PROTOCOLS), defaults.protocol)
+    m = mapping(value, key, _TRACING_KEYS, required=("endpoint",))
+    protocol = optional(m, key, "protocol", choice(TRACING_PROTOCOLS), TracingConfig.protocol)
     missing = [name for name in _TRACING_MODULES[protocol] if not _importable(name)]
     if missing:
-        raise _Invalid(
+        raise Invalid(
             key,
             f"needs OpenTelemetry ({', '.join(missing)} is not installed): pip install 'extism-extproc[otel]'",
         )
     if not _otlp_protos_current():
-        raise _Invalid(
+        raise Invalid(
             key,
             "OpenTelemetry's OTLP protobuf modules were overwritten by an older copy that xds-protos (Envoy's API, "
             "which the server needs) also installs: pip install --force-reinstall --no-deps opentelemetry-proto",
         )
-    return TracingConfig(
-        endpoint=_otlp_endpoint(m["endpoint"], _child(key, "endpoint"), protocol),
-        protocol=protocol,
-        service_name=_optional(m, key, "service_name", _non_empty_string, defaults.service_name),
-        sample_ratio=_optional(m, key, "sample_ratio", _ratio, defaults.sample_ratio),
-    )
+    endpoint = _otlp_endpoint(m["endpoint"], child(key, "endpoint"), protocol)
+    return TracingConfig(endpoint=endpoint, protocol=protocol, **parse_keys(m, key, _TRACING_KEYS))
 
 
 def _otlp_protos_current() -> bool:
@@ -866,22 +561,22 @@ def _importable(module: str) -> bool:
 
 
 def _otlp_endpoint(value: object, key: str, protocol: str) -> str:
-    text = _non_empty_string(value, key)
+    text = non_empty_string(value, key)
     shown = repr(redact_url(text))  # errors are printed and logged; a URL may carry a password
     try:
         parts = urllib.parse.urlsplit(text)
         port = parts.port  # raises ValueError when not a number from 0 to 65535
     except ValueError as e:
-        raise _Invalid(key, f"invalid URL {shown}: {e}") from None
+        raise Invalid(key, f"invalid URL {shown}: {e}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _Invalid(key, f"must be an http:// or https:// URL with a host, e.g. 'http://otel:4317', got {shown}")
+        raise Invalid(key, f"must be an http:// or https:// URL with a host, e.g. 'http://otel:4317', got {shown}")
     if port == 0:
-        raise _Invalid(key, f"port must be from 1 to 65535, got {shown}")
+        raise Invalid(key, f"port must be from 1 to 65535, got {shown}")
     if parts.query or parts.fragment:
-        raise _Invalid(key, f"must not have a query or fragment, got {shown}")
+        raise Invalid(key, f"must not have a query or fragment, got {shown}")
     if protocol == "grpc":
         if parts.path not in ("", "/"):
-            raise _Invalid(key, f"an OTLP/gRPC endpoint has no path (protocol grpc), got {shown}")
+            raise Invalid(key, f"an OTLP/gRPC endpoint has no path (protocol grpc), got {shown}")
         return text
     if parts.path in ("", "/"):
         return urllib.parse.urlunsplit(parts._replace(path=OTLP_HTTP_TRACES_PATH))
@@ -890,182 +585,184 @@ def _otlp_endpoint(value: object, key: str, protocol: str) -> str:
 
 def _ratio(value: object, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise _Invalid(key, f"must be a number from 0 to 1, got {_describe(value)}")
+        raise Invalid(key, f"must be a number from 0 to 1, got {describe(value)}")
     return float(value)
 
 
 def _http_status(value: object, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:
-        raise _Invalid(key, f"must be an HTTP status from 200 to 599, got {_describe(value)}")
+        raise Invalid(key, f"must be an HTTP status from 200 to 599, got {describe(value)}")
     return value
 
 
 def _retries(value: object, key: str) -> int:
-    retries = _non_negative_int(value, key)
+    retries = non_negative_int(value, key)
     if retries > MAX_RETRIES:
-        raise _Invalid(key, f"must be at most {MAX_RETRIES}, got {retries}")
+        raise Invalid(key, f"must be at most {MAX_RETRIES}, got {retries}")
     return retries
 
 
 def _breaker(value: object, key: str) -> BreakerConfig:
-    m = _mapping(value, key, _BREAKER_KEYS)
-    defaults = BreakerConfig()
-    return BreakerConfig(
-        failures=_optional(m, key, "failures", _non_negative_int, defaults.failures),
-        cooldown_ms=_optional(m, key, "cooldown_ms", _positive_int, defaults.cooldown_ms),
-    )
+    return BreakerConfig(**section(value, key, _BREAKER_KEYS))
 
 
 def _plugin_name(value: object, key: str) -> str:
-    name = _string(value, key)
+    name = string(value, key)
     if not _NAME_RE.fullmatch(name):
-        raise _Invalid(
+        raise Invalid(
             key,
             f"must start with a letter or digit and contain only letters, digits, '_', '.' and '-', got {name!r}",
         )
     return name
 
 
-def _existing_file(value: object, key: str, base_dir: Path) -> Path:
-    text = _non_empty_string(value, key)
-    try:
-        path = (base_dir / text).resolve()  # an absolute text replaces base_dir
-    except (OSError, RuntimeError) as e:  # RuntimeError: symlink loop
-        raise _Invalid(key, f"cannot resolve {text!r}: {e}") from None
-    if not path.is_file():
-        raise _Invalid(key, f"not a file: {path}" if path.exists() else f"file not found: {path}")
-    return path
-
-
 def _execution_points(value: object, key: str) -> frozenset[Phase]:
-    points = _string_list(
+    points = string_list(
         value,
         key,
-        lambda v, k: _one_of(v, k, PHASE_NAMES),
+        choice(PHASE_NAMES),
         empty_hint="omit it to run at every execution point the plugin declares or exports",
     )
     return frozenset(Phase.named(p) for p in points)
 
 
-def _plugin_config(value: object, key: str) -> Mapping[str, object]:
-    if not isinstance(value, Mapping):
-        raise _Invalid(key, f"must be a mapping, got {_describe(value)}")
-    try:
-        return _freeze_mapping(value, key)
-    except RecursionError:
-        raise _Invalid(key, "is nested too deeply (or refers to itself through a YAML alias)") from None
-
-
-def _freeze_mapping(value: Mapping[object, object], key: str) -> Mapping[str, object]:
-    frozen: dict[str, object] = {}
-    for name, item in value.items():
-        if not isinstance(name, str):
-            raise _Invalid(key, f"keys must be strings, got {_describe(name)}")
-        frozen[name] = _freeze(item, _child(key, name))
-    return MappingProxyType(frozen)
-
-
-def _freeze(value: object, key: str) -> object:
-    """A read-only copy of the value, which must be JSON data so config_json() cannot fail later."""
-    if isinstance(value, Mapping):
-        return _freeze_mapping(value, key)
-    if isinstance(value, list):
-        return tuple(_freeze(item, f"{key}[{i}]") for i, item in enumerate(value))
-    if isinstance(value, float) and not math.isfinite(value):
-        raise _Invalid(key, f"must be a finite number, got {value}")
-    if value is None or isinstance(value, str | int | float):  # bool is an int
-        return value
-    raise _Invalid(
-        key,
-        f"must be a string, number, boolean, null, list or mapping, got {_describe(value)}; quote it to pass a string",
-    )
-
-
-def _thaw(value: object) -> object:
-    # json.dumps only knows dict, not MappingProxyType.
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def _match(value: object, key: str) -> MatchRules:
-    m = _mapping(value, key, _MATCH_KEYS)
-    return MatchRules(
-        path_prefix=_optional(m, key, "path_prefix", _path_prefix, None),
-        path_regex=_optional(m, key, "path_regex", _regex, None),
-        hosts=_optional(m, key, "hosts", _hosts, ()),
-        methods=_optional(m, key, "methods", _methods, frozenset()),
-        headers=_optional(m, key, "headers", _header_rules, ()),
-    )
+    return MatchRules(**section(value, key, _MATCH_KEYS))
 
 
 def _path_prefix(value: object, key: str) -> str:
-    prefix = _string(value, key)
+    prefix = string(value, key)
     if not prefix.startswith("/"):
-        raise _Invalid(key, f"must start with '/', got {prefix!r}")
+        raise Invalid(key, f"must start with '/', got {prefix!r}")
     return prefix
 
 
 def _regex(value: object, key: str) -> re.Pattern[str]:
-    text = _string(value, key)
+    text = string(value, key)
     try:
         return re.compile(text)
     except re.error as e:
-        raise _Invalid(key, f"invalid regular expression {text!r}: {e}") from None
+        raise Invalid(key, f"invalid regular expression {text!r}: {e}") from None
 
 
 def _hosts(value: object, key: str) -> tuple[str, ...]:
-    return _string_list(value, key, _host_pattern, empty_hint="omit it to match any host")
+    return string_list(value, key, _host_pattern, empty_hint="omit it to match any host")
 
 
 def _allowed_hosts(value: object, key: str) -> tuple[str, ...]:
-    return _string_list(value, key, _host_pattern, empty_hint="omit it to keep the plugin off the network")
+    return string_list(value, key, _host_pattern, empty_hint="omit it to keep the plugin off the network")
 
 
 def _host_pattern(value: object, key: str) -> str:
-    host = _string(value, key).lower()
+    host = string(value, key).lower()
     if not _HOST_PATTERN_RE.fullmatch(host):
-        raise _Invalid(key, f"must be a host name without a port, optionally starting with '*.', got {host!r}")
+        raise Invalid(key, f"must be a host name without a port, optionally starting with '*.', got {host!r}")
     return host
 
 
 def _methods(value: object, key: str) -> frozenset[str]:
-    return frozenset(_string_list(value, key, _method, empty_hint="omit it to match any method"))
+    return frozenset(string_list(value, key, _method, empty_hint="omit it to match any method"))
 
 
 def _method(value: object, key: str) -> str:
-    method = _string(value, key)
+    method = string(value, key)
     if not _TOKEN_RE.fullmatch(method):
-        raise _Invalid(key, f"must be an HTTP method name, got {method!r}")
+        raise Invalid(key, f"must be an HTTP method name, got {method!r}")
     return method.upper()
 
 
 def _header_rules(value: object, key: str) -> tuple[HeaderRule, ...]:
-    return tuple(_header_rule(item, f"{key}[{i}]") for i, item in enumerate(_list(value, key)))
+    return tuple(_header_rule(item, f"{key}[{i}]") for i, item in enumerate(as_list(value, key)))
 
 
 def _header_rule(value: object, key: str) -> HeaderRule:
-    m = _mapping(value, key, _HEADER_RULE_KEYS, required=("name",))
-    name = _header_name(m["name"], f"{key}.name")
-    present = _optional(m, key, "present", _bool, None)
-    equals = _optional(m, key, "equals", _string, None)
-    if (present is None) == (equals is None):
-        raise _Invalid(key, "needs exactly one of 'present' and 'equals'")
-    return HeaderRule(name=name, present=present, equals=equals)
+    values = section(value, key, _HEADER_RULE_KEYS, required=("name",))
+    if ("present" in values) == ("equals" in values):
+        raise Invalid(key, "needs exactly one of 'present' and 'equals'")
+    return HeaderRule(**values)
 
 
-# --- matching ---------------------------------------------------------------------------------------------
+def _header_name(value: object, key: str) -> str:
+    """Lower case, as the server holds header names."""
+    name = string(value, key)
+    if not _TOKEN_RE.fullmatch(name):
+        raise Invalid(key, f"must be an HTTP header name, got {name!r}")
+    return name.lower()
 
 
-def _strip_port(authority: str) -> str:
-    if authority.startswith("["):  # [v6]:port
-        return authority.partition("]")[0] + "]"
-    return authority.partition(":")[0]
+# --- the tables: each section's keys and their parsers (docs/configuration.md documents every key) -------
 
-
-def host_matches(pattern: str, host: str) -> bool:
-    """`host` (lower case, no port) against an exact name or a "*.suffix" pattern."""
-    if pattern.startswith("*."):
-        # Like Envoy's virtual hosts: "*.example.org" needs at least one label before the suffix.
-        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
-    return host == pattern
+_TOP_KEYS: Final[Table] = {"server": _server, "plugins": _plugins, "state": _state, "tracing": _tracing}
+_SERVER_KEYS: Final[Table] = {
+    "listen": _listen_address,  # fills listen_host and listen_port
+    "plugin_threads": positive_int,
+    "max_concurrent_streams": positive_int,
+    "stream_idle_timeout_ms": non_negative_int,
+    "inline_call_budget_us": non_negative_int,
+    "log_level": choice(LOG_LEVELS),
+    "max_body_bytes": positive_int,
+    "shutdown_grace_ms": non_negative_int,
+    "reload_poll_ms": non_negative_int,
+    "drain_ms": non_negative_int,
+    "admin_listen": _listen_address,
+    "admin_token_file": _admin_token,  # fills admin_token
+    "log_format": choice(LOG_FORMATS),
+    "tls": _tls,
+    "allow_plaintext_off_loopback": boolean,
+    "outcome_metadata": boolean,
+}
+_TLS_KEYS: Final[Table] = {"cert_file": _existing_file, "key_file": _existing_file, "client_ca_file": _existing_file}
+_PLUGIN_KEYS: Final[Table] = {
+    "name": _plugin_name,
+    "path": _existing_file,
+    "config": json_mapping,
+    "enabled": boolean,
+    "execution_points": _execution_points,
+    "timeout_ms": positive_int,
+    "memory_limit_mb": positive_int,
+    "encoding": enum_choice(Encoding),
+    "pool_size": positive_int,
+    "match": _match,
+    "on_error": enum_choice(FailurePolicy),
+    "error_status": _http_status,
+    "retries": _retries,
+    "circuit_breaker": _breaker,
+    "allowed_hosts": _allowed_hosts,
+    "max_http_response_bytes": positive_int,
+    "state_failure": enum_choice(FailurePolicy),
+    "max_output_bytes": positive_int,
+    "candidate": _candidate,
+}
+_BREAKER_KEYS: Final[Table] = {"failures": non_negative_int, "cooldown_ms": positive_int}
+# The mode decides which other keys apply (_candidate).
+_CANDIDATE_KEYS: Final[Table] = {
+    "path": _existing_file,
+    "mode": None,
+    "fraction": _ratio,
+    "config": json_mapping,
+    "key_header": _header_name,
+    "on_error": enum_choice(FailurePolicy),
+    "error_status": _http_status,
+    "timeout_ms": positive_int,
+    "memory_limit_mb": positive_int,
+    "pool_size": positive_int,
+    "circuit_breaker": _breaker,
+}
+_CANARY_ONLY_KEYS: Final = ("key_header", "on_error", "error_status")
+_MATCH_KEYS: Final[Table] = {
+    "path_prefix": _path_prefix,
+    "path_regex": _regex,
+    "hosts": _hosts,
+    "methods": _methods,
+    "headers": _header_rules,
+}
+_HEADER_RULE_KEYS: Final[Table] = {"name": _header_name, "present": boolean, "equals": string}
+# Every key but backend applies to backend redis only (_state).
+_STATE_KEYS: Final[Table] = {"backend": None, "url": _redis_url, "key_prefix": string, "timeout_ms": positive_int}
+# The endpoint's form depends on the protocol (_tracing).
+_TRACING_KEYS: Final[Table] = {
+    "endpoint": None,
+    "protocol": None,
+    "service_name": non_empty_string,
+    "sample_ratio": _ratio,
+}

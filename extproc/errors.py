@@ -1,7 +1,8 @@
 """Typed errors. Each one says what failed and where (file, key, plugin, phase).
 
 `ExtprocError` is the base of every error the package raises on purpose, so a caller catches one type.
-The errors about one module live beside it (ConfigError in config, StoreError in plugins.store, ...).
+The errors about one module live beside it (PlaintextRefused in tls, StoreError in plugins.store, ...);
+ConfigError is here because config and tls both raise it, and config imports tls.
 Those that began as ValueError keep it as a second base: code that catches ValueError still catches them.
 """
 
@@ -13,6 +14,22 @@ from pathlib import Path
 
 class ExtprocError(Exception):
     """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(ExtprocError, ValueError):
+    """A configuration problem, located by file, key path (``plugins[2].timeout_ms``) and, for YAML
+    syntax errors, 1-based line and column."""
+
+    def __init__(
+        self, file: Path, key: str, reason: str, *, line: int | None = None, column: int | None = None
+    ) -> None:
+        self.file = file
+        self.key = key
+        self.reason = reason
+        self.line = line
+        self.column = column
+        where = str(file) if line is None else f"{file}:{line}:{column}"
+        super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
 
 
 class PluginLoadError(ExtprocError):

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from extproc import envoy
+from extproc import wire
 
 REQUEST_ID_HEADER: Final = "x-request-id"
 
@@ -47,7 +47,7 @@ def current_request_id() -> str | None:
     first = _STREAM.get()
     if first is None or not first.HasField("request_headers"):
         return None
-    for name, value in envoy.header_pairs(first.request_headers.headers):
+    for name, value in wire.header_pairs(first.request_headers.headers):
         if name == REQUEST_ID_HEADER:
             return value
     return None

@@ -19,7 +19,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
-from extproc import envoy, logs, metrics, tracing
+from extproc import logs, metrics, tracing, wire
 from extproc.config import ServerConfig
 from extproc.contract import ImmediateReply
 from extproc.metrics import StreamEnd
@@ -108,7 +108,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     log.exception("failed to process %s", request.WhichOneof("request"))
                     how = StreamEnd.ERROR
                     metrics.STREAMS.immediate_response(_INTERNAL_ERROR.status)
-                    yield envoy.immediate_response(_INTERNAL_ERROR, is_grpc=False)
+                    yield wire.immediate_response(_INTERNAL_ERROR, is_grpc=False)
                     await _close(messages)
                     return
                 if isinstance(reply, tuple):  # none, or several (FULL_DUPLEX_STREAMED bodies)

@@ -24,7 +24,7 @@ from typing import Final, TypeAlias
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from extproc import envoy, metrics
+from extproc import metrics, wire
 from extproc.chain import REQUEST, RESPONSE, BodyBuffer, Direction, Exchange, Flow, Side, SidePlan
 from extproc.config import FailurePolicy
 from extproc.contract import Chunk, HeaderChanges, ImmediateReply
@@ -83,7 +83,7 @@ def plan(selection: Selection, configured: int) -> Plan:
     response_wants = selection.response_headers or response.flow is not Flow.NONE or response.trailers
 
     def reply(request_body: bool) -> bytes:
-        return envoy.headers_reply_bytes(
+        return wire.headers_reply_bytes(
             _body_mode(request) if request_body else (_DUPLEX if request.duplex else ProcessingMode.NONE),
             response_wants,
             _body_mode(response),
@@ -140,7 +140,7 @@ class ExchangeStream:
         else:
             exchange = self._exchange
             if exchange is None:
-                return envoy.empty_reply(kind)
+                return wire.empty_reply(kind)
             if kind == "response_headers":
                 reply = await self._response_headers(exchange, request.response_headers)
             elif kind == "request_body":
@@ -167,7 +167,7 @@ class ExchangeStream:
 
     async def _request_headers(self, request: ep.ProcessingRequest) -> ep.ProcessingResponse:
         message = request.request_headers
-        pairs = envoy.header_pairs(message.headers)
+        pairs = wire.header_pairs(message.headers)
         headers = HeaderList(pairs)
         configured = 0
         if request.HasField("protocol_config"):
@@ -192,15 +192,15 @@ class ExchangeStream:
             return ep.ProcessingResponse.FromString(exchange_plan.without_body)
         self._is_grpc = (headers.first("content-type") or "").startswith("application/grpc")
         has_body = not message.end_of_stream
-        attributes = envoy.attributes(request)
-        route_text = attributes.pop(envoy.ROUTE_METADATA_ATTRIBUTE, None) if attributes else None
+        attributes = wire.attributes(request)
+        route_text = attributes.pop(wire.ROUTE_METADATA_ATTRIBUTE, None) if attributes else None
         exchange = Exchange(
             selection,
             Side(request_plan, headers, has_body and (request_plan.flow is not Flow.NONE or request_plan.trailers)),
             Side(exchange_plan.response, None, exchange_plan.response_wants),
             attributes,
-            envoy.metadata_context(request),
-            None if route_text is None else envoy.route_values(str(route_text)),
+            wire.metadata_context(request),
+            None if route_text is None else wire.route_values(str(route_text)),
         )
         if rollout is not None:  # rollout hook: outcomes, records and shadows of this exchange's calls
             rollout.watch(exchange, headers)
@@ -219,7 +219,7 @@ class ExchangeStream:
 
     async def _response_headers(self, exchange: Exchange, message: ep.HttpHeaders) -> ep.ProcessingResponse:
         side = exchange.response
-        headers = side.headers = HeaderList(envoy.header_pairs(message.headers))
+        headers = side.headers = HeaderList(wire.header_pairs(message.headers))
         if exchange.selection.response_headers:
             reply = await exchange.run(RESPONSE.headers)
             if reply is not None:
@@ -346,7 +346,7 @@ class ExchangeStream:
 
     async def _trailers(self, exchange: Exchange, side: Side, message: ep.HttpTrailers) -> Replies:
         side.wants = False
-        side.trailers = trailers = HeaderList(envoy.header_pairs(message.trailers))
+        side.trailers = trailers = HeaderList(wire.header_pairs(message.trailers))
         before: ep.ProcessingResponse | None = None
         buffer = side.buffer
         if buffer is not None and buffer.chunks and not buffer.passthrough:
@@ -371,7 +371,7 @@ class ExchangeStream:
         trailers_reply = _trailers_of(side, response)
         trailers_reply.SetInParent()
         if trailers.changed:
-            envoy.fill_header_mutation(trailers_reply.header_mutation, trailers.diff())
+            wire.fill_header_mutation(trailers_reply.header_mutation, trailers.diff())
             trailers.rebase()
         return response if before is None else (before, response)
 
@@ -386,13 +386,13 @@ class ExchangeStream:
         diff = headers.diff()
         headers.rebase()
         common = reply.response
-        envoy.fill_header_mutation(common.header_mutation, diff)
+        wire.fill_header_mutation(common.header_mutation, diff)
         if route and diff.touches_route:
             common.clear_route_cache = True
 
     def _immediate(self, reply: ImmediateReply) -> ep.ProcessingResponse:
         metrics.STREAMS.immediate_response(reply.status)
-        response = envoy.immediate_response(reply, self._is_grpc)
+        response = wire.immediate_response(reply, self._is_grpc)
         self._attach_metadata(response)
         self._exchange = None  # Envoy sends nothing after an immediate response
         return response
@@ -400,7 +400,7 @@ class ExchangeStream:
     def _attach_metadata(self, response: ep.ProcessingResponse) -> None:
         exchange = self._exchange
         if exchange is not None and exchange.emitted_metadata:
-            response.dynamic_metadata.CopyFrom(envoy.dynamic_metadata(exchange.emitted_metadata))
+            response.dynamic_metadata.CopyFrom(wire.dynamic_metadata(exchange.emitted_metadata))
             exchange.emitted_metadata = None
 
 

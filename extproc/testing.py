@@ -51,7 +51,7 @@ from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import Proces
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from google.protobuf import struct_pb2
 
-from extproc import envoy
+from extproc import wire
 from extproc.config import Config, parse_config
 from extproc.contract import Pair
 from extproc.errors import ExtprocError
@@ -274,7 +274,7 @@ def _apply_mutation(pairs: list[Pair], mutation: Any) -> list[Pair]:
     for option in mutation.set_headers:
         name = option.header.key.lower()
         value = _option_value(option)
-        append = option.append.value if option.HasField("append") else option.append_action == envoy.APPEND
+        append = option.append.value if option.HasField("append") else option.append_action == wire.APPEND
         if append:
             result.append((name, value))
             continue
@@ -357,7 +357,7 @@ async def exchange_async(plugins: PluginSet, req: HttpRequest, resp: HttpRespons
         replies = list(answer) if isinstance(answer, tuple) else [answer]
         for reply in replies:
             if reply.HasField("dynamic_metadata"):
-                metadata.update(envoy.struct_to_dict(reply.dynamic_metadata).get(envoy.METADATA_NAMESPACE, {}))
+                metadata.update(wire.struct_to_dict(reply.dynamic_metadata).get(wire.METADATA_NAMESPACE, {}))
             if reply.HasField("immediate_response"):
                 raise _ImmediateSent(reply.immediate_response)
             modes.override(reply)

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from extproc import __version__, envoy
+from extproc import __version__, wire
 from extproc.config import FailurePolicy, TracingConfig
 from extproc.contract import PluginOutput
 from extproc.errors import PluginCallError
@@ -87,7 +87,7 @@ class OtelTracer:
         """A span for the stream whose first message is `first`."""
         headers: dict[str, str] = {}
         if first.HasField("request_headers"):
-            for name, value in envoy.header_pairs(first.request_headers.headers):
+            for name, value in wire.header_pairs(first.request_headers.headers):
                 headers.setdefault(name, value)
         attributes: dict[str, str] = {"rpc.system": "grpc", "rpc.service": _SERVICE, "rpc.method": "Process"}
         if ":method" in headers:

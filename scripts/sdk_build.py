@@ -17,6 +17,7 @@ skipped with a note.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
@@ -101,8 +102,10 @@ def build_rust(package_dir: Path, out: Path) -> Path:
     workspace) for wasm32, copied to `out`."""
     cargo, rustc = rust_toolchain()
     package = cargo_package(package_dir)
-    # Outside the work tree; cargo locks it, so concurrent builds wait for each other instead of failing.
-    target = Path(tempfile.gettempdir()) / "extproc-cargo"
+    # Outside the work tree; cargo locks it, so concurrent builds wait for each other instead of failing. One per
+    # checkout: two checkouts' builds of the same package write the same output file, and one would copy the other's.
+    checkout = hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / f"extproc-cargo-{checkout}"
     _run(
         [
             cargo,

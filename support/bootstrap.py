@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from extproc.deploy.envoy_config import HCM_STAT_PREFIX, access_log, connection_manager
-from extproc.envoy import METADATA_NAMESPACE, ROUTE_METADATA_ATTRIBUTE
+from extproc.wire import METADATA_NAMESPACE, ROUTE_METADATA_ATTRIBUTE
 
 EXT_PROC_FILTER_NAME = "envoy.filters.http.ext_proc"
 # Stats of the ext_proc filter live under http.<HCM stat_prefix>.ext_proc.<filter stat_prefix>.

@@ -28,7 +28,7 @@ def _exception_classes() -> dict[str, type[BaseException]]:
 def test_every_exception_class_of_the_package_derives_from_extproc_error() -> None:
     classes = _exception_classes()
     # The walk must reach the modules that define errors, or the check below proves nothing.
-    assert {"extproc.config.ConfigError", "extproc.plugins.pool.PoolExhausted", "extproc.testing.CasesError"} <= set(
+    assert {"extproc.errors.ConfigError", "extproc.plugins.pool.PoolExhausted", "extproc.testing.CasesError"} <= set(
         classes
     )
     outside = sorted(name for name, cls in classes.items() if not issubclass(cls, ExtprocError))

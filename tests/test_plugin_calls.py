@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,22 +72,77 @@ def test_a_large_input_runs_on_a_thread_and_the_plugin_stays_inline(
     assert plugin.inline
 
 
-def test_a_plugin_once_over_the_budget_moves_to_the_threads_for_good(
-    plugin_dir: Path, load: Any, caplog: pytest.LogCaptureFixture, call_threads: list[str]
+def spending(cpu_seconds: float) -> Any:
+    """The loader's invoke, also spending this much CPU on the calling thread as a slow plugin would."""
+    inner = loader.invoke
+
+    def slow_invoke(*args: Any) -> RawResult:
+        until = time.thread_time() + cpu_seconds
+        while time.thread_time() < until:
+            pass
+        return inner(*args)
+
+    return slow_invoke
+
+
+def test_a_call_ten_times_over_the_budget_moves_the_plugin_to_the_threads_for_good(
+    plugin_dir: Path,
+    load: Any,
+    caplog: pytest.LogCaptureFixture,
+    call_threads: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    plugin = load(plugin_dir / "transform.wasm", {"inline_call_budget_us": 1}, config={"suffix": "!"})
+    plugin = load(plugin_dir / "transform.wasm", {"inline_call_budget_us": 1000}, config={"suffix": "!"})
 
     async def three_calls() -> None:
+        monkeypatch.setattr(loader, "invoke", spending(0.015))
         await plugin.call(Phase.REQUEST_BODY, body_input(10))
         assert plugin.inline  # a fresh instance's first call also pays for its new memory: not held against it
         await plugin.call(Phase.REQUEST_BODY, body_input(10))
-        assert not plugin.inline  # more than 1 us of CPU
+        assert not plugin.inline
         await plugin.call(Phase.REQUEST_BODY, body_input(10))
 
     asyncio.run(three_calls())
     assert call_threads[2] == "test-plugin-0"
     assert "process_request_body took" in plugin.runs_on_threads
     assert "its calls run on plugin threads from now on" in caplog.text
+
+
+def test_calls_over_the_budget_on_average_move_the_plugin_to_the_threads(
+    plugin_dir: Path, load: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin = load(plugin_dir / "transform.wasm", {"inline_call_budget_us": 1000}, config={"suffix": "!"})
+
+    async def calls() -> int:
+        await plugin.call(Phase.REQUEST_BODY, body_input(10))  # warms the instance
+        monkeypatch.setattr(loader, "invoke", spending(0.003))
+        for made in range(1, 50):
+            await plugin.call(Phase.REQUEST_BODY, body_input(10))
+            if not plugin.inline:
+                return made
+        return 0
+
+    # Three times the budget each: the average passes it within a few calls, not on the first.
+    assert 1 < asyncio.run(calls()) < 10
+    assert "on average" in plugin.runs_on_threads
+
+
+def test_one_call_a_few_times_over_the_budget_among_quick_ones_is_not_held_against_the_plugin(
+    plugin_dir: Path, load: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin = load(plugin_dir / "transform.wasm", {"inline_call_budget_us": 1000}, config={"suffix": "!"})
+
+    async def calls() -> None:
+        for _ in range(20):
+            await plugin.call(Phase.REQUEST_BODY, body_input(10))
+        with monkeypatch.context() as patched:
+            patched.setattr(loader, "invoke", spending(0.004))  # a page fault storm, a busy core
+            await plugin.call(Phase.REQUEST_BODY, body_input(10))
+        for _ in range(20):
+            await plugin.call(Phase.REQUEST_BODY, body_input(10))
+
+    asyncio.run(calls())
+    assert plugin.inline, plugin.runs_on_threads
 
 
 def test_a_garbage_collection_during_a_call_is_not_held_against_the_plugin(

@@ -16,7 +16,7 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from extproc import envoy
+from extproc import wire
 from extproc._pb.extproc.plugin.v1 import plugin_pb2
 from extproc.contract import (
     HeaderChanges,
@@ -44,13 +44,13 @@ def header_map(*pairs: tuple[str, bytes]) -> base_pb2.HeaderMap:
 
 
 def test_envoy_header_bytes_keep_their_identity() -> None:
-    pairs = envoy.header_pairs(header_map(("x-latin", LATIN1), ("x-utf8", UTF8), ("x-odd", ODD)))
+    pairs = wire.header_pairs(header_map(("x-latin", LATIN1), ("x-utf8", UTF8), ("x-odd", ODD)))
     assert pairs[0][1] != pairs[1][1]
     assert [value_bytes(value) for _, value in pairs] == [LATIN1, UTF8, ODD]
 
 
 def test_plugin_input_carries_the_exact_bytes_in_raw_value() -> None:
-    pairs = envoy.header_pairs(header_map((":path", b"/caf\xe9"), ("x-latin", LATIN1), ("x-utf8", UTF8)))
+    pairs = wire.header_pairs(header_map((":path", b"/caf\xe9"), ("x-latin", LATIN1), ("x-utf8", UTF8)))
     data = json.loads(encode_json(build_input(Phase.REQUEST_HEADERS, "p", MessageView(pairs), None, {}, {})))
     request_json = data["request"]
     assert request_json["headers"] == [
@@ -62,7 +62,7 @@ def test_plugin_input_carries_the_exact_bytes_in_raw_value() -> None:
 
 
 def test_protobuf_plugins_get_the_same_bytes() -> None:
-    pairs = envoy.header_pairs(header_map(("x-latin", LATIN1), ("x-utf8", UTF8)))
+    pairs = wire.header_pairs(header_map(("x-latin", LATIN1), ("x-utf8", UTF8)))
     data = build_input(Phase.REQUEST_HEADERS, "p", MessageView(pairs), None, {}, {})
     message = plugin_pb2.PluginInput.FromString(encode_protobuf(data))
     assert [(h.name, h.value, h.raw_value) for h in message.request.headers] == [
@@ -79,7 +79,7 @@ def test_raw_value_in_output_reaches_envoy_as_those_bytes(raw: bytes) -> None:
     headers = HeaderList([(":path", "/")])
     headers.apply(output.headers)
     mutation = ep.HeaderMutation()
-    envoy.fill_header_mutation(mutation, headers.diff())
+    wire.fill_header_mutation(mutation, headers.diff())
     assert [(o.header.key, o.header.raw_value) for o in mutation.set_headers] == [("x-copy", raw)]
 
 
@@ -96,7 +96,7 @@ def test_immediate_response_headers_may_be_raw() -> None:
     raw = {"immediate_response": {"status": 403, "headers": [{"name": "x-why", "raw_value": encoded}]}}
     output = decode_json(json.dumps(raw).encode())
     assert output is not None and output.immediate is not None
-    reply = envoy.immediate_response(output.immediate, is_grpc=False)
+    reply = wire.immediate_response(output.immediate, is_grpc=False)
     assert [o.header.raw_value for o in reply.immediate_response.headers.set_headers] == [LATIN1]
 
 
@@ -122,6 +122,6 @@ def test_header_rewrite_moves_exact_bytes_through_the_harness() -> None:
 
 def test_header_changes_keep_raw_values_apart_from_text() -> None:
     """The diff sent to Envoy sees `caf\\xe9` and "café" as different values."""
-    headers = HeaderList(envoy.header_pairs(header_map(("x", LATIN1))))
+    headers = HeaderList(wire.header_pairs(header_map(("x", LATIN1))))
     headers.apply(HeaderChanges(set=(("x", "café"),)))
     assert headers.diff().replaced == (("x", ("café",)),)

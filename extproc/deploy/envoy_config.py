@@ -24,12 +24,12 @@ from typing import Any, Final
 import yaml
 
 from extproc.config import Config, ConfigError, ListenAddress, PluginConfig
-from extproc.envoy import METADATA_NAMESPACE, ROUTE_METADATA_ATTRIBUTE
 from extproc.phases import Phase
 from extproc.plugins.loader import LoadedPlugin
 from extproc.plugins.registry import PluginSet, Selection
 from extproc.plugins.runner import PluginThreads
 from extproc.rollout import OUTCOMES_KEY
+from extproc.wire import METADATA_NAMESPACE, ROUTE_METADATA_ATTRIBUTE
 
 EXT_PROC_FILTER: Final = "envoy.filters.http.ext_proc"
 EXTPROC_CLUSTER: Final = "extproc"

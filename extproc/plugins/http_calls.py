@@ -33,8 +33,8 @@ from typing import Any, Final, TypeVar
 import httpcore
 import orjson
 
-from extproc.config import host_matches
 from extproc.errors import ExtprocError
+from extproc.plugins.match import host_matches
 
 # A plugin asks for more with `max_redirects`; a longer chain is a misconfigured endpoint, not a need.
 DEFAULT_MAX_REDIRECTS: Final = 5

@@ -114,6 +114,8 @@ def classify(error: Exception) -> FailureKind:
 # A call with a larger input (a body) runs on a thread without looking at the budget: reading and
 # writing that much JSON alone takes a good part of a millisecond.
 INLINE_INPUT_MAX_BYTES: Final = 32 * 1024
+# One inline call this many times over the budget moves the plugin to the threads at once.
+_ONE_CALL_OVER_BUDGET: Final = 10
 
 # An instance whose call took in and gave out more than this together is dropped afterwards, not pooled:
 # Wasm memory grows but never shrinks, so it would hold what it grew to for such a call until the plugin is
@@ -188,8 +190,12 @@ class LoadedPlugin:
     label: str = field(repr=False)
     # Why the plugin's calls never run on the event loop, or "" while they may.
     runs_on_threads: str = ""
-    # An inline call that takes longer moves the plugin's calls to the threads for good (see _demote).
+    # Inline calls that take longer, on average or ten times over once, move the plugin's calls to
+    # the threads for good (see _measure).
     inline_budget_seconds: float = 0.001
+    # Moving average of a warm inline call's CPU time; one outlier (a page fault, a cache miss
+    # storm under load) moves it a tenth of the way, so it takes a plugin that is slow again and again.
+    inline_cpu_average: float = field(default=0.0, repr=False)
 
     @property
     def name(self) -> str:
@@ -272,16 +278,26 @@ class LoadedPlugin:
         started = thread_time()
         result = invoke(instance, export, data, self.host, self.max_output_bytes)
         elapsed = thread_time() - started
-        if elapsed > self.inline_budget_seconds and instance.warm and _collections.count == collections_before:
-            self._demote(export, elapsed)
+        # A first call pays for the instance's own start-up, a collection for the whole process.
+        if instance.warm and _collections.count == collections_before:
+            self._measure(export, elapsed)
         instance.warm = True
         self._give_back(instance, data, result)
         return result
 
-    def _demote(self, export: Phase, elapsed: float) -> None:
-        """Every further call runs on the threads: a plugin that was slow once may be slow again, and
-        on the loop it would hold up every other stream of this worker meanwhile."""
-        self.runs_on_threads = f"{export.value} took {elapsed * 1000:.1f} ms of CPU on the event loop"
+    def _measure(self, export: Phase, elapsed: float) -> None:
+        """Every further call runs on the threads once the plugin proves slow: on the loop it would
+        hold up every other stream of this worker meanwhile."""
+        budget = self.inline_budget_seconds
+        average = self.inline_cpu_average * 0.9 + elapsed * 0.1
+        self.inline_cpu_average = average
+        if elapsed > budget * _ONE_CALL_OVER_BUDGET:
+            self._demote(f"{export.value} took {elapsed * 1000:.1f} ms of CPU on the event loop")
+        elif average > budget:
+            self._demote(f"its inline calls took {average * 1000:.1f} ms of CPU each on average, {export.value} last")
+
+    def _demote(self, reason: str) -> None:
+        self.runs_on_threads = reason
         log.warning(
             "plugin %r: %s (budget %.1f ms); its calls run on plugin threads from now on",
             self.label,

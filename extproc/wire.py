@@ -1,6 +1,7 @@
-"""Translation between Envoy's ext_proc messages and the server's own values.
+"""The wire: translation between Envoy's ext_proc messages and the server's own values.
 
-Only this module and stream.py know Envoy's protobuf types; plugins never see them.
+Only this module and stream.py know Envoy's protobuf types; plugins never see them. (Named so as not to be
+taken for the `envoy` package of those types, imported beside it.)
 """
 
 from __future__ import annotations
