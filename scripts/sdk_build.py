@@ -164,12 +164,18 @@ def probe_sources(language: str) -> list[Path]:
     return sorted(p for p in C_SDK.rglob("*") if p.is_file() and p.suffix in (".h", ".c", ""))
 
 
-PROBES = ("json", "host")
+# Each probe's Rust package folder (in sdk/rust) and C source (in sdk/c/tests).
+PROBES = {
+    "json": ("probe", "probe.c"),
+    "host": ("host-probe", "host_probe.c"),
+    "stream": ("stream-probe", "stream_probe.c"),
+}
 
 
 def probe_wasm(language: str, probe: str = "json") -> Path:
-    """An SDK's probe plugin, rebuilt when any of its sources is newer: `json` (tests/test_sdk_json.py) or `host`
-    (its host functions, tests/test_http_calls.py and tests/test_sdk_examples.py)."""
+    """An SDK's probe plugin, rebuilt when any of its sources is newer: `json` (tests/test_sdk_json.py), `host`
+    (its host functions, tests/test_http_calls.py and tests/test_sdk_examples.py) or `stream` (chunks, trailers,
+    state, route values and declared phases, tests/test_sdk_streaming.py)."""
     out = PROBE_DIR / f"{language}_sdk_{probe}_probe.wasm"
     PROBE_DIR.mkdir(parents=True, exist_ok=True)
     with (PROBE_DIR / f".{out.stem}.lock").open("w") as lock:
@@ -177,13 +183,12 @@ def probe_wasm(language: str, probe: str = "json") -> Path:
         newest = max(p.stat().st_mtime for p in probe_sources(language))
         if not out.is_file() or out.stat().st_mtime < newest:
             tmp = out.with_suffix(".tmp")
+            package, source = PROBES[probe]
             if language == "rust":
-                build_rust(RUST_SDK / ("probe" if probe == "json" else "host-probe"), tmp)
-            elif probe == "json":
-                # Compiled as C++: the header must stay valid in both languages.
-                build_c([C_SDK / "tests" / "probe.c"], tmp, "-x", "c++")
+                build_rust(RUST_SDK / package, tmp)
             else:
-                build_c([C_SDK / "tests" / "host_probe.c"], tmp)
+                # The JSON probe is compiled as C++: the header must stay valid in both languages.
+                build_c([C_SDK / "tests" / source], tmp, *(("-x", "c++") if probe == "json" else ()))
             tmp.replace(out)
     return out
 

@@ -1,6 +1,6 @@
-"""Bodies in bounded memory: an AssemblyScript SDK plugin that reads and rewrites a body needs at most four times
-the body plus a small constant, the default memory_limit_mb fits max_body_bytes, and `extproc check` warns about
-a body plugin whose limit does not.
+"""Bodies in bounded memory: a plugin of any SDK (AssemblyScript, Rust, C) that reads and rewrites a body needs at
+most four times the body plus a small constant, the default memory_limit_mb fits max_body_bytes, and `extproc check`
+warns about a body plugin whose limit does not.
 
 How memory is measured (extproc.plugin_tools.call_memory_mb): the smallest memory_limit_mb under which the call
 succeeds on a fresh instance, found by bisection. Extism counts against that limit every page the instance's
@@ -24,6 +24,7 @@ from extproc.errors import FailureKind, PluginCallError
 from extproc.phases import Phase
 from extproc.plugin_tools import call_memory_mb
 from extproc.testing import PluginHarness, plugin_config
+from scripts import sdk_build
 from support.npm import npm
 from tests.examples_build import EXAMPLES_DIR, REPO_ROOT, ensure_installed, example_wasm
 
@@ -77,7 +78,9 @@ def redacted(body: bytes) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-# (plugin, its config, export, input for a body, the body the plugin should make of it)
+REDACT_SSN = {"request": {"redact": ["ssn"]}}
+
+# (plugin (None: the probe), its config, export, input for a body, the body the plugin should make of it)
 REWRITES = {
     "uppercase-a-json-field": (None, None, Phase.REQUEST_BODY, json_body, request_body_input, uppercased),
     "replace-text": (
@@ -89,13 +92,24 @@ REWRITES = {
         lambda body: body.replace(b"Ada", b"Eve"),
     ),
     "json-transform-redacts": (
-        "json-transform",
-        {"request": {"redact": ["ssn"]}},
+        example_wasm("json-transform"),
+        REDACT_SSN,
         Phase.REQUEST_BODY,
         json_body,
         request_body_input,
         redacted,
     ),
+    **{
+        f"{language}_sdk-json-transform-redacts": (
+            sdk_build.example_wasm(language, "json-transform"),
+            REDACT_SSN,
+            Phase.REQUEST_BODY,
+            json_body,
+            request_body_input,
+            redacted,
+        )
+        for language in ("rust", "c")
+    },
 }
 
 
@@ -106,14 +120,14 @@ REWRITES = {
 def test_a_body_rewrite_needs_at_most_four_times_the_body(
     probe: Path,
     body_mib: int,
-    example: str | None,
+    example: Path | None,
     config: dict[str, Any] | None,
     export: Phase,
     make_body: Any,
     make_input: Any,
     rewrite: Any,
 ) -> None:
-    wasm = probe if example is None else example_wasm(example)
+    wasm = probe if example is None else example
     body = make_body(body_mib * MIB)
     payload = make_input(body)
     # The rewrite is the one asked for: the memory measured is that of real work.

@@ -1,6 +1,6 @@
-"""The Rust and C SDKs (sdk/rust, sdk/c): their example plugins pass their AssemblyScript twins' CASES, the
-committed .wasm files are fresh, the host functions work on the server's, and the Rust crate's own tests pass
-with every Rust toolchain on the machine. Test ids name the SDK (rust_sdk, c_sdk)."""
+"""The Rust and C SDKs (sdk/rust, sdk/c): their example plugins pass their AssemblyScript twins' CASES and declare
+the same phases, the committed .wasm files are fresh, the host functions work on the server's, and the Rust
+crate's own tests pass with every Rust toolchain on the machine. Test ids name the SDK (rust_sdk, c_sdk)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from extproc.plugins.host import NAMESPACE
+from extproc.plugins.loader import PhaseSource
 from extproc.plugins.wasm import imports
 from extproc.testing import PluginHarness, assert_cases, request
 from scripts import sdk_build
+from tests.examples_build import example_wasm
 
 EXAMPLES = [(language, name) for language in ("rust", "c") for name in sdk_build.example_names(language)]
 EXAMPLE_IDS = [f"{language}_sdk-{name}" for language, name in EXAMPLES]
@@ -35,6 +38,17 @@ def test_example_cases_are_the_assemblyscript_twins(language: str, name: str) ->
     # One file for the three languages: the twins must behave the same.
     assert cases.resolve() == (sdk_build.EXAMPLES / name / "CASES.yaml").resolve()
     assert_cases(sdk_build.example_wasm(language, name), cases)
+
+
+@pytest.mark.parametrize("config", [{"request": {}}, {"response": {}}, {"request": {}, "response": {}}, {}], ids=str)
+@pytest.mark.parametrize(("language", "name"), EXAMPLES, ids=EXAMPLE_IDS)
+def test_examples_declare_the_phases_of_their_assemblyscript_twins(
+    language: str, name: str, config: dict[str, Any]
+) -> None:
+    with PluginHarness(sdk_build.example_wasm(language, name), config=config) as plugin:
+        declared = (plugin.plugin.exports, plugin.plugin.phase_source)
+    with PluginHarness(example_wasm(name), config=config) as twin:
+        assert declared == (twin.plugin.exports, PhaseSource.DECLARED)
 
 
 @pytest.mark.parametrize(("language", "name"), EXAMPLES, ids=EXAMPLE_IDS)
@@ -79,7 +93,7 @@ def test_the_rust_crate_builds_and_passes_its_tests(toolchain: str, tmp_path: Pa
     args = [*cargo, "test", "--offline", "-q", "-p", "extproc-sdk", "--target-dir", str(tmp_path)]
     proc = subprocess.run(args, cwd=sdk_build.REPO_ROOT, env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "test result: ok. 3 passed" in proc.stdout
+    assert "test result: ok. 4 passed" in proc.stdout
 
 
 def test_c_sdk_examples_compile_as_c_and_cxx_without_warnings(tmp_path: Path) -> None:

@@ -413,3 +413,62 @@ def test_header_bytes_read_and_written_exactly(probe: extism.Plugin) -> None:
         {"name": "x-raw", "value": "plain"},
         {"name": "x-text", "value": "café"},
     ]
+
+
+STREAM_INPUTS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    (
+        "absent-fields-read-as-defaults",
+        {"phase": "REQUEST_HEADERS", "request": {"headers": []}},
+        {"chunk_index": 0, "end_of_stream": False, "route": {}, "trailers": None},
+    ),
+    (
+        "chunk-with-text-state",
+        {
+            "phase": "REQUEST_BODY_CHUNK",
+            "request": {"body": {"text": 'a "chunk"\n'}},
+            "state": {"text": "h01"},
+            "chunk_index": 7,
+            "end_of_stream": True,
+            "route": {"tier": "gold", "limits": {"rps": 5}},
+        },
+        {"chunk_index": 7, "end_of_stream": True, "route": {"tier": "gold", "limits": {"rps": 5}}, "trailers": None},
+    ),
+    (
+        "trailers-and-bytes-state",
+        {
+            "phase": "RESPONSE_TRAILERS",
+            "request": {"trailers": []},
+            "response": {"status": 200, "trailers": [{"name": "grpc-status", "value": "0"}]},
+            "state": {"data": base64.b64encode(b"\x00\xff\xfe").decode()},
+        },
+        {"chunk_index": 0, "end_of_stream": False, "route": {}, "trailers": ["response grpc-status=0"]},
+    ),
+    (
+        "bytes-body-chunk",
+        {"phase": "REQUEST_BODY_CHUNK", "request": {"body": {"data": base64.b64encode(b"\xc3\x28\x00ok").decode()}}},
+        {"chunk_index": 0, "end_of_stream": False, "route": {}, "trailers": None},
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "fields"), [c[1:] for c in STREAM_INPUTS], ids=[c[0] for c in STREAM_INPUTS])
+def test_streaming_fields_read_and_state_written_back(
+    probe: extism.Plugin, data: dict[str, Any], fields: dict[str, Any]
+) -> None:
+    """Chunk index, end of stream, route values, trailers (absent, empty, present) and state (text or bytes) read
+    through the SDK's run(); the state and a body written back decode to the bytes that came in."""
+    out = call(probe, "stream_fields", json.dumps(data).encode())
+    output = decode_json(out)
+    assert output is not None
+    state = data.get("state")
+    expected_state = (
+        None if state is None else state["text"].encode() if "text" in state else base64.b64decode(state["data"])
+    )
+    if state is not None:
+        fields = fields | {"state_is_text": "text" in state}
+    assert output.metadata == fields
+    assert output.state == expected_state
+    body = data["request"].get("body")
+    assert output.body == (
+        None if body is None else body["text"].encode() if "text" in body else base64.b64decode(body["data"])
+    )

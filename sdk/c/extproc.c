@@ -13,6 +13,7 @@
 #define XP__ENV(name) __attribute__((import_module("extism:host/env"), import_name(#name)))
 #define XP__USER(name) __attribute__((import_module("extism:host/user"), import_name(#name)))
 
+XP__ENV(input_offset) uint64_t xp__input_offset(void);
 XP__ENV(input_length) uint64_t xp__input_length(void);
 XP__ENV(input_load_u8) uint8_t xp__input_load_u8(uint64_t offset);
 XP__ENV(input_load_u64) uint64_t xp__input_load_u64(uint64_t offset);
@@ -104,11 +105,53 @@ static xp_str xp__cstr(const char *s) {
 
 static const xp_str xp__none = {NULL, 0};
 
-/* A growable byte buffer in the arena. */
+/* Where written bytes go. XP__GROW: a buffer in the arena, grown as needed. XP__COUNT: nowhere, only
+ * counted, to size a buffer or an Extism block exactly before writing (a doubling buffer of a large body
+ * leaves every smaller step behind in the arena). XP__EXTISM: an Extism block (the call's output, written
+ * in place), `p` staging small pieces for it. */
+enum { XP__GROW, XP__COUNT, XP__EXTISM };
+
 typedef struct xp__buf {
     char *p;
     size_t len, cap;
+    int mode;
+    /* XP__EXTISM: where the staged bytes go next. */
+    uint64_t at;
 } xp__buf;
+
+static xp__buf xp__growing(void) {
+    xp__buf b = {NULL, 0, 0, XP__GROW, 0};
+    return b;
+}
+
+static xp__buf xp__counter(void) {
+    xp__buf b = {NULL, 0, 0, XP__COUNT, 0};
+    return b;
+}
+
+/* A buffer that holds `len` bytes (and a NUL) without growing. */
+static xp__buf xp__sized(size_t len) {
+    xp__buf b = {(char *)xp_alloc(len + 1), 0, len + 1, XP__GROW, 0};
+    return b;
+}
+
+/* Copies `len` bytes to Extism memory at `offset`, in 8-byte words to keep host calls few. */
+static void xp__copy_to_extism(uint64_t offset, const void *bytes, size_t len) {
+    const unsigned char *b = (const unsigned char *)bytes;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, b + i, 8);
+        xp__store_u64(offset + i, w);
+    }
+    for (; i < len; i++) xp__store_u8(offset + i, b[i]);
+}
+
+static void xp__flush(xp__buf *b) {
+    xp__copy_to_extism(b->at, b->p, b->len);
+    b->at += b->len;
+    b->len = 0;
+}
 
 static void xp__reserve(xp__buf *b, size_t extra) {
     if (b->len + extra + 1 <= b->cap) return;
@@ -121,17 +164,28 @@ static void xp__reserve(xp__buf *b, size_t extra) {
 }
 
 static void xp__put(xp__buf *b, const void *bytes, size_t len) {
-    xp__reserve(b, len);
-    if (len > 0) memcpy(b->p + b->len, bytes, len);
-    b->len += len;
+    if (b->mode == XP__COUNT) {
+        b->len += len;
+    } else if (b->mode == XP__EXTISM) {
+        if (b->len + len > b->cap) xp__flush(b);
+        /* Long runs (a body's text) go straight on; punctuation and escapes are gathered. */
+        if (len >= b->cap) {
+            xp__copy_to_extism(b->at, bytes, len);
+            b->at += len;
+        } else {
+            memcpy(b->p + b->len, bytes, len);
+            b->len += len;
+        }
+    } else {
+        xp__reserve(b, len);
+        if (len > 0) memcpy(b->p + b->len, bytes, len);
+        b->len += len;
+    }
 }
 
 static void xp__puts(xp__buf *b, const char *s) { xp__put(b, s, strlen(s)); }
 
-static void xp__putc(xp__buf *b, char c) {
-    xp__reserve(b, 1);
-    b->p[b->len++] = c;
-}
+static void xp__putc(xp__buf *b, char c) { xp__put(b, &c, 1); }
 
 static xp_str xp__done(xp__buf *b) {
     xp__reserve(b, 0);
@@ -142,15 +196,8 @@ static xp_str xp__done(xp__buf *b) {
 
 /* Extism memory blocks. */
 static uint64_t xp__to_extism(const void *bytes, size_t len) {
-    const unsigned char *b = (const unsigned char *)bytes;
     uint64_t offset = xp__alloc(len);
-    size_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        uint64_t w;
-        memcpy(&w, b + i, 8);
-        xp__store_u64(offset + i, w);
-    }
-    for (; i < len; i++) xp__store_u8(offset + i, b[i]);
+    xp__copy_to_extism(offset, bytes, len);
     return offset;
 }
 
@@ -205,6 +252,12 @@ int xp_is_utf8(const void *bytes, size_t n) {
     const unsigned char *b = (const unsigned char *)bytes;
     size_t i = 0;
     while (i < n) {
+        uint64_t word;
+        /* Eight ASCII bytes at a time: bodies are mostly ASCII, and every output body is checked. */
+        if (i + 8 <= n && (memcpy(&word, b + i, 8), (word & 0x8080808080808080ull) == 0)) {
+            i += 8;
+            continue;
+        }
         unsigned c = b[i];
         if (c < 0x80) {
             i++;
@@ -235,21 +288,30 @@ int xp_is_utf8(const void *bytes, size_t n) {
 
 static const char xp__b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-xp_str xp_base64_encode(const void *bytes, size_t n) {
+/* The base64 of `bytes` onto `w`, a block at a time: a large body needs no encoded copy. */
+static void xp__put_base64(xp__buf *w, const void *bytes, size_t n) {
     const unsigned char *b = (const unsigned char *)bytes;
-    char *out = (char *)xp_alloc((n + 2) / 3 * 4 + 1);
+    char block[1024];
     size_t o = 0;
     for (size_t i = 0; i < n; i += 3) {
         size_t rest = n - i;
         uint32_t v = (uint32_t)b[i] << 16 | (rest > 1 ? (uint32_t)b[i + 1] << 8 : 0) | (rest > 2 ? b[i + 2] : 0);
-        out[o++] = xp__b64[v >> 18];
-        out[o++] = xp__b64[(v >> 12) & 63];
-        out[o++] = rest > 1 ? xp__b64[(v >> 6) & 63] : '=';
-        out[o++] = rest > 2 ? xp__b64[v & 63] : '=';
+        block[o++] = xp__b64[v >> 18];
+        block[o++] = xp__b64[(v >> 12) & 63];
+        block[o++] = rest > 1 ? xp__b64[(v >> 6) & 63] : '=';
+        block[o++] = rest > 2 ? xp__b64[v & 63] : '=';
+        if (o == sizeof block) {
+            xp__put(w, block, o);
+            o = 0;
+        }
     }
-    out[o] = 0;
-    xp_str s = {out, o};
-    return s;
+    xp__put(w, block, o);
+}
+
+xp_str xp_base64_encode(const void *bytes, size_t n) {
+    xp__buf b = xp__sized((n + 2) / 3 * 4);
+    xp__put_base64(&b, bytes, n);
+    return xp__done(&b);
 }
 
 static int xp__sextet(unsigned char c) {
@@ -261,12 +323,13 @@ static int xp__sextet(unsigned char c) {
     return -1;
 }
 
-int xp_base64_decode(const char *text, size_t n, xp_str *out) {
+/* Decodes into `out`, which may be `text` itself (a body decoded where its base64 was): each 4 characters
+ * are read before the 3 bytes they give are written. 0 when `text` is not padded standard base64. */
+static int xp__base64_decode_to(const char *text, size_t n, char *out, size_t *out_len) {
     if (n % 4 != 0) return 0;
     size_t pad = 0;
     if (n > 0 && text[n - 1] == '=') pad++;
     if (pad == 1 && n > 1 && text[n - 2] == '=') pad++;
-    char *p = (char *)xp_alloc(n / 4 * 3 + 1);
     size_t o = 0;
     for (size_t i = 0; i < n; i += 4) {
         uint32_t acc = 0;
@@ -276,14 +339,21 @@ int xp_base64_decode(const char *text, size_t n, xp_str *out) {
             if (v < 0) return 0;
             acc = acc << 6 | (uint32_t)v;
         }
-        p[o++] = (char)(acc >> 16);
-        p[o++] = (char)(acc >> 8);
-        p[o++] = (char)acc;
+        out[o++] = (char)(acc >> 16);
+        out[o++] = (char)(acc >> 8);
+        out[o++] = (char)acc;
     }
-    o -= pad;
-    p[o] = 0;
+    *out_len = o - pad;
+    return 1;
+}
+
+int xp_base64_decode(const char *text, size_t n, xp_str *out) {
+    char *p = (char *)xp_alloc(n / 4 * 3 + 1);
+    size_t len;
+    if (!xp__base64_decode_to(text, n, p, &len)) return 0;
+    p[len] = 0;
     out->ptr = p;
-    out->len = o;
+    out->len = len;
     return 1;
 }
 
@@ -595,7 +665,7 @@ xp_json *xp_json_number(double value) {
         if (xp__parse_double(text, (size_t)(k + 1 + (exp_end - exp_start))) == x) break;
     }
     while (k > 1 && digits[k - 1] == '0') k--;
-    xp__buf b = {NULL, 0, 0};
+    xp__buf b = xp__growing();
     if (value < 0) xp__putc(&b, '-');
     if (k <= n && n <= 21) {
         xp__put(&b, digits, (size_t)k);
@@ -632,6 +702,8 @@ xp_json *xp_json_number(double value) {
 typedef struct xp__parser {
     const unsigned char *b;
     size_t pos, len;
+    /* Strings are unescaped over their own literals (b is then writable: the SDK's copy of the input). */
+    int in_place;
 } xp__parser;
 
 static void xp__space(xp__parser *p) {
@@ -682,7 +754,7 @@ static xp_json *xp__number(xp__parser *p) {
 }
 
 xp_json *xp_json_number_text(const char *text) {
-    xp__parser p = {(const unsigned char *)text, 0, strlen(text)};
+    xp__parser p = {(const unsigned char *)text, 0, strlen(text), 0};
     xp_json *v = xp__number(&p);
     return v != NULL && p.pos == p.len ? v : NULL;
 }
@@ -701,52 +773,65 @@ static int xp__hex4(xp__parser *p) {
     return v;
 }
 
-/* UTF-8 of `cp`; a lone surrogate gets the same 3-byte form as any code point of its range. */
-static void xp__put_code_point(xp__buf *out, uint32_t cp) {
-    char u[4];
-    size_t n;
+/* Writes the UTF-8 of `cp` at `u` and returns its length; a lone surrogate gets the same 3-byte form as
+ * any code point of its range. */
+static size_t xp__code_point(char *u, uint32_t cp) {
     if (cp < 0x80) {
-        u[0] = (char)cp, n = 1;
-    } else if (cp < 0x800) {
-        u[0] = (char)(0xc0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3f)), n = 2;
-    } else if (cp < 0x10000) {
-        u[0] = (char)(0xe0 | cp >> 12), u[1] = (char)(0x80 | ((cp >> 6) & 0x3f)), u[2] = (char)(0x80 | (cp & 0x3f)), n = 3;
-    } else {
-        u[0] = (char)(0xf0 | cp >> 18), u[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-        u[2] = (char)(0x80 | ((cp >> 6) & 0x3f)), u[3] = (char)(0x80 | (cp & 0x3f)), n = 4;
+        u[0] = (char)cp;
+        return 1;
     }
-    xp__put(out, u, n);
+    if (cp < 0x800) {
+        u[0] = (char)(0xc0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        u[0] = (char)(0xe0 | cp >> 12), u[1] = (char)(0x80 | ((cp >> 6) & 0x3f)), u[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    u[0] = (char)(0xf0 | cp >> 18), u[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    u[2] = (char)(0x80 | ((cp >> 6) & 0x3f)), u[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
 }
 
-/* The unescaped bytes of the string literal at `pos` (ptr NULL when malformed). */
+/* The index of the closing quote of the string literal whose text starts at `from` (`len` when none). */
+static size_t xp__literal_end(const unsigned char *b, size_t from, size_t len) {
+    size_t i = from;
+    while (i < len && b[i] != '"') i += b[i] == '\\' ? 2 : 1;
+    return i < len ? i : len;
+}
+
+/* The unescaped bytes of the string literal at `pos` (ptr NULL when malformed), NUL-terminated. They never
+ * outgrow the literal: in place they are written over it (each escape read before its bytes are written, the
+ * NUL at most on the closing quote), otherwise into a copy of the literal's size. */
 static xp_str xp__string(xp__parser *p) {
     p->pos++; /* the opening quote */
     size_t start = p->pos;
-    p->pos = xp__scan_plain(p->b, start, p->len, 0);
-    if (p->pos < p->len && p->b[p->pos] == '"') {
-        p->pos++;
-        return xp_str_copy(p->b + start, p->pos - 1 - start);
-    }
-    xp__buf out = {NULL, 0, 0};
-    xp__put(&out, p->b + start, p->pos - start);
-    while (p->pos < p->len) {
-        unsigned char c = p->b[p->pos++];
-        if (c == '"') return xp__done(&out);
-        if (c < 0x20) return xp__none;
-        if (c != '\\') {
-            size_t run = p->pos - 1;
-            p->pos = xp__scan_plain(p->b, p->pos, p->len, 0);
-            xp__put(&out, p->b + run, p->pos - run);
-            continue;
+    char *out = (char *)p->b + start;
+    if (!p->in_place) {
+        size_t plain = xp__scan_plain(p->b, start, p->len, 0);
+        if (plain < p->len && p->b[plain] == '"') {
+            p->pos = plain + 1;
+            return xp_str_copy(p->b + start, plain - start);
         }
-        if (p->pos >= p->len) return xp__none;
+        out = (char *)xp_alloc(xp__literal_end(p->b, plain, p->len) - start + 1);
+    }
+    size_t o = 0;
+    for (;;) {
+        size_t run = p->pos;
+        p->pos = xp__scan_plain(p->b, run, p->len, 0);
+        memmove(out + o, p->b + run, p->pos - run);
+        o += p->pos - run;
+        if (p->pos >= p->len) return xp__none; /* no closing quote */
+        unsigned char c = p->b[p->pos++];
+        if (c == '"') break;
+        if (c != '\\' || p->pos >= p->len) return xp__none; /* a control byte, or a backslash ending the text */
         unsigned char e = p->b[p->pos++];
-        if (e == '"' || e == '\\' || e == '/') xp__putc(&out, (char)e);
-        else if (e == 'b') xp__putc(&out, '\b');
-        else if (e == 'f') xp__putc(&out, '\f');
-        else if (e == 'n') xp__putc(&out, '\n');
-        else if (e == 'r') xp__putc(&out, '\r');
-        else if (e == 't') xp__putc(&out, '\t');
+        if (e == '"' || e == '\\' || e == '/') out[o++] = (char)e;
+        else if (e == 'b') out[o++] = '\b';
+        else if (e == 'f') out[o++] = '\f';
+        else if (e == 'n') out[o++] = '\n';
+        else if (e == 'r') out[o++] = '\r';
+        else if (e == 't') out[o++] = '\t';
         else if (e == 'u') {
             int cp = xp__hex4(p);
             if (cp < 0) return xp__none;
@@ -758,12 +843,14 @@ static xp_str xp__string(xp__parser *p) {
                 if (low >= 0xdc00 && low < 0xe000) cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
                 else p->pos = save;
             }
-            xp__put_code_point(&out, (uint32_t)cp);
+            o += xp__code_point(out + o, (uint32_t)cp);
         } else {
             return xp__none;
         }
     }
-    return xp__none;
+    out[o] = 0;
+    xp_str s = {out, o};
+    return s;
 }
 
 static xp_json *xp__parse_value(xp__parser *p, int depth);
@@ -850,13 +937,15 @@ static xp_json *xp__parse_value(xp__parser *p, int depth) {
     }
 }
 
-xp_json *xp_json_parse(const void *text, size_t len) {
-    xp__parser p = {(const unsigned char *)text, 0, len};
+static xp_json *xp__parse(const void *text, size_t len, int in_place) {
+    xp__parser p = {(const unsigned char *)text, 0, len, in_place};
     xp_json *v = xp__parse_value(&p, 0);
     if (v == NULL) return NULL;
     xp__space(&p);
     return p.pos == len ? v : NULL;
 }
+
+xp_json *xp_json_parse(const void *text, size_t len) { return xp__parse(text, len, 0); }
 
 /* --- writing ----------------------------------------------------------------------------------- */
 
@@ -931,13 +1020,17 @@ static void xp__write(xp__buf *out, const xp_json *v) {
 }
 
 xp_str xp_json_write(const xp_json *v) {
-    xp__buf b = {NULL, 0, 0};
+    /* Measured first: one allocation of the text's size, where growing would leave each smaller step
+     * behind in the arena (for a body, about twice its size). */
+    xp__buf count = xp__counter();
+    xp__write(&count, v);
+    xp__buf b = xp__sized(count.len);
     xp__write(&b, v);
     return xp__done(&b);
 }
 
 xp_str xp_json_quote(const void *bytes, size_t len) {
-    xp__buf b = {NULL, 0, 0};
+    xp__buf b = xp__growing();
     xp__write_string(&b, bytes, len);
     return xp__done(&b);
 }
@@ -1016,6 +1109,8 @@ static xp_headers xp__headers(const xp_json *list) {
     return h;
 }
 
+/* The contract's body object: its text, or its data decoded where its base64 was (the value is the SDK's
+ * own, parsed from the input or a host function's answer, and read only here). */
 static const xp_body *xp__body(const xp_json *v) {
     if (xp_json_kind(v) != XP_OBJECT) return NULL;
     xp_body *body = (xp_body *)xp_alloc(sizeof(xp_body));
@@ -1026,17 +1121,32 @@ static const xp_body *xp__body(const xp_json *v) {
     if (text.ptr != NULL) {
         body->bytes = text;
     } else if (data.ptr != NULL) {
+        char *decoded = (char *)data.ptr;
+        size_t len;
         body->is_text = 0;
-        if (!xp_base64_decode(data.ptr, data.len, &body->bytes)) body->bytes = xp__cstr("");
+        if (xp__base64_decode_to(data.ptr, data.len, decoded, &len)) {
+            decoded[len] = 0;
+            body->bytes.ptr = decoded;
+            body->bytes.len = len;
+        }
     }
     return body;
 }
 
+/* A header list that is present (the trailers of a trailers phase), or NULL. */
+static const xp_headers *xp__headers_if_any(const xp_json *list) {
+    if (list == NULL) return NULL;
+    xp_headers *h = (xp_headers *)xp_alloc(sizeof(xp_headers));
+    *h = xp__headers(list);
+    return h;
+}
+
 static const xp_json *xp__object_or_empty(xp_json *v) { return xp_json_kind(v) == XP_OBJECT ? v : xp_json_object(); }
 
-int xp_input_parse(const void *bytes, size_t len, xp_input *input) {
+/* Parses `bytes`, which the SDK owns, in place: the bodies' text stays where it was read. */
+static int xp__input_parse_in_place(char *bytes, size_t len, xp_input *input) {
     memset(input, 0, sizeof *input);
-    xp_json *root = xp_json_parse(bytes, len);
+    xp_json *root = xp__parse(bytes, len, 1);
     if (xp_json_kind(root) != XP_OBJECT) return 0;
     input->phase = xp__text_of(root, "phase");
     input->plugin_name = xp__text_of(root, "plugin_name");
@@ -1047,6 +1157,7 @@ int xp_input_parse(const void *bytes, size_t len, xp_input *input) {
     input->request.authority = xp__text_of(req, "authority");
     input->request.headers = xp__headers(xp_json_get(req, "headers"));
     input->request.body = xp__body(xp_json_get(req, "body"));
+    input->request.trailers = xp__headers_if_any(xp_json_get(req, "trailers"));
     input->response = NULL;
     const xp_json *resp = xp_json_get(root, "response");
     if (resp != NULL) {
@@ -1054,12 +1165,23 @@ int xp_input_parse(const void *bytes, size_t len, xp_input *input) {
         r->status = (int)xp_json_get_integer(resp, "status", 0);
         r->headers = xp__headers(xp_json_get(resp, "headers"));
         r->body = xp__body(xp_json_get(resp, "body"));
+        r->trailers = xp__headers_if_any(xp_json_get(resp, "trailers"));
         input->response = r;
     }
     input->attributes = xp__object_or_empty(xp_json_get(root, "attributes"));
     input->metadata = xp__object_or_empty(xp_json_get(root, "metadata"));
+    input->state = xp__body(xp_json_get(root, "state"));
+    input->route = xp__object_or_empty(xp_json_get(root, "route"));
+    input->end_of_stream = xp_json_get_bool(root, "end_of_stream", 0);
+    input->chunk_index = (uint32_t)xp_json_get_integer(root, "chunk_index", 0);
     return 1;
 }
+
+int xp_input_parse(const void *bytes, size_t len, xp_input *input) {
+    return xp__input_parse_in_place((char *)xp_str_copy(bytes, len).ptr, len, input);
+}
+
+xp_str xp_input_state(const xp_input *input) { return input->state != NULL ? input->state->bytes : xp__cstr(""); }
 
 /* --- output ------------------------------------------------------------------------------------ */
 
@@ -1081,7 +1203,7 @@ struct xp_immediate {
 
 struct xp_output {
     xp__pairs sets, appends, removes;
-    xp_str body;
+    xp_str body, state;
     xp_immediate *immediate;
     xp_json *metadata;
 };
@@ -1121,7 +1243,11 @@ void xp_remove_header(xp_output *out, const char *name) { xp__add(&out->removes,
 
 void xp_set_body(xp_output *out, const void *bytes, size_t len) { out->body = xp_str_copy(bytes, len); }
 void xp_set_body_text(xp_output *out, const char *text) { xp_set_body(out, text, strlen(text)); }
+/* xp_json_write's text is the call's already: kept, not copied. */
 void xp_set_body_json(xp_output *out, const xp_json *value) { out->body = xp_json_write(value); }
+
+void xp_set_state(xp_output *out, const void *bytes, size_t len) { out->state = xp_str_copy(bytes, len); }
+void xp_set_state_text(xp_output *out, const char *text) { xp_set_state(out, text, strlen(text)); }
 
 void xp_metadata(xp_output *out, const char *key, xp_json *value) {
     if (out->metadata == NULL) out->metadata = xp_json_object();
@@ -1168,9 +1294,9 @@ static void xp__write_pairs(xp__buf *w, const xp__pairs *list) {
             xp__puts(w, ",\"value\":");
             xp__write_string(w, p->value.ptr, p->value.len);
         } else {
-            xp_str b64 = xp_base64_encode(p->value.ptr, p->value.len);
-            xp__puts(w, ",\"raw_value\":");
-            xp__write_string(w, b64.ptr, b64.len);
+            xp__puts(w, ",\"raw_value\":\"");
+            xp__put_base64(w, p->value.ptr, p->value.len);
+            xp__putc(w, '"');
         }
         xp__putc(w, '}');
     }
@@ -1182,9 +1308,9 @@ static void xp__write_body(xp__buf *w, xp_str bytes) {
         xp__puts(w, "{\"text\":");
         xp__write_string(w, bytes.ptr, bytes.len);
     } else {
-        xp_str b64 = xp_base64_encode(bytes.ptr, bytes.len);
-        xp__puts(w, "{\"data\":");
-        xp__write_string(w, b64.ptr, b64.len);
+        xp__puts(w, "{\"data\":\"");
+        xp__put_base64(w, bytes.ptr, bytes.len);
+        xp__putc(w, '"');
     }
     xp__putc(w, '}');
 }
@@ -1194,55 +1320,93 @@ static void xp__int(xp__buf *w, int64_t n) {
     xp__put(w, s.ptr, s.len);
 }
 
-xp_str xp_output_bytes(const xp_output *out) {
-    xp__buf w = {NULL, 0, 0};
-    xp__putc(&w, '{');
+static int xp__output_empty(const xp_output *out) {
+    return out->sets.head == NULL && out->appends.head == NULL && out->removes.head == NULL && out->body.ptr == NULL &&
+           out->immediate == NULL && xp_json_length(out->metadata) == 0 && out->state.ptr == NULL;
+}
+
+/* Starts the next member of the output object. */
+static void xp__member(xp__buf *w, int *first, const char *name) {
+    if (!*first) xp__putc(w, ',');
+    *first = 0;
+    xp__puts(w, name);
+}
+
+/* The output JSON onto `w`; nothing when nothing changed. */
+static void xp__write_output(xp__buf *w, const xp_output *out) {
+    if (xp__output_empty(out)) return;
+    int first = 1;
+    xp__putc(w, '{');
     if (out->sets.head != NULL || out->appends.head != NULL || out->removes.head != NULL) {
-        xp__puts(&w, "\"headers\":{\"set\":");
-        xp__write_pairs(&w, &out->sets);
-        xp__puts(&w, ",\"append\":");
-        xp__write_pairs(&w, &out->appends);
-        xp__puts(&w, ",\"remove\":[");
+        xp__member(w, &first, "\"headers\":{\"set\":");
+        xp__write_pairs(w, &out->sets);
+        xp__puts(w, ",\"append\":");
+        xp__write_pairs(w, &out->appends);
+        xp__puts(w, ",\"remove\":[");
         for (const xp__pair *p = out->removes.head; p != NULL; p = p->next) {
-            if (p != out->removes.head) xp__putc(&w, ',');
-            xp__write_string(&w, p->name.ptr, p->name.len);
+            if (p != out->removes.head) xp__putc(w, ',');
+            xp__write_string(w, p->name.ptr, p->name.len);
         }
-        xp__puts(&w, "]}");
+        xp__puts(w, "]}");
     }
     if (out->body.ptr != NULL) {
-        if (w.len > 1) xp__putc(&w, ',');
-        xp__puts(&w, "\"body\":");
-        xp__write_body(&w, out->body);
+        xp__member(w, &first, "\"body\":");
+        xp__write_body(w, out->body);
     }
     const xp_immediate *r = out->immediate;
     if (r != NULL) {
-        if (w.len > 1) xp__putc(&w, ',');
-        xp__puts(&w, "\"immediate_response\":{\"status\":");
-        xp__int(&w, r->status);
-        xp__puts(&w, ",\"headers\":");
-        xp__write_pairs(&w, &r->headers);
+        xp__member(w, &first, "\"immediate_response\":{\"status\":");
+        xp__int(w, r->status);
+        xp__puts(w, ",\"headers\":");
+        xp__write_pairs(w, &r->headers);
         if (r->body.ptr != NULL) {
-            xp__puts(&w, ",\"body\":");
-            xp__write_body(&w, r->body);
+            xp__puts(w, ",\"body\":");
+            xp__write_body(w, r->body);
         }
         if (r->details.len > 0) {
-            xp__puts(&w, ",\"details\":");
-            xp__write_string(&w, r->details.ptr, r->details.len);
+            xp__puts(w, ",\"details\":");
+            xp__write_string(w, r->details.ptr, r->details.len);
         }
         if (r->grpc_status >= 0) {
-            xp__puts(&w, ",\"grpc_status\":");
-            xp__int(&w, r->grpc_status);
+            xp__puts(w, ",\"grpc_status\":");
+            xp__int(w, r->grpc_status);
         }
-        xp__putc(&w, '}');
+        xp__putc(w, '}');
     }
     if (xp_json_length(out->metadata) > 0) {
-        if (w.len > 1) xp__putc(&w, ',');
-        xp__puts(&w, "\"dynamic_metadata\":");
-        xp__write(&w, out->metadata);
+        xp__member(w, &first, "\"dynamic_metadata\":");
+        xp__write(w, out->metadata);
     }
-    if (w.len == 1) return xp__cstr("");
-    xp__putc(&w, '}');
+    if (out->state.ptr != NULL) {
+        xp__member(w, &first, "\"state\":");
+        xp__write_body(w, out->state);
+    }
+    xp__putc(w, '}');
+}
+
+static size_t xp__output_len(const xp_output *out) {
+    xp__buf count = xp__counter();
+    xp__write_output(&count, out);
+    return count.len;
+}
+
+xp_str xp_output_bytes(const xp_output *out) {
+    xp__buf w = xp__sized(xp__output_len(out));
+    xp__write_output(&w, out);
     return xp__done(&w);
+}
+
+/* Sets the output as the call's output: measured, then written once straight into Extism memory, so the
+ * output (a whole body, perhaps) needs no room in the plugin's memory. */
+static void xp__output_write(const xp_output *out) {
+    size_t len = xp__output_len(out);
+    if (len == 0) return;
+    char staged[1024];
+    uint64_t offset = xp__alloc(len);
+    xp__buf w = {staged, 0, sizeof staged, XP__EXTISM, offset};
+    xp__write_output(&w, out);
+    xp__flush(&w);
+    xp__output_set(offset, len);
 }
 
 /* --- config, host functions, run --------------------------------------------------------------- */
@@ -1380,7 +1544,7 @@ xp_http_response xp_http_post(const char *url, const char *body) {
 
 xp_str xp_form_encode(const char *s) {
     static const char hex[] = "0123456789ABCDEF";
-    xp__buf b = {NULL, 0, 0};
+    xp__buf b = xp__growing();
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         unsigned char c = *p;
         int unreserved = (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '-' ||
@@ -1398,17 +1562,44 @@ xp_str xp_form_encode(const char *s) {
 int xp_run(xp_handler handler) {
     xp_input input;
     xp_str bytes = xp_raw_input();
+    /* Extism's copy of the input is not read again: freed, the output can take its place instead of growing
+     * Extism's memory by its size. */
+    xp__free(xp__input_offset());
     int rc;
-    if (!xp_input_parse(bytes.ptr, bytes.len, &input)) {
+    if (!xp__input_parse_in_place((char *)bytes.ptr, bytes.len, &input)) {
         rc = xp_fail("extproc sdk: the input is not a JSON object (is the plugin configured with encoding: protobuf?)");
     } else {
         xp_output *out = xp_output_new();
         rc = handler(&input, out);
-        if (rc == 0) {
-            xp_str bytes = xp_output_bytes(out);
-            if (bytes.len > 0) xp_raw_output(bytes.ptr, bytes.len);
-        }
+        if (rc == 0) xp__output_write(out);
     }
     xp_call_end();
     return rc;
+}
+
+const char *xp_phase_name(unsigned phase) {
+    static const char *const names[] = {
+        "request_headers",  "request_body_chunk",  "request_body",  "generate_response", "request_trailers",
+        "response_headers", "response_body_chunk", "response_body", "response_trailers",
+    };
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        if (phase == 1u << i) return names[i];
+    }
+    return NULL;
+}
+
+int xp_declare_phases(unsigned phases) {
+    xp__buf w = xp__growing();
+    xp__puts(&w, "{\"phases\":[");
+    int first = 1;
+    for (unsigned phase = 1; xp_phase_name(phase) != NULL; phase <<= 1) {
+        if (!(phases & phase)) continue;
+        if (!first) xp__putc(&w, ',');
+        first = 0;
+        xp__write_string(&w, xp_phase_name(phase), strlen(xp_phase_name(phase)));
+    }
+    xp__puts(&w, "]}");
+    xp_raw_output(w.p, w.len);
+    xp_call_end();
+    return 0;
 }

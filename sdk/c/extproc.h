@@ -137,31 +137,47 @@ typedef struct xp_body {
 typedef struct xp_request {
     xp_str method, path, scheme, authority;
     xp_headers headers;
-    /* In REQUEST_BODY, and in GENERATE_RESPONSE when the plugin asked for the body; else NULL. */
+    /* In REQUEST_BODY, and in GENERATE_RESPONSE when the plugin asked for the body; in REQUEST_BODY_CHUNK,
+     * the chunk; else NULL. */
     const xp_body *body;
+    /* In REQUEST_TRAILERS; else NULL. */
+    const xp_headers *trailers;
 } xp_request;
 
 typedef struct xp_response {
     int status;
     xp_headers headers;
-    /* In RESPONSE_BODY; else NULL. */
+    /* In RESPONSE_BODY; in RESPONSE_BODY_CHUNK, the chunk; else NULL. */
     const xp_body *body;
+    /* In RESPONSE_TRAILERS; else NULL. */
+    const xp_headers *trailers;
 } xp_response;
 
 typedef struct xp_input {
-    /* REQUEST_HEADERS, REQUEST_BODY, GENERATE_RESPONSE, RESPONSE_HEADERS or RESPONSE_BODY. */
+    /* REQUEST_HEADERS, REQUEST_BODY_CHUNK, REQUEST_BODY, GENERATE_RESPONSE, REQUEST_TRAILERS,
+     * RESPONSE_HEADERS, RESPONSE_BODY_CHUNK, RESPONSE_BODY or RESPONSE_TRAILERS. */
     xp_str phase;
     xp_str plugin_name;
     xp_request request;
-    /* In RESPONSE_HEADERS and RESPONSE_BODY; else NULL. */
+    /* In the response phases; else NULL. */
     const xp_response *response;
     /* Envoy attributes by name ("source.address", ...), and Envoy's metadata context: objects. */
     const xp_json *attributes;
     const xp_json *metadata;
+    /* What this plugin returned as state in an earlier phase or chunk of this exchange; else NULL. */
+    const xp_body *state;
+    /* The values the route gives this plugin: an object (empty when it gives none). */
+    const xp_json *route;
+    /* Chunk phases: 1 when this chunk is the body's last (a body that ends with trailers has none). */
+    int end_of_stream;
+    /* Chunk phases: the chunk's place in its body, from 0. */
+    uint32_t chunk_index;
 } xp_input;
 
 /* The input from the contract's JSON (xp_run does this); 0 when it is not a JSON object. */
 int xp_input_parse(const void *bytes, size_t len, xp_input *input);
+/* The state's bytes (len 0 when there is none). */
+xp_str xp_input_state(const xp_input *input);
 
 /* The first value of `name` (any case), or NULL. */
 const char *xp_header_get(const xp_headers *h, const char *name);
@@ -187,7 +203,8 @@ typedef struct xp_output xp_output;
 typedef struct xp_immediate xp_immediate;
 
 /* Header changes of the phase's message (request headers in request phases, response headers in
- * response phases): set replaces every value (adds the header when absent), append adds one. */
+ * response phases, the trailers in trailers phases; chunk phases may not change headers): set replaces
+ * every value (adds the header when absent), append adds one. */
 void xp_set_header(xp_output *out, const char *name, const char *value);
 void xp_append_header(xp_output *out, const char *name, const char *value);
 /* The same with values of exact bytes (they need not be UTF-8), e.g. from xp_header_get_bytes. */
@@ -195,10 +212,16 @@ void xp_set_header_bytes(xp_output *out, const char *name, const void *value, si
 void xp_append_header_bytes(xp_output *out, const char *name, const void *value, size_t len);
 void xp_remove_header(xp_output *out, const char *name);
 
-/* Replaces the phase's body (body phases only); the server fixes content-length. */
+/* Replaces the phase's body (body phases only; in chunk phases, this chunk); the server fixes
+ * content-length. */
 void xp_set_body(xp_output *out, const void *bytes, size_t len);
 void xp_set_body_text(xp_output *out, const char *text);
 void xp_set_body_json(xp_output *out, const xp_json *value);
+
+/* Hands these bytes to this plugin's later phases and chunks of the same exchange (xp_input.state), at
+ * most 16 KiB; empty drops the state. Without a call the state stays as it was. */
+void xp_set_state(xp_output *out, const void *bytes, size_t len);
+void xp_set_state_text(xp_output *out, const char *text);
 
 /* Emits `key: value` as Envoy dynamic metadata (namespace extproc, under the plugin's name). */
 void xp_metadata(xp_output *out, const char *key, xp_json *value);
@@ -290,7 +313,8 @@ void *xp_alloc(size_t len);
 /* A copy of `len` bytes in the arena, NUL-terminated. */
 xp_str xp_str_copy(const void *bytes, size_t len);
 
-/* The call's input and output as bytes, for a plugin that decodes them itself. */
+/* The call's input and output as bytes, for a plugin that decodes them itself. xp_run frees Extism's copy
+ * of the input once it has read it (its memory then holds the output): xp_raw_input is empty after that. */
 xp_str xp_raw_input(void);
 void xp_raw_output(const void *bytes, size_t len);
 /* Makes the call fail with `message` (the server logs it and answers per on_error); returns 1,
@@ -308,21 +332,57 @@ typedef int (*xp_handler)(const xp_input *input, xp_output *out);
 int xp_run(xp_handler handler);
 
 #define XP__PHASE_process_request_headers 1
+#define XP__PHASE_process_request_body_chunk 1
 #define XP__PHASE_process_request_body 1
 #define XP__PHASE_generate_response 1
+#define XP__PHASE_process_request_trailers 1
 #define XP__PHASE_process_response_headers 1
+#define XP__PHASE_process_response_body_chunk 1
 #define XP__PHASE_process_response_body 1
+#define XP__PHASE_process_response_trailers 1
 #ifdef __cplusplus
 #define XP__EXTERN_C extern "C"
 #else
 #define XP__EXTERN_C
 #endif
 
-/* Declares export `name` running `handler`. Only the five phase exports compile (a misspelt one
- * names an undeclared XP__PHASE_... identifier) instead of never being called. */
+/* Declares export `name` running `handler`: process_request_headers, process_request_body_chunk,
+ * process_request_body, generate_response, process_request_trailers, process_response_headers,
+ * process_response_body_chunk, process_response_body or process_response_trailers. Another name does not
+ * compile (it names an undeclared XP__PHASE_... identifier) instead of never being called. */
 #define XP_EXPORT(name, handler)                                                              \
     enum { xp__##name##_is_a_phase_export = XP__PHASE_##name };                               \
     XP__EXTERN_C __attribute__((export_name(#name))) int name(void) { return xp_run(handler); }
+
+/* --- declared phases --------------------------------------------------------------------------- */
+
+/* The phases a plugin can declare, as bits to combine: XP_PHASE_REQUEST_HEADERS | XP_PHASE_RESPONSE_HEADERS. */
+enum {
+    XP_PHASE_REQUEST_HEADERS = 1 << 0,
+    XP_PHASE_REQUEST_BODY_CHUNK = 1 << 1,
+    XP_PHASE_REQUEST_BODY = 1 << 2,
+    XP_PHASE_GENERATE_RESPONSE = 1 << 3,
+    XP_PHASE_REQUEST_TRAILERS = 1 << 4,
+    XP_PHASE_RESPONSE_HEADERS = 1 << 5,
+    XP_PHASE_RESPONSE_BODY_CHUNK = 1 << 6,
+    XP_PHASE_RESPONSE_BODY = 1 << 7,
+    XP_PHASE_RESPONSE_TRAILERS = 1 << 8
+};
+
+/* The config name of one XP_PHASE_* bit ("request_headers", ...); NULL for anything else. */
+const char *xp_phase_name(unsigned phase);
+
+/* Answers the server's declare_phases call with these phases (XP_PHASE_* bits): the ones the plugin's
+ * config needs. The server then calls only those exports and asks Envoy for only those phases. Returns 0. */
+int xp_declare_phases(unsigned phases);
+
+/* Declares the declare_phases export: `phases` is `unsigned phases(void)`, returning XP_PHASE_* bits.
+ *
+ *     static unsigned phases(void) { return xp_json_has(xp_config(), "response") ? XP_PHASE_RESPONSE_HEADERS : 0; }
+ *     XP_DECLARE_PHASES(phases)
+ */
+#define XP_DECLARE_PHASES(phases) \
+    XP__EXTERN_C __attribute__((export_name("declare_phases"))) int declare_phases(void) { return xp_declare_phases(phases()); }
 
 #ifdef __cplusplus
 }

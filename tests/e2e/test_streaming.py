@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from scripts import sdk_build
 from support.plugins import scripted
 from support.processes import free_port
 from tests.examples_build import example_wasm
@@ -225,3 +227,42 @@ def test_route_metadata_reaches_plugins_as_route_values(plugin_dir: Path, make_s
         response = request("GET", f"{stack.url}/anything")
     seen = json.loads(response.body)
     assert seen["route"] == {"tier": "gold", "rps": 5}
+
+
+each_sdk = pytest.mark.parametrize("language", ["rust", "c"], ids=["rust_sdk", "c_sdk"])
+
+
+def sdk_stream_probe(language: str, *phases: str) -> dict[str, Any]:
+    """The SDK's stream probe (sdk/rust/stream-probe, sdk/c/tests/stream_probe.c), declaring `phases`."""
+    return plugin("probe", sdk_build.probe_wasm(language, "stream"), config={"phases": list(phases)})
+
+
+@each_sdk
+def test_sdk_chunks_and_state_of_a_streamed_body_through_envoy(make_stack: StackFactory, language: str) -> None:
+    # About 1 MiB: one chunk or several, as Envoy happens to read it (so the marks are counted, not assumed).
+    body = b"hello streamed world " * 50_000
+    probe = sdk_stream_probe(language, "request_headers", "request_body_chunk", "response_headers")
+    with make_stack(config_yaml(probe)) as stack:
+        response = request("POST", f"{stack.url}/echo", body=body)
+    assert response.status == 200
+    received = json.loads(response.body)["body"].encode()
+    # Each chunk reached the upstream marked with its index (the last with $) and upper-cased.
+    marks = re.findall(rb"<(\d+)(\$?)>", received)
+    assert [int(index) for index, _ in marks] == list(range(len(marks)))
+    assert [last for _, last in marks] == [b""] * (len(marks) - 1) + [b"$"]
+    assert re.sub(rb"<\d+\$?>", b"", received) == body.upper()
+    # The state went from the request headers through every chunk to the response headers.
+    assert response.header("x-state") == "h" + "".join(index.decode() for index, _ in marks)
+
+
+@each_sdk
+def test_sdk_trailers_of_a_grpc_upstream_through_envoy(
+    make_stack: StackFactory, grpc_upstream: int, language: str
+) -> None:
+    probe = sdk_stream_probe(language, "request_headers", "response_trailers")
+    with make_stack(config_yaml(probe), upstream_port=grpc_upstream, upstream_http2=True) as stack:
+        reply, _, trailing = _check(stack)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    trailers = dict(trailing)
+    assert trailers["x-seen-grpc-status"] == "0"
+    assert trailers["x-state"] == "h"

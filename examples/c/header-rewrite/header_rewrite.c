@@ -56,5 +56,12 @@ static int on_response(const xp_input *in, xp_output *out) {
     return 0;
 }
 
+/* Only the sides the config rewrites: with request rules alone, Envoy is never asked for the response. */
+static unsigned phases(void) {
+    return (xp_json_has(xp_config(), "request") ? XP_PHASE_REQUEST_HEADERS : 0) |
+           (xp_json_has(xp_config(), "response") ? XP_PHASE_RESPONSE_HEADERS : 0);
+}
+
 XP_EXPORT(process_request_headers, on_request)
 XP_EXPORT(process_response_headers, on_response)
+XP_DECLARE_PHASES(phases)

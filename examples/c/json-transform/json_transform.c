@@ -64,5 +64,12 @@ static int on_response(const xp_input *in, xp_output *out) {
     return 0;
 }
 
+/* Only the bodies the config transforms: each one Envoy buffers for the server costs a round trip. */
+static unsigned phases(void) {
+    return (xp_json_has(xp_config(), "request") ? XP_PHASE_REQUEST_BODY : 0) |
+           (xp_json_has(xp_config(), "response") ? XP_PHASE_RESPONSE_BODY : 0);
+}
+
 XP_EXPORT(process_request_body, on_request)
 XP_EXPORT(process_response_body, on_response)
+XP_DECLARE_PHASES(phases)

@@ -2,7 +2,7 @@
 // and header code on the call input and writes what it produced, so the tests compare real outputs.
 // Inputs the SDK rejects produce the bytes INVALID.
 import { base64Decode, base64Encode } from "../assembly/base64";
-import { Headers, Output } from "../assembly/contract";
+import { Headers, Input, Output, run } from "../assembly/contract";
 import { readInputBytes, writeOutputBytes } from "../assembly/io";
 import { JsonKind, JsonValue, quote as jsonQuote } from "../assembly/json";
 
@@ -165,4 +165,35 @@ export function header_bytes(): i32 {
     }
   }
   return finish(out.toBytes());
+}
+
+/** The trailers of both sides as "side name=value" strings, or null when neither side has any. */
+function trailerList(input: Input): JsonValue {
+  const req = input.request.trailers;
+  const response = input.response;
+  const resp: Headers | null = response === null ? null : response.trailers;
+  if (req === null && resp === null) return JsonValue.null();
+  const list = JsonValue.array();
+  if (req !== null) for (let i = 0; i < req.count; i++) list.push(JsonValue.string("request " + req.names[i] + "=" + req.values[i]));
+  if (resp !== null) for (let i = 0; i < resp.count; i++) list.push(JsonValue.string("response " + resp.names[i] + "=" + resp.values[i]));
+  return list;
+}
+
+function streamFields(input: Input, out: Output): void {
+  out.metadata("chunk_index", JsonValue.integer(input.chunkIndex));
+  out.metadata("end_of_stream", JsonValue.bool(input.endOfStream));
+  out.metadata("route", input.route);
+  out.metadata("trailers", trailerList(input));
+  const state = input.state;
+  if (state !== null) out.setStateBytes(state.bytes()).metadata("state_is_text", JsonValue.bool(state.isText));
+  const body = input.request.body;
+  if (body !== null) out.setBodyBytes(body.bytes());
+}
+
+/**
+ * A contract input through run(): its streaming fields as dynamic metadata (chunk_index, end_of_stream,
+ * route, trailers, state_is_text), its state written back as the output state and its request body as the body.
+ */
+export function stream_fields(): i32 {
+  return run(streamFields);
 }

@@ -195,3 +195,41 @@ PROBE_EXPORT(header_bytes) {
     header_bytes_handler(&input, out);
     return finish(xp_output_bytes(out));
 }
+
+/* The trailers of both sides as "side name=value" strings, or null when neither side has any. */
+static xp_json *trailer_list(const xp_input *in) {
+    const xp_headers *sides[2] = {in->request.trailers, in->response == NULL ? NULL : in->response->trailers};
+    const char *names[2] = {"request ", "response "};
+    if (sides[0] == NULL && sides[1] == NULL) return xp_json_null();
+    xp_json *list = xp_json_array();
+    for (int side = 0; side < 2; side++) {
+        for (size_t i = 0; sides[side] != NULL && i < sides[side]->count; i++) {
+            const xp_header *h = &sides[side]->items[i];
+            size_t n = strlen(names[side]) + h->name.len + 1 + h->value.len;
+            char *text = (char *)xp_alloc(n + 1);
+            strcpy(text, names[side]);
+            strcat(text, h->name.ptr);
+            strcat(text, "=");
+            strcat(text, h->value.ptr);
+            xp_json_push(list, xp_json_string(text));
+        }
+    }
+    return list;
+}
+
+static int stream_fields_handler(const xp_input *in, xp_output *out) {
+    xp_metadata(out, "chunk_index", xp_json_integer(in->chunk_index));
+    xp_metadata(out, "end_of_stream", xp_json_bool(in->end_of_stream));
+    xp_metadata(out, "route", (xp_json *)in->route);
+    xp_metadata(out, "trailers", trailer_list(in));
+    if (in->state != NULL) {
+        xp_set_state(out, in->state->bytes.ptr, in->state->bytes.len);
+        xp_metadata(out, "state_is_text", xp_json_bool(in->state->is_text));
+    }
+    if (in->request.body != NULL) xp_set_body(out, in->request.body->bytes.ptr, in->request.body->bytes.len);
+    return 0;
+}
+
+/* A contract input through xp_run: its streaming fields as dynamic metadata (chunk_index, end_of_stream, route,
+ * trailers, state_is_text), its state written back as the output state and its request body as the body. */
+PROBE_EXPORT(stream_fields) { return xp_run(stream_fields_handler); }

@@ -215,3 +215,39 @@ pub extern "C" fn header_bytes() -> i32 {
     }
     finish(&out.to_bytes())
 }
+
+/// The trailers of both sides as "side name=value" strings, or null when neither side has any.
+fn trailer_list(input: &Input) -> Json {
+    let sides = [("request", input.request.trailers.as_ref()), ("response", input.response.as_ref().and_then(|r| r.trailers.as_ref()))];
+    if sides.iter().all(|(_, t)| t.is_none()) {
+        return Json::null();
+    }
+    let mut list = Json::array();
+    for (side, trailers) in sides {
+        for h in trailers.iter().flat_map(|t| t.iter()) {
+            list.push(format!("{} {}={}", side, h.name, h.value));
+        }
+    }
+    list
+}
+
+fn stream_fields_handler(input: &Input, out: &mut Output) -> extproc_sdk::Result {
+    out.metadata("chunk_index", i64::from(input.chunk_index))
+        .metadata("end_of_stream", input.end_of_stream)
+        .metadata("route", input.route.clone())
+        .metadata("trailers", trailer_list(input));
+    if let Some(state) = &input.state {
+        out.set_state_bytes(state.bytes.clone()).metadata("state_is_text", state.is_text);
+    }
+    if let Some(body) = &input.request.body {
+        out.set_body_bytes(body.bytes.clone());
+    }
+    Ok(())
+}
+
+/// A contract input through run(): its streaming fields as dynamic metadata (chunk_index, end_of_stream,
+/// route, trailers, state_is_text), its state written back as the output state and its request body as the body.
+#[no_mangle]
+pub extern "C" fn stream_fields() -> i32 {
+    extproc_sdk::run(stream_fields_handler)
+}

@@ -1,7 +1,7 @@
 // Typed views over the plugin contract's input, the builder for its output, config, and `run`.
 
 use crate::base64;
-use crate::json::{write_string, Json};
+use crate::json::{write_string, Counter, Json, Sink};
 use crate::sys;
 use std::fmt;
 
@@ -136,8 +136,11 @@ pub struct Request {
     pub scheme: String,
     pub authority: String,
     pub headers: Headers,
-    /// In REQUEST_BODY, and in GENERATE_RESPONSE when the plugin asked for the body.
+    /// In REQUEST_BODY, and in GENERATE_RESPONSE when the plugin asked for the body; in
+    /// REQUEST_BODY_CHUNK, the chunk.
     pub body: Option<Body>,
+    /// In REQUEST_TRAILERS.
+    pub trailers: Option<Headers>,
 }
 
 impl Request {
@@ -151,23 +154,34 @@ impl Request {
 pub struct Response {
     pub status: i32,
     pub headers: Headers,
-    /// In RESPONSE_BODY.
+    /// In RESPONSE_BODY; in RESPONSE_BODY_CHUNK, the chunk.
     pub body: Option<Body>,
+    /// In RESPONSE_TRAILERS.
+    pub trailers: Option<Headers>,
 }
 
 /// The input of one call.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Input {
-    /// REQUEST_HEADERS, REQUEST_BODY, GENERATE_RESPONSE, RESPONSE_HEADERS or RESPONSE_BODY.
+    /// REQUEST_HEADERS, REQUEST_BODY_CHUNK, REQUEST_BODY, GENERATE_RESPONSE, REQUEST_TRAILERS,
+    /// RESPONSE_HEADERS, RESPONSE_BODY_CHUNK, RESPONSE_BODY or RESPONSE_TRAILERS.
     pub phase: String,
     pub plugin_name: String,
     pub request: Request,
-    /// In RESPONSE_HEADERS and RESPONSE_BODY.
+    /// In the response phases.
     pub response: Option<Response>,
     /// Envoy attributes by name ("source.address", ...): an object.
     pub attributes: Json,
     /// Envoy's metadata context, namespace -> values: an object.
     pub metadata: Json,
+    /// What this plugin returned as state in an earlier phase or chunk of this exchange.
+    pub state: Option<Body>,
+    /// The values the route gives this plugin: an object (empty when it gives none).
+    pub route: Json,
+    /// Chunk phases: this chunk is the body's last (a body that ends with trailers has none).
+    pub end_of_stream: bool,
+    /// Chunk phases: the chunk's place in its body, from 0.
+    pub chunk_index: u32,
 }
 
 /// Member `key` of `v` as text, moved out ("" when absent).
@@ -189,6 +203,11 @@ fn object_or_empty(v: Option<Json>) -> Json {
 }
 
 impl Input {
+    /// The state as text ("" when there is none or it is not UTF-8).
+    pub fn state_text(&self) -> &str {
+        self.state.as_ref().and_then(Body::text).unwrap_or("")
+    }
+
     /// An attribute as text ("source.address" -> "10.0.0.7:53122").
     pub fn attribute(&self, name: &str) -> Option<&str> {
         self.attributes.get(name).and_then(Json::as_text)
@@ -213,6 +232,7 @@ impl Input {
                 authority: take_string(&mut req, "authority"),
                 headers: Headers::from_json(take(&mut req, "headers")),
                 body: Body::from_json(take(&mut req, "body")),
+                trailers: take(&mut req, "trailers").map(|list| Headers::from_json(Some(list))),
             };
         }
         if let Some(mut resp) = take(&mut root, "response") {
@@ -220,10 +240,15 @@ impl Input {
                 status: resp.get_i64("status", 0) as i32,
                 headers: Headers::from_json(take(&mut resp, "headers")),
                 body: Body::from_json(take(&mut resp, "body")),
+                trailers: take(&mut resp, "trailers").map(|list| Headers::from_json(Some(list))),
             });
         }
         input.attributes = object_or_empty(take(&mut root, "attributes"));
         input.metadata = object_or_empty(take(&mut root, "metadata"));
+        input.state = Body::from_json(take(&mut root, "state"));
+        input.route = object_or_empty(take(&mut root, "route"));
+        input.end_of_stream = root.get_bool("end_of_stream", false);
+        input.chunk_index = root.get_i64("chunk_index", 0) as u32;
         Some(input)
     }
 }
@@ -291,6 +316,7 @@ pub struct Output {
     body: Option<Vec<u8>>,
     immediate: Option<Immediate>,
     metadata: Vec<(String, Json)>,
+    state: Option<Vec<u8>>,
 }
 
 impl Output {
@@ -298,7 +324,9 @@ impl Output {
         Output::default()
     }
 
-    /// Replaces every value of `name` (adds it when absent) in the phase's message.
+    /// Replaces every value of `name` (adds it when absent) in the phase's message: the request
+    /// headers in request phases, the response headers in response phases, the trailers in
+    /// trailers phases. (Chunk phases may not change headers.)
     pub fn set_header(&mut self, name: &str, value: &str) -> &mut Output {
         self.set_header_bytes(name, value.as_bytes())
     }
@@ -326,7 +354,8 @@ impl Output {
         self
     }
 
-    /// Replaces the phase's body (body phases only); the server fixes content-length.
+    /// Replaces the phase's body (body phases only; in chunk phases, this chunk); the server fixes
+    /// content-length.
     pub fn set_body(&mut self, text: &str) -> &mut Output {
         self.set_body_bytes(text.as_bytes().to_vec())
     }
@@ -343,6 +372,18 @@ impl Output {
     /// Answers the client with `status` now; configure the returned response further.
     pub fn respond(&mut self, status: i32) -> &mut Immediate {
         self.immediate.insert(Immediate { status, headers: Vec::new(), body: None, details: String::new(), grpc_status: None })
+    }
+
+    /// Hands `text` to this plugin's later phases and chunks of the same exchange (`Input::state`),
+    /// at most 16 KiB; empty drops the state. Without a call the state stays as it was.
+    pub fn set_state(&mut self, text: &str) -> &mut Output {
+        self.set_state_bytes(text.as_bytes().to_vec())
+    }
+
+    /// `set_state` with bytes (they need not be UTF-8).
+    pub fn set_state_bytes(&mut self, bytes: Vec<u8>) -> &mut Output {
+        self.state = Some(bytes);
+        self
     }
 
     /// Emits `key: value` as Envoy dynamic metadata (namespace extproc, under the plugin's name).
@@ -364,61 +405,93 @@ impl Output {
         if self.is_empty() {
             return Vec::new();
         }
-        let mut members: Vec<Vec<u8>> = Vec::new();
+        let mut out = Vec::with_capacity(self.written_len());
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Sets the output JSON as the call's output (none when nothing changed). `run` does it.
+    pub fn write(&self) {
+        if self.is_empty() {
+            return;
+        }
+        // Measured first, then written once straight into Extism memory: the output, a whole body
+        // perhaps, needs no room in the plugin's own memory.
+        let mut w = sys::OutputWriter::new(self.written_len());
+        self.write_json(&mut w);
+        w.finish();
+    }
+
+    fn written_len(&self) -> usize {
+        let mut counter = Counter(0);
+        self.write_json(&mut counter);
+        counter.0
+    }
+
+    fn write_json<S: Sink>(&self, w: &mut S) {
+        w.put(b"{");
+        let mut first = true;
+        let mut member = |w: &mut S, name: &[u8]| {
+            if !first {
+                w.put(b",");
+            }
+            first = false;
+            w.put(name);
+        };
         if !(self.sets.is_empty() && self.appends.is_empty() && self.removes.is_empty()) {
-            let mut w = b"\"headers\":{\"set\":".to_vec();
-            pairs(&mut w, &self.sets);
-            w.extend_from_slice(b",\"append\":");
-            pairs(&mut w, &self.appends);
-            w.extend_from_slice(b",\"remove\":[");
+            member(w, b"\"headers\":{\"set\":");
+            pairs(w, &self.sets);
+            w.put(b",\"append\":");
+            pairs(w, &self.appends);
+            w.put(b",\"remove\":[");
             for (i, name) in self.removes.iter().enumerate() {
                 if i > 0 {
-                    w.push(b',');
+                    w.put(b",");
                 }
-                write_string(&mut w, name.as_bytes());
+                write_string(w, name.as_bytes());
             }
-            w.extend_from_slice(b"]}");
-            members.push(w);
+            w.put(b"]}");
         }
         if let Some(body) = &self.body {
-            let mut w = b"\"body\":".to_vec();
-            body_json(&mut w, body);
-            members.push(w);
+            member(w, b"\"body\":");
+            body_json(w, body);
         }
         if let Some(imm) = &self.immediate {
-            let mut w = format!("\"immediate_response\":{{\"status\":{},\"headers\":", imm.status).into_bytes();
-            pairs(&mut w, &imm.headers);
+            member(w, b"\"immediate_response\":{\"status\":");
+            w.put(imm.status.to_string().as_bytes());
+            w.put(b",\"headers\":");
+            pairs(w, &imm.headers);
             if let Some(body) = &imm.body {
-                w.extend_from_slice(b",\"body\":");
-                body_json(&mut w, body);
+                w.put(b",\"body\":");
+                body_json(w, body);
             }
             if !imm.details.is_empty() {
-                w.extend_from_slice(b",\"details\":");
-                write_string(&mut w, imm.details.as_bytes());
+                w.put(b",\"details\":");
+                write_string(w, imm.details.as_bytes());
             }
             if let Some(code) = imm.grpc_status {
-                w.extend_from_slice(format!(",\"grpc_status\":{}", code).as_bytes());
+                w.put(b",\"grpc_status\":");
+                w.put(code.to_string().as_bytes());
             }
-            w.push(b'}');
-            members.push(w);
+            w.put(b"}");
         }
         if !self.metadata.is_empty() {
-            let mut w = b"\"dynamic_metadata\":{".to_vec();
+            member(w, b"\"dynamic_metadata\":{");
             for (i, (key, value)) in self.metadata.iter().enumerate() {
                 if i > 0 {
-                    w.push(b',');
+                    w.put(b",");
                 }
-                write_string(&mut w, key.as_bytes());
-                w.push(b':');
-                value.write_to(&mut w);
+                write_string(w, key.as_bytes());
+                w.put(b":");
+                value.write_json(w);
             }
-            w.push(b'}');
-            members.push(w);
+            w.put(b"}");
         }
-        let mut out = vec![b'{'];
-        out.extend_from_slice(&members.join(&b","[..]));
-        out.push(b'}');
-        out
+        if let Some(state) = &self.state {
+            member(w, b"\"state\":");
+            body_json(w, state);
+        }
+        w.put(b"}");
     }
 }
 
@@ -427,36 +500,38 @@ pub fn is_utf8(b: &[u8]) -> bool {
     std::str::from_utf8(b).is_ok()
 }
 
-fn pairs(w: &mut Vec<u8>, list: &[(String, Vec<u8>)]) {
-    w.push(b'[');
+fn pairs<S: Sink>(w: &mut S, list: &[(String, Vec<u8>)]) {
+    w.put(b"[");
     for (i, (name, value)) in list.iter().enumerate() {
         if i > 0 {
-            w.push(b',');
+            w.put(b",");
         }
-        w.extend_from_slice(b"{\"name\":");
+        w.put(b"{\"name\":");
         write_string(w, name.as_bytes());
         // Text travels as text, so the output stays readable; only other bytes need raw_value.
         if is_utf8(value) {
-            w.extend_from_slice(b",\"value\":");
+            w.put(b",\"value\":");
             write_string(w, value);
         } else {
-            w.extend_from_slice(b",\"raw_value\":");
-            write_string(w, base64::encode(value).as_bytes());
+            w.put(b",\"raw_value\":\"");
+            base64::encode_to(w, value);
+            w.put(b"\"");
         }
-        w.push(b'}');
+        w.put(b"}");
     }
-    w.push(b']');
+    w.put(b"]");
 }
 
-fn body_json(w: &mut Vec<u8>, bytes: &[u8]) {
+fn body_json<S: Sink>(w: &mut S, bytes: &[u8]) {
     if is_utf8(bytes) {
-        w.extend_from_slice(b"{\"text\":");
+        w.put(b"{\"text\":");
         write_string(w, bytes);
     } else {
-        w.extend_from_slice(b"{\"data\":");
-        write_string(w, base64::encode(bytes).as_bytes());
+        w.put(b"{\"data\":\"");
+        base64::encode_to(w, bytes);
+        w.put(b"\"");
     }
-    w.push(b'}');
+    w.put(b"}");
 }
 
 // --- config, errors and the export wrapper ------------------------------------------------------
@@ -516,7 +591,9 @@ where
     F: FnOnce(&Input, &mut Output) -> Result,
 {
     report_panics();
-    let input = match Input::parse(&sys::input()) {
+    // The input's bytes go once parsed (the body was copied out of them), so the handler's work can
+    // reuse their memory; Extism's copy goes at once (sys::take_input).
+    let input = match Input::parse(&sys::take_input()) {
         Some(input) => input,
         None => {
             sys::set_error("extproc sdk: the input is not a JSON object (is the plugin configured with encoding: protobuf?)");
@@ -526,10 +603,7 @@ where
     let mut out = Output::new();
     match handler(&input, &mut out) {
         Ok(()) => {
-            let bytes = out.to_bytes();
-            if !bytes.is_empty() {
-                sys::output(&bytes);
-            }
+            out.write();
             0
         }
         Err(e) => {
@@ -548,4 +622,67 @@ fn report_panics() {
         static HOOK: Once = Once::new();
         HOOK.call_once(|| std::panic::set_hook(Box::new(|info| sys::set_error(&info.to_string()))));
     }
+}
+
+// --- declared phases ----------------------------------------------------------------------------
+
+/// A phase a plugin can declare (see `declare_phases`), shown by its config name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    RequestHeaders,
+    RequestBodyChunk,
+    RequestBody,
+    GenerateResponse,
+    RequestTrailers,
+    ResponseHeaders,
+    ResponseBodyChunk,
+    ResponseBody,
+    ResponseTrailers,
+}
+
+impl Phase {
+    /// Every phase, in the order the server calls them.
+    pub const ALL: [Phase; 9] = [
+        Phase::RequestHeaders,
+        Phase::RequestBodyChunk,
+        Phase::RequestBody,
+        Phase::GenerateResponse,
+        Phase::RequestTrailers,
+        Phase::ResponseHeaders,
+        Phase::ResponseBodyChunk,
+        Phase::ResponseBody,
+        Phase::ResponseTrailers,
+    ];
+
+    /// The phase's name in the server config and the declaration ("request_headers", ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::RequestHeaders => "request_headers",
+            Phase::RequestBodyChunk => "request_body_chunk",
+            Phase::RequestBody => "request_body",
+            Phase::GenerateResponse => "generate_response",
+            Phase::RequestTrailers => "request_trailers",
+            Phase::ResponseHeaders => "response_headers",
+            Phase::ResponseBodyChunk => "response_body_chunk",
+            Phase::ResponseBody => "response_body",
+            Phase::ResponseTrailers => "response_trailers",
+        }
+    }
+}
+
+/// Answers the server's `declare_phases` call: the phases this plugin's config uses. The server then
+/// calls only those exports and asks Envoy for only those phases. `export!(declare_phases => f)`
+/// calls it with what `f` returns; returns the export's result code.
+pub fn declare_phases(phases: &[Phase]) -> i32 {
+    report_panics();
+    let mut out = b"{\"phases\":[".to_vec();
+    for (i, phase) in phases.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(&mut out, phase.name().as_bytes());
+    }
+    out.extend_from_slice(b"]}");
+    sys::output(&out);
+    0
 }

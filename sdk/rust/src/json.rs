@@ -375,40 +375,48 @@ impl Json {
 
     /// The document as JSON text (no whitespace, members in order, non-ASCII as UTF-8).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
-        self.write_to(&mut out);
+        // Measured first: a large document (a body) then takes one allocation of its size, not a
+        // doubling series whose last step briefly holds three times the text.
+        let mut counter = Counter(0);
+        self.write_json(&mut counter);
+        let mut out = Vec::with_capacity(counter.0);
+        self.write_json(&mut out);
         out
     }
 
     /// Appends the JSON text to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
+        self.write_json(out);
+    }
+
+    pub(crate) fn write_json<S: Sink + ?Sized>(&self, out: &mut S) {
         match &self.0 {
-            Value::Null => out.extend_from_slice(b"null"),
-            Value::Bool(true) => out.extend_from_slice(b"true"),
-            Value::Bool(false) => out.extend_from_slice(b"false"),
-            Value::Number(text) => out.extend_from_slice(text.as_bytes()),
+            Value::Null => out.put(b"null"),
+            Value::Bool(true) => out.put(b"true"),
+            Value::Bool(false) => out.put(b"false"),
+            Value::Number(text) => out.put(text.as_bytes()),
             Value::String(bytes) => write_string(out, bytes),
             Value::Array(items) => {
-                out.push(b'[');
+                out.put(b"[");
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
-                        out.push(b',');
+                        out.put(b",");
                     }
-                    item.write_to(out);
+                    item.write_json(out);
                 }
-                out.push(b']');
+                out.put(b"]");
             }
             Value::Object(members) => {
-                out.push(b'{');
+                out.put(b"{");
                 for (i, (key, value)) in members.iter().enumerate() {
                     if i > 0 {
-                        out.push(b',');
+                        out.put(b",");
                     }
                     write_string(out, key);
-                    out.push(b':');
-                    value.write_to(out);
+                    out.put(b":");
+                    value.write_json(out);
                 }
-                out.push(b'}');
+                out.put(b"}");
             }
         }
     }
@@ -602,7 +610,9 @@ impl<'a> Parser<'a> {
             self.pos += 1;
             return Some(self.b[start..self.pos - 1].to_vec());
         }
-        let mut out = Vec::with_capacity(self.pos - start + 16);
+        // Sized for the whole literal, which its unescaped text never outgrows: a large string (a body
+        // in the call input) then takes one allocation, not a doubling series.
+        let mut out = Vec::with_capacity(literal_end(self.b, self.pos) - start);
         out.extend_from_slice(&self.b[start..self.pos]);
         loop {
             let c = self.peek()?;
@@ -723,6 +733,21 @@ fn scan_plain(b: &[u8], from: usize, stop_at_ed: bool) -> usize {
         .map_or(b.len(), |i| from + i)
 }
 
+/// The index of the closing quote of the string literal whose text continues at `from` (the length
+/// when there is none).
+fn literal_end(b: &[u8], mut from: usize) -> usize {
+    while let Some(i) = b[from..].iter().position(|&c| c == b'"' || c == b'\\') {
+        if b[from + i] == b'"' {
+            return from + i;
+        }
+        from += i + 2;
+        if from >= b.len() {
+            break;
+        }
+    }
+    b.len()
+}
+
 /// UTF-8 of `cp`; a lone surrogate gets the same 3-byte form as any code point of its range.
 fn push_code_point(out: &mut Vec<u8>, cp: u32) {
     if cp < 0x80 {
@@ -743,46 +768,68 @@ fn push_code_point(out: &mut Vec<u8>, cp: u32) {
 
 // --- writing ------------------------------------------------------------------------------------
 
+/// Where written JSON goes: a `Vec`, a `Counter` that only measures it, or Extism memory (the
+/// call's output, written in place).
+pub(crate) trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Counts the bytes written, keeping none.
+pub(crate) struct Counter(pub usize);
+
+impl Sink for Counter {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+}
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn escape_unit(out: &mut Vec<u8>, unit: u32) {
-    out.extend_from_slice(b"\\u");
-    for shift in [12, 8, 4, 0] {
-        out.push(HEX[((unit >> shift) & 15) as usize]);
+fn escape_unit<S: Sink + ?Sized>(out: &mut S, unit: u32) {
+    let mut e = *b"\\u0000";
+    for (i, shift) in [12, 8, 4, 0].into_iter().enumerate() {
+        e[2 + i] = HEX[((unit >> shift) & 15) as usize];
     }
+    out.put(&e);
 }
 
 /// A JSON string literal of UTF-8 bytes: escapes quote, backslash and control bytes, and writes
 /// a surrogate's 3-byte form (from a lone `\ud800` escape) as that escape again.
-pub(crate) fn write_string(out: &mut Vec<u8>, b: &[u8]) {
-    out.push(b'"');
+pub(crate) fn write_string<S: Sink + ?Sized>(out: &mut S, b: &[u8]) {
+    out.put(b"\"");
     let mut run = 0;
     let mut i = scan_plain(b, 0, true);
     while i < b.len() {
         let c = b[i];
         if c == 0xed {
             if i + 2 < b.len() && (0xa0..=0xbf).contains(&b[i + 1]) {
-                out.extend_from_slice(&b[run..i]);
+                out.put(&b[run..i]);
                 escape_unit(out, 0xd000 | ((b[i + 1] as u32 & 0x3f) << 6) | (b[i + 2] as u32 & 0x3f));
                 i += 2;
                 run = i + 1;
             }
         } else {
-            out.extend_from_slice(&b[run..i]);
+            out.put(&b[run..i]);
             run = i + 1;
             match c {
-                b'"' => out.extend_from_slice(b"\\\""),
-                b'\\' => out.extend_from_slice(b"\\\\"),
-                b'\n' => out.extend_from_slice(b"\\n"),
-                b'\r' => out.extend_from_slice(b"\\r"),
-                b'\t' => out.extend_from_slice(b"\\t"),
+                b'"' => out.put(b"\\\""),
+                b'\\' => out.put(b"\\\\"),
+                b'\n' => out.put(b"\\n"),
+                b'\r' => out.put(b"\\r"),
+                b'\t' => out.put(b"\\t"),
                 _ => escape_unit(out, c as u32),
             }
         }
         i = scan_plain(b, i + 1, true);
     }
-    out.extend_from_slice(&b[run..]);
-    out.push(b'"');
+    out.put(&b[run..]);
+    out.put(b"\"");
 }
 
 #[cfg(test)]

@@ -31,7 +31,9 @@ mod sys;
 pub mod testing;
 
 pub use base64::{decode as base64_decode, encode as base64_encode};
-pub use contract::{config, is_utf8, run, Body, Error, Header, Headers, Immediate, Input, Output, Request, Response, Result};
+pub use contract::{
+    config, declare_phases, is_utf8, run, Body, Error, Header, Headers, Immediate, Input, Output, Phase, Request, Response, Result,
+};
 pub use json::{Json, Kind};
 
 /// The call's input and output as bytes, for a plugin that decodes them itself (one configured
@@ -48,11 +50,19 @@ pub fn now_ms() -> i64 {
 /// Declares plugin exports, each running a handler through [`run`]:
 ///
 /// ```ignore
-/// extproc_sdk::export!(process_request_headers => on_request, process_response_headers => on_response);
+/// extproc_sdk::export!(
+///     process_request_headers => on_request,
+///     process_response_headers => on_response,
+///     declare_phases => phases,
+/// );
 /// ```
 ///
-/// A handler is `fn(&Input, &mut Output) -> extproc_sdk::Result`. Only the five phase exports
-/// are accepted, so a misspelt one fails to compile instead of never being called.
+/// A handler is `fn(&Input, &mut Output) -> extproc_sdk::Result`. The phase exports are
+/// process_request_headers, process_request_body_chunk, process_request_body, generate_response,
+/// process_request_trailers, process_response_headers, process_response_body_chunk,
+/// process_response_body and process_response_trailers; a misspelt one fails to compile instead of
+/// never being called. `declare_phases => f` takes `fn() -> Vec<Phase>`: the phases the plugin's
+/// config needs (see [`declare_phases`]).
 #[macro_export]
 macro_rules! export {
     ($($name:ident => $handler:path),+ $(,)?) => {
@@ -64,14 +74,26 @@ macro_rules! export {
 #[macro_export]
 macro_rules! __export_one {
     (process_request_headers, $handler:path) => { $crate::__export_fn!(process_request_headers, $handler); };
+    (process_request_body_chunk, $handler:path) => { $crate::__export_fn!(process_request_body_chunk, $handler); };
     (process_request_body, $handler:path) => { $crate::__export_fn!(process_request_body, $handler); };
     (generate_response, $handler:path) => { $crate::__export_fn!(generate_response, $handler); };
+    (process_request_trailers, $handler:path) => { $crate::__export_fn!(process_request_trailers, $handler); };
     (process_response_headers, $handler:path) => { $crate::__export_fn!(process_response_headers, $handler); };
+    (process_response_body_chunk, $handler:path) => { $crate::__export_fn!(process_response_body_chunk, $handler); };
     (process_response_body, $handler:path) => { $crate::__export_fn!(process_response_body, $handler); };
+    (process_response_trailers, $handler:path) => { $crate::__export_fn!(process_response_trailers, $handler); };
+    (declare_phases, $phases:path) => {
+        #[no_mangle]
+        pub extern "C" fn declare_phases() -> i32 {
+            let phases: ::std::vec::Vec<$crate::Phase> = $phases();
+            $crate::declare_phases(&phases)
+        }
+    };
     ($other:ident, $handler:path) => {
         compile_error!(concat!(
-            "`", stringify!($other), "` is not a plugin export: use process_request_headers, process_request_body, ",
-            "generate_response, process_response_headers or process_response_body"
+            "`", stringify!($other), "` is not a plugin export: use process_request_headers, process_request_body_chunk, ",
+            "process_request_body, generate_response, process_request_trailers, process_response_headers, ",
+            "process_response_body_chunk, process_response_body, process_response_trailers or declare_phases"
         ));
     };
 }

@@ -6,6 +6,7 @@
 mod imports {
     #[link(wasm_import_module = "extism:host/env")]
     extern "C" {
+        pub fn input_offset() -> u64;
         pub fn input_length() -> u64;
         pub fn input_load_u8(offset: u64) -> u8;
         pub fn input_load_u64(offset: u64) -> u64;
@@ -38,29 +39,34 @@ mod imports {
 #[cfg(target_arch = "wasm32")]
 mod host {
     use super::imports::*;
+    use crate::json::Sink;
+
+    /// Copies `bytes` to Extism memory at `at`, in 8-byte words to keep host calls few.
+    fn copy_to_extism(mut at: u64, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        // Safety: the callers write only inside blocks they allocated at least that long.
+        unsafe {
+            for word in &mut words {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(word);
+                store_u64(at, u64::from_le_bytes(w));
+                at += 8;
+            }
+            for &b in words.remainder() {
+                store_u8(at, b);
+                at += 1;
+            }
+        }
+    }
 
     /// An Extism memory block holding a copy of `bytes`; freed on drop.
     pub struct Block(pub u64);
 
     impl Block {
         pub fn new(bytes: &[u8]) -> Block {
-            // Safety: alloc returns a block of at least that length; 8-byte words keep host calls few.
-            unsafe {
-                let offset = alloc(bytes.len() as u64);
-                let mut words = bytes.chunks_exact(8);
-                let mut at = offset;
-                for word in &mut words {
-                    let mut w = [0u8; 8];
-                    w.copy_from_slice(word);
-                    store_u64(at, u64::from_le_bytes(w));
-                    at += 8;
-                }
-                for &b in words.remainder() {
-                    store_u8(at, b);
-                    at += 1;
-                }
-                Block(offset)
-            }
+            let offset = unsafe { alloc(bytes.len() as u64) };
+            copy_to_extism(offset, bytes);
+            Block(offset)
         }
     }
 
@@ -117,10 +123,62 @@ mod host {
         }
     }
 
+    /// The input, and Extism's copy of it freed: the call's output can then take its place instead
+    /// of growing Extism's memory by its size again. `input()` finds nothing afterwards.
+    pub fn take_input() -> Vec<u8> {
+        let bytes = input();
+        unsafe { free(input_offset()) }
+        bytes
+    }
+
+    /// Writes the call's output straight into one Extism block of the length announced, so the
+    /// output (a whole body, perhaps) needs no copy in the plugin's memory.
+    pub struct OutputWriter {
+        offset: u64,
+        at: u64,
+        staged: [u8; 1024],
+        n: usize,
+    }
+
+    impl OutputWriter {
+        pub fn new(len: usize) -> OutputWriter {
+            let offset = unsafe { alloc(len as u64) };
+            OutputWriter { offset, at: offset, staged: [0; 1024], n: 0 }
+        }
+
+        fn flush(&mut self) {
+            copy_to_extism(self.at, &self.staged[..self.n]);
+            self.at += self.n as u64;
+            self.n = 0;
+        }
+
+        /// Makes what was written the call's output (the host then owns the block).
+        pub fn finish(mut self) {
+            self.flush();
+            unsafe { output_set(self.offset, self.at - self.offset) }
+        }
+    }
+
+    impl Sink for OutputWriter {
+        fn put(&mut self, bytes: &[u8]) {
+            // Small pieces (punctuation, escapes) are gathered; long runs of a body go straight on.
+            if self.n + bytes.len() > self.staged.len() {
+                self.flush();
+            }
+            if bytes.len() >= self.staged.len() {
+                copy_to_extism(self.at, bytes);
+                self.at += bytes.len() as u64;
+            } else {
+                self.staged[self.n..self.n + bytes.len()].copy_from_slice(bytes);
+                self.n += bytes.len();
+            }
+        }
+    }
+
     pub fn output(bytes: &[u8]) {
-        // The host keeps the block: it becomes the call's output.
-        let block = std::mem::ManuallyDrop::new(Block::new(bytes));
-        unsafe { output_set(block.0, bytes.len() as u64) }
+        let mut w = OutputWriter::new(bytes.len());
+        w.put(bytes);
+        w.finish();
     }
 
     pub fn set_error(message: &str) {

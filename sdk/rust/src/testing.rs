@@ -74,9 +74,33 @@ pub fn set_now_ms(ms: i64) {
 
 pub(crate) mod host {
     use super::with;
+    use crate::json::Sink;
 
     pub fn input() -> Vec<u8> {
         with(|h| h.input.clone())
+    }
+
+    /// As on Extism: once taken, the input is gone.
+    pub fn take_input() -> Vec<u8> {
+        with(|h| std::mem::take(&mut h.input))
+    }
+
+    pub struct OutputWriter(Vec<u8>);
+
+    impl OutputWriter {
+        pub fn new(len: usize) -> OutputWriter {
+            OutputWriter(Vec::with_capacity(len))
+        }
+
+        pub fn finish(self) {
+            with(|h| h.output = self.0)
+        }
+    }
+
+    impl Sink for OutputWriter {
+        fn put(&mut self, bytes: &[u8]) {
+            self.0.extend_from_slice(bytes);
+        }
     }
 
     pub fn output(bytes: &[u8]) {
@@ -185,5 +209,44 @@ mod tests {
         );
         assert_eq!(call(process_request_headers, r#"{"request":{"headers":[{"name":"x-fail","value":""}]}}"#), Err("asked to fail".to_string()));
         assert!(call(process_request_headers, "[]").unwrap_err().contains("not a JSON object"));
+    }
+
+    // State, route values, chunk index and end of stream, trailers: what a chunk or trailers handler reads.
+    fn streaming(input: &Input, out: &mut Output) -> crate::Result {
+        let trailers = input.response.as_ref().and_then(|r| r.trailers.as_ref());
+        out.set_header("x-grpc-status", trailers.and_then(|t| t.get("grpc-status")).unwrap_or("none"));
+        out.set_header("x-tier", input.route.get_str("tier", "none"));
+        out.metadata("chunk", i64::from(input.chunk_index)).metadata("last", input.end_of_stream);
+        let mut state = input.state.as_ref().map(|s| s.bytes.clone()).unwrap_or_default();
+        state.push(0xff);
+        out.set_state_bytes(state);
+        Ok(())
+    }
+
+    crate::export!(process_response_trailers => streaming, declare_phases => declared);
+
+    fn declared() -> Vec<crate::Phase> {
+        vec![crate::Phase::ResponseTrailers, crate::Phase::RequestBodyChunk]
+    }
+
+    #[test]
+    fn streaming_fields_are_read_and_state_written_as_bytes() {
+        let input = r#"{"response":{"trailers":[{"name":"grpc-status","value":"0"}]},"state":{"data":"AAE="},
+            "route":{"tier":"gold"},"chunk_index":3,"end_of_stream":true}"#;
+        assert_eq!(
+            String::from_utf8(call(process_response_trailers, input).unwrap()).unwrap(),
+            concat!(
+                r#"{"headers":{"set":[{"name":"x-grpc-status","value":"0"},{"name":"x-tier","value":"gold"}],"append":[],"remove":[]},"#,
+                r#""dynamic_metadata":{"chunk":3,"last":true},"state":{"data":"AAH/"}}"#
+            )
+        );
+        // Absent fields read as their defaults; text state travels as text.
+        let parsed = Input::parse(br#"{"state":{"text":"t"}}"#).unwrap();
+        assert_eq!((parsed.chunk_index, parsed.end_of_stream, parsed.state_text()), (0, false, "t"));
+        assert!(parsed.route.is_object() && parsed.route.is_empty() && parsed.request.trailers.is_none());
+        let mut out = Output::new();
+        out.set_state("t2");
+        assert_eq!(out.to_bytes(), br#"{"state":{"text":"t2"}}"#.to_vec());
+        assert_eq!(call(declare_phases, "").unwrap(), br#"{"phases":["response_trailers","request_body_chunk"]}"#.to_vec());
     }
 }

@@ -7,7 +7,7 @@
 //! `set` replaces every value (adds the header when absent), `add` appends one more value (a list
 //! adds several), `remove` drops every value, `rename` moves every value to the new name. The Rust
 //! twin of examples/header-rewrite (same config, same CASES.yaml).
-use extproc_sdk::{config, Headers, Input, Json, Output};
+use extproc_sdk::{config, Headers, Input, Json, Output, Phase};
 
 /// A value or a list of values, as text.
 fn values_of(v: &Json) -> Vec<&str> {
@@ -59,4 +59,14 @@ fn on_response(input: &Input, out: &mut Output) -> extproc_sdk::Result {
     Ok(())
 }
 
-extproc_sdk::export!(process_request_headers => on_request, process_response_headers => on_response);
+/// Only the sides the config rewrites: with request rules alone, Envoy is never asked for the response.
+fn phases() -> Vec<Phase> {
+    let sides = [("request", Phase::RequestHeaders), ("response", Phase::ResponseHeaders)];
+    sides.iter().filter(|(side, _)| config().has(side)).map(|(_, phase)| *phase).collect()
+}
+
+extproc_sdk::export!(
+    process_request_headers => on_request,
+    process_response_headers => on_response,
+    declare_phases => phases,
+);

@@ -7,7 +7,7 @@
 //!
 //! With `replacement`, redacted fields keep their key and get that value instead of disappearing.
 //! The Rust twin of examples/json-transform (same config, same CASES.yaml).
-use extproc_sdk::{config, log, Body, Headers, Input, Json, Output};
+use extproc_sdk::{config, log, Body, Headers, Input, Json, Output, Phase};
 
 fn is_json(headers: &Headers) -> bool {
     let t = headers.get("content-type").unwrap_or("").to_ascii_lowercase();
@@ -78,4 +78,14 @@ fn on_response(input: &Input, out: &mut Output) -> extproc_sdk::Result {
     Ok(())
 }
 
-extproc_sdk::export!(process_request_body => on_request, process_response_body => on_response);
+/// Only the bodies the config transforms: each one Envoy buffers for the server costs a round trip.
+fn phases() -> Vec<Phase> {
+    let sides = [("request", Phase::RequestBody), ("response", Phase::ResponseBody)];
+    sides.iter().filter(|(side, _)| config().has(side)).map(|(_, phase)| *phase).collect()
+}
+
+extproc_sdk::export!(
+    process_request_body => on_request,
+    process_response_body => on_response,
+    declare_phases => phases,
+);
