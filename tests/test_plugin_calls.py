@@ -9,6 +9,7 @@ import asyncio
 import gc
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,9 @@ def test_a_large_input_runs_on_a_thread_and_the_plugin_stays_inline(
 
 
 def spending(cpu_seconds: float) -> Any:
-    """The loader's invoke, also spending this much CPU on the calling thread as a slow plugin would."""
-    inner = loader.invoke
+    """The loader's invoke as patched now (by call_threads, say), also spending this much CPU on the calling
+    thread as a slow plugin would."""
+    inner: Callable[..., RawResult] = vars(loader)["invoke"]
 
     def slow_invoke(*args: Any) -> RawResult:
         until = time.thread_time() + cpu_seconds
