@@ -77,7 +77,9 @@ class Run:
 
     @property
     def server_cpu_us(self) -> float | None:
-        return None if self.server_cpu_s is None else self.server_cpu_s / self.result.requests * 1e6
+        if self.server_cpu_s is None or not self.result.requests:  # a stalled server may answer none
+            return None
+        return self.server_cpu_s / self.result.requests * 1e6
 
     @property
     def server_cpu_pct(self) -> float | None:

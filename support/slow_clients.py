@@ -15,40 +15,53 @@ from collections.abc import Iterator
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
+_loop_lock = threading.Lock()
+_client_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    """One event loop for the process's idle streams, never closed: grpc.aio binds its completion-queue
+    poller to the first loop that uses it, and a later loop would get its events sent to a closed one."""
+    global _client_loop
+    with _loop_lock:
+        if _client_loop is None:
+            _client_loop = asyncio.new_event_loop()
+            threading.Thread(target=_client_loop.run_forever, name="idle-streams", daemon=True).start()
+        return _client_loop
+
 
 @contextlib.contextmanager
 def idle_streams(port: int, count: int) -> Iterator[None]:
     """`count` ext_proc streams opened straight at the server that send nothing (a client thread each
     would be the client's limit, not the server's, so they share one event loop)."""
+    loop = _loop()
     ready = threading.Event()
-    stop: asyncio.Event | None = None
-    loop = asyncio.new_event_loop()
+    stop = threading.Event()
 
     async def hold() -> None:
-        nonlocal stop
-        stop = asyncio.Event()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = ep_grpc.ExternalProcessorStub(channel)
             calls = [stub.Process() for _ in range(count)]
             # Every stream has been sent; the server may take a moment more to start its handlers.
             await asyncio.gather(*(call.wait_for_connection() for call in calls))
             ready.set()
-            await stop.wait()
+            await loop.run_in_executor(None, stop.wait)
             for call in calls:
                 call.cancel()
-            # Let each call see its cancellation before the loop closes under it.
+            # Let each call see its cancellation before the channel closes under it.
             await asyncio.gather(*(call.code() for call in calls), return_exceptions=True)
 
-    thread = threading.Thread(target=loop.run_until_complete, args=(hold(),), daemon=True)
-    thread.start()
+    held = asyncio.run_coroutine_threadsafe(hold(), loop)
+    if not ready.wait(30):
+        stop.set()
+        why = held.exception() if held.done() else "not within 30 s"
+        held.cancel()
+        raise AssertionError(f"the idle streams did not open: {why}")
     try:
-        assert ready.wait(30), "the idle streams did not open"
         yield
     finally:
-        assert stop is not None
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
+        stop.set()
+        held.result(30)
 
 
 @contextlib.contextmanager
