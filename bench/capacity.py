@@ -15,7 +15,8 @@ Three questions, each answered against baselines measured in the same run (docs/
 
 Without ``--baseline`` only this checkout's server runs. ``--checkout LABEL=DIR`` adds the server of
 another prepared checkout, e.g. this commit with its request path compiled (``git worktree add DIR`` and
-``EXTPROC_MYPYC=1 python setup.py build_ext --inplace`` in it). Writes capacity.json and capacity.md.
+``EXTPROC_MYPYC=1 python setup.py build_ext --inplace`` in it); ``--workers N`` adds this checkout's
+server with N worker processes. Writes capacity.json and capacity.md.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Server:
 
     label: str
     checkout: Path | None  # None: Envoy alone, no ext_proc filter
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ def _stack(server: Server, config: dict[str, Any], work: Path, upstream_port: in
         process = None
         if server.checkout is not None:
             argv = default_server_cmd(write_config(work / "extproc.yaml", config), extproc_port)
+            if server.workers > 1:
+                argv += ["--workers", str(server.workers)]
             env = {**os.environ, "PYTHONPATH": str(server.checkout)}
             process = ManagedProcess(server.label, argv, work / "server.log", env=env, cwd=server.checkout)
             processes.enter_context(process)
@@ -142,7 +146,7 @@ def _measure(
     rate_text = f" at {rate:,.0f} req/s" if rate else ""
     server_text = f", server {run.server_cpu_pct:.0f} % CPU" if run.server_cpu_pct is not None else ""
     print(
-        f"  {server.label:8} {what:28} c={connections:<4}{rate_text}: {result.rps:8,.0f} req/s, "
+        f"  {server.label:10} {what:28} c={connections:<4}{rate_text}: {result.rps:8,.0f} req/s, "
         f"p99 {result.p99_us / 1000:7.1f} ms, errors {result.errors}, Envoy {run.envoy_cpu_pct:.0f} % CPU{server_text}",
         flush=True,
     )
@@ -258,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkout", action="append", default=[], metavar="LABEL=DIR", help="also run the server of checkout DIR"
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="also run this checkout's server with N worker processes"
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run (default 10)")
     parser.add_argument("--clients-rate", type=float, default=400.0, help="paced rate of the slow-clients runs")
     parser.add_argument("--half-rate", type=float, default=0.0, help="extra paced rate for the CPU runs (0: none)")
@@ -281,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             if not directory:
                 parser.error(f"--checkout wants LABEL=DIR, got {extra!r}")
             servers.append(Server(label, Path(directory).resolve()))
+        if args.workers > 1:
+            servers.append(Server(f"asyncio x{args.workers}", REPO_ROOT, args.workers))
         upstream_port, _ = stack.enter_context(upstream(args.work))
         started = time.monotonic()
         if "slow_upstream" in sections:
