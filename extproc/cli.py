@@ -10,7 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from extproc import __version__, plugin_tools, recording
-from extproc.config import LOG_LEVELS, Config, ConfigError, ListenAddress, default_memory_limit_mb, load_config
+from extproc.config import (
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    ListenAddress,
+    default_memory_limit_mb,
+    load_config,
+    parse_listen_address,
+)
 from extproc.deploy import commands as deploy_commands
 from extproc.deploy import envoy_config as ec
 from extproc.errors import ExtprocError
@@ -192,7 +200,7 @@ def _address(config: Config, flag: str | None, key: str) -> ListenAddress | None
     """The address a flag gives, held to the same plaintext-off-loopback rule as the config."""
     if flag is None:
         return None
-    address = ListenAddress.parse(flag, source=config.source, key=key)
+    address = parse_listen_address(flag, source=config.source, key=key)
     try:
         check_plaintext(config.server, address, tls_applies=key == "--listen")
     except PlaintextRefused as exc:

@@ -23,6 +23,7 @@ from extproc.config import (
     TlsConfig,
     load_config,
     parse_config,
+    parse_listen_address,
 )
 from extproc.phases import Phase
 from extproc.tls import PlaintextRefused, check_plaintext, is_loopback
@@ -689,7 +690,7 @@ def test_bad_config(tmp_path: Path, wasm_dir: Path, text: str, key: str, fragmen
     ids=["ipv4", "localhost-port-0", "v6-any", "v6-zone"],
 )
 def test_listen_address_parse(text: str, expected: ListenAddress) -> None:
-    address = ListenAddress.parse(text, source=Path("cli"))
+    address = parse_listen_address(text, source=Path("cli"))
 
     assert address == expected
     assert str(address) == text
@@ -697,7 +698,7 @@ def test_listen_address_parse(text: str, expected: ListenAddress) -> None:
 
 def test_listen_address_parse_error_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"^--listen: --listen: port must be"):
-        ListenAddress.parse("host:port", source=Path("--listen"), key="--listen")
+        parse_listen_address("host:port", source=Path("--listen"), key="--listen")
 
 
 def test_tls_and_off_loopback_permission(tmp_path: Path, wasm_dir: Path) -> None:

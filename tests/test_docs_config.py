@@ -1,6 +1,6 @@
 """docs/configuration.md documents every key the config loader accepts.
 
-The key lists come from extproc/config.py's key tables, so a key added there without a line in the docs
+The key lists come from extproc/config/parse.py's key tables, so a key added there without a line in the docs
 fails here. A section is a heading naming it in backticks (## `server`, ### `server.tls`); its keys are
 the first cells of the table rows under that heading, up to the next heading.
 """
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from extproc import config
+from extproc.config import parse as config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
-# Section heading -> the key table in config.py that the loader checks that section's mapping against.
+# Section heading -> the key table in config/parse.py that the loader checks that section's mapping against.
 SECTIONS: dict[str, str] = {
     "server": "_SERVER_KEYS",
     "server.tls": "_TLS_KEYS",
@@ -34,7 +34,7 @@ _ROW_KEY = re.compile(r"^\|\s*`([^`]+)`\s*\|")
 
 
 def key_tables() -> dict[str, tuple[str, ...]]:
-    """The keys of every `_..._KEYS` table of config.py."""
+    """The keys of every `_..._KEYS` table of config/parse.py."""
     return {
         name: tuple(value)
         for name, value in vars(config).items()
@@ -75,9 +75,9 @@ def test_every_top_level_key_has_a_section() -> None:
 
 
 def test_every_key_table_is_checked_here() -> None:
-    # A new key table in config.py is a new section of the file: map it in SECTIONS.
+    # A new key table in config/parse.py is a new section of the file: map it in SECTIONS.
     mapped = {SECTIONS[section] for section in SECTIONS} | {"_TOP_KEYS"}
     tables = key_tables()
     unmapped = sorted(set(tables) - mapped)
-    assert not unmapped, f"config.py key tables with no docs section in this test: {unmapped}"
-    assert mapped <= set(tables), f"SECTIONS names tables config.py lacks: {mapped - set(tables)}"
+    assert not unmapped, f"config/parse.py key tables with no docs section in this test: {unmapped}"
+    assert mapped <= set(tables), f"SECTIONS names tables config/parse.py lacks: {mapped - set(tables)}"

@@ -18,9 +18,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from extproc import config as config_module
 from extproc import tracing
 from extproc.config import ConfigError, TracingConfig, parse_config
+from extproc.config import parse as config_module
 from extproc.tracing_otel import STREAM_SPAN, provider_with
 from support.plugins import scripted
 from tests.otlp_collector import ExportedSpan, otlp_grpc_collector, spans_of

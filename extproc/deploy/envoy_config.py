@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import yaml
 
-from extproc.config import Config, ConfigError, ListenAddress, PluginConfig
+from extproc.config import Config, ConfigError, ListenAddress, PluginConfig, parse_listen_address
 from extproc.phases import Phase
 from extproc.plugins.loader import LoadedPlugin
 from extproc.plugins.registry import PluginSet, Selection
@@ -112,7 +112,7 @@ class Endpoint:
 
     @classmethod
     def parse(cls, text: str, option: str) -> Endpoint:
-        address = ListenAddress.parse(text, source=Path("command line"), key=option)
+        address = parse_listen_address(text, source=Path("command line"), key=option)
         return cls(address.host, address.port)
 
     @property

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from extproc.config import ConfigError, ListenAddress
+from extproc.config import ConfigError, parse_listen_address
 
 # Sent on every answer so that a plugin rewriting it (the cache-control example) is plain to see.
 UPSTREAM_CACHE_CONTROL = "no-store"
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (default %(default)s)")
     args = parser.parse_args(argv)
     try:
-        address = ListenAddress.parse(args.listen, source=Path("command line"), key="--listen")
+        address = parse_listen_address(args.listen, source=Path("command line"), key="--listen")
     except ConfigError as exc:
         parser.error(str(exc))
     server = make_server(address.host, address.port)

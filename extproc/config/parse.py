@@ -1,4 +1,4 @@
-"""Load the server's YAML configuration and validate it into immutable dataclasses.
+"""Load the server's YAML configuration and validate it into the values of model.py.
 
 Everything is checked up front so the request path never has to second-guess a setting, and every
 problem becomes a ConfigError naming the file, the key path and what is wrong with the value.
@@ -6,28 +6,43 @@ An explicit ``null`` for an optional key means "use the default", so a section w
 commented out still loads.
 
 Each section is a table at the end of this module, from key to the parser of its value (the parsers of
-plain values are in validation.py): the table's keys are the ones the section allows, in the order an error
-lists them, and a key left out takes the default of the dataclass field it fills.
+plain values are in extproc/validation.py): the table's keys are the ones the section allows, in the order
+an error lists them, and a key left out takes the default of the dataclass field it fills.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import importlib.util
 import ipaddress
-import json
-import math
 import re
 import urllib.parse
 from collections.abc import Hashable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Final
 
 import yaml
 
+from extproc.config.model import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    MAX_RETRIES,
+    OTLP_HTTP_TRACES_PATH,
+    TRACING_PROTOCOLS,
+    BreakerConfig,
+    CandidateConfig,
+    Config,
+    Encoding,
+    FailurePolicy,
+    ListenAddress,
+    PluginConfig,
+    RolloutMode,
+    ServerConfig,
+    StateBackend,
+    StateConfig,
+    TlsConfig,
+    TracingConfig,
+)
 from extproc.errors import ConfigError
 from extproc.phases import CONFIG_NAMES as PHASE_NAMES
 from extproc.phases import Phase
@@ -53,53 +68,16 @@ from extproc.validation import (
     section,
     string,
     string_list,
-    thaw,
 )
-
-# The config format's API; MatchRules, HeaderRule and ConfigError live where they are used and are
-# named here too, as types of this module's dataclasses and of its errors.
-__all__ = [
-    "LOG_FORMATS",
-    "LOG_LEVELS",
-    "MAX_CONFIG_BYTES",
-    "MAX_RETRIES",
-    "OTLP_HTTP_TRACES_PATH",
-    "TRACING_PROTOCOLS",
-    "BreakerConfig",
-    "CandidateConfig",
-    "Config",
-    "ConfigError",
-    "Encoding",
-    "FailurePolicy",
-    "HeaderRule",
-    "ListenAddress",
-    "MatchRules",
-    "PluginConfig",
-    "RolloutMode",
-    "ServerConfig",
-    "StateBackend",
-    "StateConfig",
-    "TlsConfig",
-    "TracingConfig",
-    "default_memory_limit_mb",
-    "load_config",
-    "parse_config",
-]
 
 # Far above any real configuration; it only stops a wrong path (a log file, a device) from being slurped.
 MAX_CONFIG_BYTES: Final = 1024 * 1024
 
-LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-LOG_FORMATS: Final = ("text", "json")
-TRACING_PROTOCOLS: Final = ("grpc", "http/protobuf")
 # What each protocol needs installed: the `otel` extra (pip install 'extism-extproc[otel]').
 _TRACING_MODULES: Final = {
     "grpc": ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"),
     "http/protobuf": ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter"),
 }
-# The OTLP/HTTP path for traces, added to an endpoint given without one.
-OTLP_HTTP_TRACES_PATH: Final = "/v1/traces"
-MAX_RETRIES: Final = 5
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 # A shorter token could be guessed over the network; the upper bound only catches a wrong file.
 _MIN_ADMIN_TOKEN_CHARS: Final = 16
@@ -117,205 +95,6 @@ _TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # The folder of the file parse_config is reading: relative file names in it resolve against it. A context
 # variable rather than a parameter of every parser, as only the file keys need it.
 _FOLDER: ContextVar[Path] = ContextVar("config_folder")
-
-
-class Encoding(enum.StrEnum):
-    JSON = "json"
-    PROTOBUF = "protobuf"
-
-
-class FailurePolicy(enum.StrEnum):
-    """What a plugin failure does to the request."""
-
-    FAIL_OPEN = "fail_open"  # skip this plugin's changes for this request and carry on
-    FAIL_CLOSED = "fail_closed"  # answer the client with `error_status` at once
-
-
-class StateBackend(enum.StrEnum):
-    """Where the key-value host functions keep their data."""
-
-    MEMORY = "memory"  # in this process: every worker and replica counts alone
-    REDIS = "redis"  # shared by every process that uses the same Redis and key_prefix
-
-
-@dataclasses.dataclass(frozen=True)
-class ListenAddress:
-    host: str  # IPv6 literals are kept without brackets
-    port: int
-
-    @classmethod
-    def parse(cls, text: str, *, source: Path, key: str = "server.listen") -> ListenAddress:
-        try:
-            return _listen_address(text, key)
-        except Invalid as e:
-            raise ConfigError(source, e.key, e.reason) from None
-
-    def __str__(self) -> str:
-        # The form gRPC's add_insecure_port expects, which needs IPv6 literals bracketed.
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclasses.dataclass(frozen=True)
-class TlsConfig:
-    """Server certificate and key (PEM); with client_ca_file, clients must present a certificate it signed."""
-
-    cert_file: Path
-    key_file: Path
-    client_ca_file: Path | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerConfig:
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 50051
-    # Threads for the plugin calls that do not run on the event loop (see plugins/runner.py): calls
-    # that wait on the network or were once slow. Streams themselves hold no thread.
-    plugin_threads: int = 32
-    # Open streams per worker process; beyond it a new stream is refused at once (RESOURCE_EXHAUSTED),
-    # so Envoy applies its failure mode instead of waiting.
-    max_concurrent_streams: int = 10_000
-    # A stream that gets no message from Envoy for this long is closed (0: never). An exchange with a
-    # response phase waits for the upstream's response between two messages, hence the generous default.
-    stream_idle_timeout_ms: int = 300_000
-    # A plugin call expected to take less runs on the event loop (cheaper than a thread handoff); a
-    # call that took more moves its plugin to the threads for good. 0: every call runs on a thread.
-    inline_call_budget_us: int = 1_000
-    log_level: str = "info"
-    max_body_bytes: int = 8 * 1024 * 1024
-    # How long SIGTERM waits for in-flight streams before cancelling them.
-    shutdown_grace_ms: int = 10_000
-    # How often the config file and plugin files are checked for changes; 0 turns watching off.
-    reload_poll_ms: int = 1_000
-    # After SIGTERM the gRPC health service says NOT_SERVING this long before the listener closes, so
-    # that health checkers (Envoy, Kubernetes) stop sending new streams first.
-    drain_ms: int = 0
-    admin_listen: ListenAddress | None = None  # None: no admin HTTP endpoint
-    # From server.admin_token_file: POST /reload needs it as a bearer token. Kept out of repr, which ends up
-    # in logs and tracebacks.
-    admin_token: str | None = dataclasses.field(default=None, repr=False)
-    log_format: str = "text"
-    tls: TlsConfig | None = None
-    # Plaintext gRPC and the admin endpoint listen on loopback only, unless this says otherwise.
-    allow_plaintext_off_loopback: bool = False
-    # Each plugin call's outcome and time go to Envoy as dynamic metadata, for the access log (rollout.py).
-    outcome_metadata: bool = False
-
-    @property
-    def listen_address(self) -> str:
-        return str(ListenAddress(self.listen_host, self.listen_port))
-
-
-@dataclasses.dataclass(frozen=True)
-class BreakerConfig:
-    """After `failures` consecutive failures the plugin is skipped for `cooldown_ms`; 0 failures = never."""
-
-    failures: int = 5
-    cooldown_ms: int = 10_000
-
-
-class RolloutMode(enum.StrEnum):
-    """How a plugin's candidate version meets traffic."""
-
-    SHADOW = "shadow"  # runs on the live version's input, its output compared and never applied
-    CANARY = "canary"  # serves a share of the clients in place of the live version
-
-
-@dataclasses.dataclass(frozen=True)
-class CandidateConfig:
-    """A plugin's candidate version. Settings left None are the live version's."""
-
-    path: Path  # absolute and resolved
-    fraction: float  # of exchanges (shadow) or of canary keys (canary)
-    mode: RolloutMode = RolloutMode.SHADOW
-    config: Mapping[str, object] | None = dataclasses.field(default=None, hash=False)
-    # Canary: the request header whose value picks the version, so one client keeps one version.
-    key_header: str = "x-request-id"
-    on_error: FailurePolicy | None = None  # canary only: a shadow's failures never reach the client
-    error_status: int | None = None  # canary only
-    timeout_ms: int | None = None
-    memory_limit_mb: int | None = None
-    pool_size: int | None = None
-    circuit_breaker: BreakerConfig | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class PluginConfig:
-    name: str
-    path: Path  # absolute and resolved
-    # Read-only all the way down (mappings are MappingProxyType, lists are tuples). Left out of the hash
-    # because mapping proxies are unhashable; equal configs still hash equal.
-    config: Mapping[str, object] = dataclasses.field(default_factory=lambda: MappingProxyType({}), hash=False)
-    enabled: bool = True
-    execution_points: frozenset[Phase] | None = None  # None: what the plugin declares, or every export it has
-    timeout_ms: int = 100
-    memory_limit_mb: int | None = None  # None: derived from server.max_body_bytes (see memory_limit)
-    encoding: Encoding = Encoding.JSON
-    pool_size: int | None = None  # None: twice the cores, at most server.plugin_threads (see loader)
-    match: MatchRules = MatchRules()  # noqa: RUF009 (frozen: one shared default is safe)
-    # Closed by default: a failed redaction or auth plugin must not let the request through unchanged.
-    on_error: FailurePolicy = FailurePolicy.FAIL_CLOSED
-    error_status: int = 503
-    retries: int = 0
-    circuit_breaker: BreakerConfig = BreakerConfig()
-    # Hosts the plugin may reach with extproc_http_request (exact or "*.suffix"); empty: no network.
-    allowed_hosts: tuple[str, ...] = ()
-    # A larger HTTP response body is refused: the plugin gets the error kind too_large.
-    max_http_response_bytes: int = 1024 * 1024
-    # When the state backend is down or slow: fail_open = the host functions act as if the store were empty
-    # and every write succeeded; fail_closed = the call fails and `on_error` applies.
-    state_failure: FailurePolicy = FailurePolicy.FAIL_OPEN
-    # A larger output (what the plugin returns, before decoding) is a bad_output failure. None: derived
-    # from server.max_body_bytes (see loader.default_max_output_bytes).
-    max_output_bytes: int | None = None
-    # A new version of the module tried beside this one (extproc/rollout.py); None: none.
-    candidate: CandidateConfig | None = None
-
-    def config_json(self) -> str:
-        return json.dumps(self.config, default=thaw, ensure_ascii=False, allow_nan=False)
-
-    def memory_limit(self, max_body_bytes: int) -> int:
-        """The plugin's memory limit in MiB: its `memory_limit_mb`, else the default for `max_body_bytes`."""
-        return self.memory_limit_mb or default_memory_limit_mb(max_body_bytes)
-
-
-def default_memory_limit_mb(max_body_bytes: int) -> int:
-    """What an SDK body plugin needs for a body of `max_body_bytes` (docs/writing-plugins.md, "Limits"): four
-    times the body (Extism's copy of the input, which the output reuses; the plugin's own copy; the rewritten
-    body; room to spare) and 8 MiB for everything else. The limit only caps growth, so header plugins lose
-    nothing by it."""
-    return 4 * math.ceil(max_body_bytes / (1024 * 1024)) + 8
-
-
-@dataclasses.dataclass(frozen=True)
-class StateConfig:
-    """The store behind the key-value host functions (docs/shared-state.md)."""
-
-    backend: StateBackend = StateBackend.MEMORY
-    url: str | None = None  # redis://, rediss:// or unix://; required for redis, refused for memory
-    key_prefix: str = "extproc:"
-    # Bound on one Redis command; a command starts only if this much of the plugin's timeout is left.
-    timeout_ms: int = 20
-
-
-@dataclasses.dataclass(frozen=True)
-class TracingConfig:
-    """OpenTelemetry spans per ext_proc stream and per plugin call, sent over OTLP (docs/operations.md)."""
-
-    endpoint: str  # grpc: http(s)://host:port; http/protobuf: the traces URL (path /v1/traces unless given)
-    protocol: str = "grpc"
-    service_name: str = "extproc"
-    # Share of the traces that start here (no sampled traceparent from Envoy) that are recorded; a request
-    # that comes with a traceparent follows its sampled flag.
-    sample_ratio: float = 1.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    server: ServerConfig
-    plugins: tuple[PluginConfig, ...]
-    source: Path  # absolute but not resolved, see parse_config
-    state: StateConfig = StateConfig()
-    tracing: TracingConfig | None = None  # None: no tracing
 
 
 def load_config(path: Path) -> Config:
@@ -354,6 +133,14 @@ def parse_config(data: object, source: Path) -> Config:
         raise ConfigError(source, e.key, e.reason) from None
     finally:
         _FOLDER.reset(token)
+
+
+def parse_listen_address(text: str, *, source: Path, key: str = "server.listen") -> ListenAddress:
+    """A `host:port` given outside the file (a command-line flag), checked as server.listen is."""
+    try:
+        return _listen_address(text, key)
+    except Invalid as e:
+        raise ConfigError(source, e.key, e.reason) from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
