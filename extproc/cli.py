@@ -188,9 +188,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     admin = _address(config, args.admin_listen, "--admin-listen") or server.admin_listen
     record = recording.options_from(args, config)
     if args.workers > 1:
-        if record is not None:
-            raise ConfigError(config.source, "--record", "records one worker's traffic: use it without --workers")
-        Supervisor(config, listen, args.workers, log_level, admin).run()
+        Supervisor(config, listen, args.workers, log_level, admin, record).run()
     else:
         serve(config, listen.host, listen.port, admin, recorder=None if record is None else recording.Recorder(record))
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -41,6 +42,7 @@ from prometheus_client.registry import Collector
 from extproc import logs, metrics
 from extproc.admin import AdminServer, auth_headers, registry_text
 from extproc.config import Config, ListenAddress, load_config
+from extproc.recording import Recorder, RecordOptions
 from extproc.reload import ReloadResult
 
 log = logging.getLogger("extproc.workers")
@@ -55,7 +57,15 @@ _RESTART_DELAY_S: Final = 1.0
 _WAKE_S: Final = 0.5
 
 
-def _worker_main(config_path: str, host: str, port: int, index: int, log_level: str, report: Connection) -> None:
+def _worker_main(
+    config_path: str,
+    host: str,
+    port: int,
+    index: int,
+    log_level: str,
+    report: Connection,
+    record: RecordOptions | None,
+) -> None:
     """Entry point of a worker process."""
     from extproc.server import Server, serve  # the supervisor itself never starts a gRPC server
 
@@ -68,7 +78,8 @@ def _worker_main(config_path: str, host: str, port: int, index: int, log_level: 
         report.send(server.admin.port)
         report.close()
 
-    serve(config, host, port, admin=_PRIVATE_ADMIN, on_started=started)
+    recorder = None if record is None else Recorder(record)
+    serve(config, host, port, admin=_PRIVATE_ADMIN, on_started=started, recorder=recorder)
 
 
 def _die_with_parent() -> None:
@@ -102,6 +113,7 @@ class Supervisor:
         workers: int,
         log_level: str,
         admin: ListenAddress | None,
+        record: RecordOptions | None = None,
     ) -> None:
         if listen.port == 0 or listen.port + workers - 1 > 65535:
             raise ValueError(f"--workers {workers} needs listen ports {listen.port}..{listen.port + workers - 1}")
@@ -109,6 +121,11 @@ class Supervisor:
         self.listen = listen
         self.count = workers
         self.log_level = log_level
+        # Each worker records its own streams into the one directory (file names carry the pid), each
+        # up to its share of the size cap, so together they stay within it.
+        self.record = (
+            None if record is None else dataclasses.replace(record, max_bytes=max(1, record.max_bytes // workers))
+        )
         self._spawn = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
@@ -123,7 +140,7 @@ class Supervisor:
         port = self.listen.port + index
         process = self._spawn.Process(
             target=_worker_main,
-            args=(str(self.config.source), self.listen.host, port, index, self.log_level, send),
+            args=(str(self.config.source), self.listen.host, port, index, self.log_level, send, self.record),
             name=f"extproc-worker-{index}",
         )
         process.start()

@@ -4,6 +4,7 @@ and turning them into CASES.yaml (extproc plugin cases), in process and through 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,13 +16,14 @@ import pytest
 import yaml
 
 from extproc.comparison import Difference, differences, plain
-from extproc.config import parse_config
+from extproc.config import ListenAddress, parse_config
 from extproc.contract import HeaderChanges, ImmediateReply, PluginOutput
 from extproc.plugins.registry import PluginSet
 from extproc.plugins.runner import PluginThreads
 from extproc.recording import Recorder, RecordError, RecordOptions, load_records, redact_input
 from extproc.rollout import Observe
 from extproc.testing import exchange_async, request, response, run_cases
+from extproc.workers import Supervisor
 from support.plugins import scripted
 
 
@@ -320,7 +322,6 @@ def test_immediate_responses_are_compared_field_by_field() -> None:
             "no plugin is called 'tiers'; did you mean 'tier'?",
             id="unknown-plugin",
         ),
-        pytest.param(["--record", "{tmp}", "--workers", "2"], "--record: records one worker's traffic", id="workers"),
         pytest.param(
             ["--record", "{tmp}", "--record-fraction", "0"],
             "must be a number above 0 and at most 1",
@@ -346,3 +347,10 @@ def test_bad_record_options_are_refused_before_serving(
     )
     assert done.returncode != 0
     assert message in done.stderr
+
+
+def test_workers_split_the_size_cap_between_them(tmp_path: Path, plugin_dir: Path) -> None:
+    config = parse_config({"plugins": [scripted(plugin_dir, "tier", process_request_headers={})]}, tmp_path / "c.yaml")
+    options = RecordOptions(tmp_path / "rec", max_bytes=100 * 1024 * 1024)
+    supervisor = Supervisor(config, ListenAddress("127.0.0.1", 50051), 3, "info", None, options)
+    assert supervisor.record == dataclasses.replace(options, max_bytes=100 * 1024 * 1024 // 3)

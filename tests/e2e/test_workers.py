@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from extproc.recording import load_records
 from support.metrics import MetricKey, metric, scrape_metrics
 from support.processes import ManagedProcess, free_port, wait_for_http_ready, wait_until
 
@@ -152,6 +153,38 @@ def test_two_workers_share_streams_and_survive_a_killed_worker(plugin_dir: Path,
     assert per_worker(samples, "extproc_worker_up") == [1.0] * WORKERS
     # The replacement's counters started at zero: the one stream it counts is new.
     assert per_worker(samples, "extproc_streams_total")[1] == 1
+
+
+def test_each_worker_records_its_streams_within_its_share_of_the_cap(
+    plugin_dir: Path, make_stack: StackFactory, tmp_path: Path
+) -> None:
+    first_port, recorded = consecutive_free_ports(WORKERS), tmp_path / "recorded"
+    plugin = {"name": "t", "path": str(plugin_dir / "transform.wasm"), "config": {"suffix": "+w"}}
+    config = json.dumps({"plugins": [plugin]})
+
+    def server_cmd(config_path: Path, port: int) -> Sequence[str]:
+        flags = ["--listen", f"127.0.0.1:{port}", "--workers", str(WORKERS), "--record", str(recorded)]
+        return [sys.executable, "-m", "extproc", "serve", "--config", str(config_path), *flags]
+
+    with make_stack(
+        config, server_cmd=server_cmd, extproc_port=first_port, extproc_cluster=workers_cluster(first_port)
+    ) as stack:
+        wait_until(lambda: stack.envoy_stat("cluster.extproc.membership_healthy") == WORKERS, 30, "healthy workers")
+        statuses = [
+            request("POST", f"{stack.url}/recorded", [("x-request-id", f"r{i}")], body=b"x").status for i in range(10)
+        ]
+    # The stack has stopped: each worker wrote what it had queued before it exited.
+    records = load_records(recorded, "t")
+    log = stack.server_log()
+
+    assert statuses == [200] * 10
+    # Round robin: each worker served five exchanges and recorded their calls under its own pid.
+    pids = {pid for pids in worker_pids(stack).values() for pid in pids}
+    assert {int(record.path.name.split("-")[1]) for record in records} == pids, log
+    request_ids = {json.loads(record.path.read_text())["request_id"] for record in records}
+    assert request_ids == {f"r{i}" for i in range(10)}
+    # Each worker wrote out its recording at shutdown.
+    assert log.count(f"written to {recorded}") == WORKERS, log
 
 
 def test_reload_through_the_supervisor_carries_the_admin_token(plugin_dir: Path, tmp_path: Path) -> None:
