@@ -3,7 +3,7 @@ import { base64DecodeBytes, base64Write } from "./base64";
 import { alloc, config_get, free, input_offset, output_set } from "./env";
 import { fromExtism, readInputBytes, setError, stringToExtism, writeOutputBytes } from "./io";
 import { ByteBuffer, JsonValue, JsonWriter, parseInPlace } from "./json";
-import { indexOfBytes, replaceAllBytes } from "./util";
+import { indexOfBytes, isUtf8, replaceAllBytes } from "./util";
 
 // --- input ----------------------------------------------------------------------------------
 
@@ -290,6 +290,7 @@ export class Output {
   private appends: Array<Pair> = [];
   private removes: Array<string> = [];
   private newBody: Uint8Array | null = null;
+  private newBodyJson: JsonValue | null = null;
   private immediate: ImmediateResponse | null = null;
   private meta: JsonValue = JsonValue.object();
   private newState: Uint8Array | null = null;
@@ -306,9 +307,13 @@ export class Output {
   removeHeader(name: string): Output { this.removes.push(name.toLowerCase()); return this; }
 
   /** Replace the phase's body (body phases only; in chunk phases, this chunk); the server fixes content-length. */
-  setBody(text: string): Output { this.newBody = Uint8Array.wrap(String.UTF8.encode(text)); return this; }
-  setBodyBytes(bytes: Uint8Array): Output { this.newBody = bytes; return this; }
-  setBodyJson(value: JsonValue): Output { this.newBody = value.toBytes(); return this; }
+  setBody(text: string): Output { return this.setBodyBytes(Uint8Array.wrap(String.UTF8.encode(text))); }
+  setBodyBytes(bytes: Uint8Array): Output { this.newBody = bytes; this.newBodyJson = null; return this; }
+  /**
+   * Replace the body with this document, as it stands when the handler returns: it is written straight
+   * into the output, never held as bytes in the plugin's memory.
+   */
+  setBodyJson(value: JsonValue): Output { this.newBodyJson = value; this.newBody = null; return this; }
 
   /** Answer the client with `status` now; configure the returned response further. */
   respond(status: i32): ImmediateResponse {
@@ -329,12 +334,13 @@ export class Output {
 
   get isEmpty(): bool {
     return this.sets.length == 0 && this.appends.length == 0 && this.removes.length == 0 &&
-      this.newBody === null && this.immediate === null && this.meta.keys.length == 0 && this.newState === null;
+      this.newBody === null && this.newBodyJson === null && this.immediate === null && this.meta.keys.length == 0 && this.newState === null;
   }
 
   /** The output JSON (empty when nothing changed). */
   toBytes(): Uint8Array {
     if (this.isEmpty) return new Uint8Array(0);
+    this.prepare();
     const w = new JsonWriter();
     this.writeJson(w);
     return w.toBytes();
@@ -345,6 +351,7 @@ export class Output {
     if (this.isEmpty) return;
     // Measured first, then written once straight into Extism memory: the output, a whole body
     // perhaps, needs no room in the plugin's own memory.
+    this.prepare();
     const counter = new JsonWriter(ByteBuffer.counter());
     this.writeJson(counter);
     const n = <u64>counter.out.length;
@@ -353,6 +360,15 @@ export class Output {
     this.writeJson(w);
     w.out.flush();
     output_set(offset, n);
+  }
+
+  /**
+   * A document body is written as its text straight into the output when that text is UTF-8, which is
+   * all but always: the rare document with bytes that are not becomes bytes first and goes as base64.
+   */
+  private prepare(): void {
+    const doc = this.newBodyJson;
+    if (doc !== null && !doc.writesUtf8()) this.setBodyBytes(doc.toBytes());
   }
 
   private writeJson(w: JsonWriter): void {
@@ -376,6 +392,16 @@ export class Output {
       if (!first) w.raw(",");
       w.raw('"body":');
       bodyJson(w, body);
+      first = false;
+    }
+    const doc = this.newBodyJson;
+    if (doc !== null) {
+      if (!first) w.raw(",");
+      w.raw('"body":{"text":"');
+      const inner = new JsonWriter(ByteBuffer.escapingInto(w.out));
+      inner.value(doc);
+      inner.out.flush();
+      w.raw('"}');
       first = false;
     }
     const imm = this.immediate;
@@ -446,35 +472,6 @@ function bodyJson(w: JsonWriter, bytes: Uint8Array): void {
     w.raw('"');
   }
   w.raw("}");
-}
-
-/** Whether `b` is well-formed UTF-8 (so it can travel as `text`). */
-export function isUtf8(b: Uint8Array): bool {
-  let i = 0;
-  const n = b.length;
-  const p = b.dataStart;
-  while (i < n) {
-    // Eight ASCII bytes at a time: bodies are mostly ASCII, and this runs on every output body.
-    if (i + 8 <= n && (load<u64>(p + <usize>i) & 0x8080808080808080) == 0) { i += 8; continue; }
-    const c = unchecked(b[i]);
-    if (c < 0x80) { i++; continue; }
-    let extra = 0;
-    let min: u32 = 0;
-    let cp: u32 = 0;
-    if (c >= 0xc2 && c <= 0xdf) { extra = 1; min = 0x80; cp = c & 0x1f; }
-    else if (c >= 0xe0 && c <= 0xef) { extra = 2; min = 0x800; cp = c & 0x0f; }
-    else if (c >= 0xf0 && c <= 0xf4) { extra = 3; min = 0x10000; cp = c & 0x07; }
-    else return false;
-    if (i + extra >= n) return false;
-    for (let j = 1; j <= extra; j++) {
-      const d = unchecked(b[i + j]);
-      if ((d & 0xc0) != 0x80) return false;
-      cp = (cp << 6) | (d & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
-    i += extra + 1;
-  }
-  return true;
 }
 
 // --- config and the export wrapper ----------------------------------------------------------

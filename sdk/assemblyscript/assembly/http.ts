@@ -2,7 +2,8 @@
 // plugin reach only the hosts in its `allowed_hosts`, checks every redirect again, and bounds the
 // response size and the time; a call that gets no answer comes back with `error` set to one of
 // HttpErrorKind's values instead of failing the plugin call.
-import { Body, Headers, isUtf8 } from "./contract";
+import { Body, Headers } from "./contract";
+import { isUtf8 } from "./util";
 import { base64Encode } from "./base64";
 import { extproc_http_request, free } from "./env";
 import { JsonValue } from "./json";

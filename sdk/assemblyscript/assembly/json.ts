@@ -2,6 +2,7 @@
 // Object members keep their order; numbers keep their original text so that integers
 // beyond 2^53 survive a round trip unchanged.
 import { copyToExtism } from "./io";
+import { isUtf8 } from "./util";
 
 export enum JsonKind { Null, Bool, Number, String, Array, Object }
 
@@ -159,8 +160,7 @@ export class JsonValue {
   remove(key: string): bool {
     const i = this.indexOf(key);
     if (i < 0) return false;
-    this.names.splice(i, 1);
-    this.items.splice(i, 1);
+    this.removeAt(i);
     return true;
   }
 
@@ -171,7 +171,7 @@ export class JsonValue {
     if (from == to) return true;
     const j = this.indexOf(to);
     this.names[i] = to;
-    if (j >= 0) { this.names.splice(j, 1); this.items.splice(j, 1); }
+    if (j >= 0) this.removeAt(j);
     return true;
   }
 
@@ -189,6 +189,35 @@ export class JsonValue {
     const w = new JsonWriter(new ByteBuffer(counter.out.length));
     w.value(this);
     return w.toBytes();
+  }
+
+  /**
+   * Whether the text the writer makes of this value is well-formed UTF-8 without looking at it: false
+   * when a string parsed from bytes holds bytes that are not UTF-8 (parsing does not check them) or a
+   * lone surrogate.
+   */
+  writesUtf8(): bool {
+    if (this.kind == JsonKind.String) {
+      const b = this.utf8;
+      return this.str !== null || b === null || isUtf8(b);
+    }
+    const items = this.items;
+    for (let i = 0; i < items.length; i++) if (!unchecked(items[i]).writesUtf8()) return false;
+    return true;
+  }
+
+  // Shifts the later members down in place: splice would allocate an array of the removed ones, per
+  // call, which a plugin redacting a field of every record would pay for every record.
+  private removeAt(i: i32): void {
+    const names = this.names;
+    const items = this.items;
+    const last = items.length - 1;
+    for (let j = i; j < last; j++) {
+      unchecked((names[j] = names[j + 1]));
+      unchecked((items[j] = items[j + 1]));
+    }
+    names.pop();
+    items.pop();
   }
 
   private indexOf(key: string): i32 {
@@ -254,9 +283,28 @@ function parse(bytes: Uint8Array, inPlace: bool): JsonValue | null {
   return parser.pos == bytes.length ? value : null;
 }
 
+// Member names seen in one parse, by a hash of their bytes: an array of records repeats the same few
+// names, and sharing one string per name keeps them from costing memory per record.
+const NAME_SLOTS = 256;
+
 class Parser {
   pos: i32 = 0;
+  private names: StaticArray<string | null> = new StaticArray<string | null>(NAME_SLOTS);
   constructor(public bytes: Uint8Array, private inPlace: bool) {}
+
+  /** The member name of these UTF-8 bytes: the string of an earlier member of the same name if there was one. */
+  name(bytes: Uint8Array): string {
+    const n = bytes.length;
+    const p = bytes.dataStart;
+    let hash: u32 = 2166136261;
+    for (let i = 0; i < n; i++) hash = (hash ^ <u32>load<u8>(p + <usize>i)) * 16777619;
+    const slot = <i32>(hash & (NAME_SLOTS - 1));
+    const seen = unchecked(this.names[slot]);
+    if (seen !== null && sameAscii(seen, bytes)) return seen;
+    const decoded = String.UTF8.decodeUnsafe(p, <usize>n);
+    unchecked((this.names[slot] = decoded));
+    return decoded;
+  }
 
   skipSpace(): void {
     const b = this.bytes;
@@ -436,7 +484,7 @@ class Parser {
       if (this.pos >= this.bytes.length || this.bytes[this.pos] != 0x22) return null;
       const keyBytes = this.stringBytes();
       if (keyBytes === null) return null;
-      const key = String.UTF8.decodeUnsafe(keyBytes.dataStart, <usize>keyBytes.length);
+      const key = this.name(keyBytes);
       this.skipSpace();
       if (this.pos >= this.bytes.length || this.bytes[this.pos] != 0x3a) return null;
       this.pos++;
@@ -453,6 +501,18 @@ class Parser {
 }
 
 function isDigit(c: u8): bool { return c >= 0x30 && c <= 0x39; }
+
+/** Whether `s` is the ASCII text of `bytes` (false for any other text, which is then decoded anew). */
+function sameAscii(s: string, bytes: Uint8Array): bool {
+  const n = bytes.length;
+  if (s.length != n) return false;
+  const p = bytes.dataStart;
+  for (let i = 0; i < n; i++) {
+    const c = <i32>load<u8>(p + <usize>i);
+    if (c >= 0x80 || c != s.charCodeAt(i)) return false;
+  }
+  return true;
+}
 
 /**
  * The index of the first quote, backslash or control byte at or after `from` (or the length).
@@ -476,7 +536,7 @@ function scanPlain(b: Uint8Array, from: i32, stopAtED: bool = false): i32 {
 // --- writing --------------------------------------------------------------------------------
 
 /** What a full ByteBuffer does: grow, or hand its bytes on and start over. */
-enum Spill { Grow, Count, Extism }
+enum Spill { Grow, Count, Extism, Escape }
 
 // The buffer of a ByteBuffer that hands its bytes on: larger runs bypass it.
 const SPILL_BUFFER_BYTES = 16 * 1024;
@@ -493,6 +553,7 @@ export class ByteBuffer {
   private passed: i32 = 0;
   private spill: Spill = Spill.Grow;
   private target: u64 = 0;
+  private outer: ByteBuffer | null = null;
 
   constructor(capacity: i32 = 256) { this.buf = new Uint8Array(max(capacity, 16)); }
 
@@ -508,6 +569,18 @@ export class ByteBuffer {
     const b = new ByteBuffer(SPILL_BUFFER_BYTES);
     b.spill = Spill.Extism;
     b.target = offset;
+    return b;
+  }
+
+  /**
+   * A buffer that passes what is written to it on into `outer` as the inside of a JSON string literal:
+   * a document written this way becomes the text of a string without a copy of it in between. `flush()`
+   * at the end. Only quote and backslash are escaped: the JSON writer emits no control bytes.
+   */
+  static escapingInto(outer: ByteBuffer): ByteBuffer {
+    const b = new ByteBuffer(SPILL_BUFFER_BYTES);
+    b.spill = Spill.Escape;
+    b.outer = outer;
     return b;
   }
 
@@ -538,7 +611,22 @@ export class ByteBuffer {
 
   private pass(src: usize, n: i32): void {
     if (this.spill == Spill.Extism) copyToExtism(this.target + <u64>this.passed, src, n);
+    const outer = this.outer;
+    if (outer !== null) outer.writeEscaped(src, n);
     this.passed += n;
+  }
+
+  private writeEscaped(src: usize, n: i32): void {
+    let run = 0;
+    for (let i = 0; i < n; i++) {
+      const c = load<u8>(src + <usize>i);
+      if (c != 0x22 && c != 0x5c) continue;
+      this.writeRaw(src + <usize>run, i - run);
+      this.writeByte(0x5c);
+      this.writeByte(c);
+      run = i + 1;
+    }
+    this.writeRaw(src + <usize>run, n - run);
   }
 
   writeByte(c: u8): void {
@@ -546,14 +634,15 @@ export class ByteBuffer {
     unchecked((this.buf[this.used++] = c));
   }
 
-  writeRange(src: Uint8Array, start: i32, end: i32): void {
-    const n = end - start;
+  writeRange(src: Uint8Array, start: i32, end: i32): void { this.writeRaw(src.dataStart + <usize>start, end - start); }
+
+  private writeRaw(src: usize, n: i32): void {
     this.reserve(n);
     if (this.used + n > this.buf.length) {
-      this.pass(src.dataStart + <usize>start, n);
+      this.pass(src, n);
       return;
     }
-    memory.copy(this.buf.dataStart + <usize>this.used, src.dataStart + <usize>start, <usize>n);
+    memory.copy(this.buf.dataStart + <usize>this.used, src, <usize>n);
     this.used += n;
   }
 
@@ -631,7 +720,20 @@ export class JsonWriter {
   }
 
   /** A JSON string literal from text. */
-  string(s: string): void { this.stringBytes(Uint8Array.wrap(String.UTF8.encode(s))); }
+  string(s: string): void {
+    // Member names are mostly plain ASCII: written from the string itself, as encoding each one to
+    // UTF-8 first would leave a copy behind per member, twice per document (counted, then written).
+    for (let i = 0; i < s.length; i++) {
+      const c = s.charCodeAt(i);
+      if (c >= 0x80 || c < 0x20 || c == 0x22 || c == 0x5c) {
+        this.stringBytes(Uint8Array.wrap(String.UTF8.encode(s)));
+        return;
+      }
+    }
+    this.out.writeByte(0x22);
+    this.out.writeAscii(s);
+    this.out.writeByte(0x22);
+  }
 
   /**
    * A JSON string literal from UTF-8 bytes: escapes quote, backslash, control bytes, and lone

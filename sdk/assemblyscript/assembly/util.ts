@@ -121,3 +121,32 @@ export function replaceAllBytes(haystack: Uint8Array, needle: Uint8Array, replac
   memory.copy(out.dataStart + <usize>at, haystack.dataStart + <usize>from, <usize>(haystack.length - from));
   return out;
 }
+
+/** Whether `b` is well-formed UTF-8 (so it can travel as `text`). */
+export function isUtf8(b: Uint8Array): bool {
+  let i = 0;
+  const n = b.length;
+  const p = b.dataStart;
+  while (i < n) {
+    // Eight ASCII bytes at a time: bodies are mostly ASCII, and this runs on every output body.
+    if (i + 8 <= n && (load<u64>(p + <usize>i) & 0x8080808080808080) == 0) { i += 8; continue; }
+    const c = unchecked(b[i]);
+    if (c < 0x80) { i++; continue; }
+    let extra = 0;
+    let min: u32 = 0;
+    let cp: u32 = 0;
+    if (c >= 0xc2 && c <= 0xdf) { extra = 1; min = 0x80; cp = c & 0x1f; }
+    else if (c >= 0xe0 && c <= 0xef) { extra = 2; min = 0x800; cp = c & 0x0f; }
+    else if (c >= 0xf0 && c <= 0xf4) { extra = 3; min = 0x10000; cp = c & 0x07; }
+    else return false;
+    if (i + extra >= n) return false;
+    for (let j = 1; j <= extra; j++) {
+      const d = unchecked(b[i + j]);
+      if ((d & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (d & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += extra + 1;
+  }
+  return true;
+}
