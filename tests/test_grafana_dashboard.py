@@ -135,6 +135,24 @@ def exported(tmp_path_factory: pytest.TempPathFactory, plugin_dir: Path) -> dict
         },
         # Long enough to be cancelled mid-call; calls on threads (inline_call_budget_us 0) can be.
         {"name": "slow", "path": str(plugin_dir / "loop.wasm"), "match": {"path_prefix": "/slow"}, "timeout_ms": 3000},
+        # A shadow that fails, which opens its breaker: the next shadow call is skipped.
+        scripted(plugin_dir, process_request_headers={})
+        | {
+            "name": "shadowed",
+            "match": {"path_prefix": "/shadow"},
+            "candidate": {
+                "path": str(plugin_dir / "trap.wasm"),
+                "mode": "shadow",
+                "fraction": 1,
+                "circuit_breaker": {"failures": 1},
+            },
+        },
+        scripted(plugin_dir, process_request_headers={})
+        | {
+            "name": "canaried",
+            "match": {"path_prefix": "/canary"},
+            "candidate": {"path": str(plugin_dir / "scripted.wasm"), "mode": "canary", "fraction": 1},
+        },
     ]
     workdir = tmp_path_factory.mktemp("dashboard")
     config = workdir / "extproc.yaml"
@@ -146,7 +164,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory, plugin_dir: Path) -> dict
         wait_for_http_ready(f"{url}/readyz", 30, process=server)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = ep_grpc.ExternalProcessorStub(channel)
-            for prefix in ("/ok", "/trap", "/trap"):  # the second trap call meets the open breaker
+            # The second trap call meets the open breaker, and so does the second shadow call.
+            for prefix in ("/ok", "/trap", "/trap", "/shadow", "/shadow", "/canary"):
                 exchange(stub, request_to(prefix))
             exchange(stub, request_to("/big"), body(b"x" * 600 * 1024, end_of_stream=True))
             cancel_a_call_mid_flight(stub, f"{url}/metrics")
