@@ -131,8 +131,8 @@ def test_cli_plugin_bench_reports_rate_latency_and_memory(tmp_path: Path) -> Non
 def test_bench_refuses_what_the_server_would_refuse() -> None:
     wasm = example_wasm("json-transform")
     config = {"request": {"redact": ["ssn"]}}
-    with pytest.raises(BenchError, match=r"needs memory_limit_mb >= \d+, more than the limit of 3 MiB"):
-        bench(wasm, phase="request_body", body_size=1024 * 1024, config=config, memory_limit_mb=3, seconds=0.01)
+    with pytest.raises(BenchError, match=r"needs memory_limit_mb >= \d+, more than the limit of 2 MiB"):
+        bench(wasm, phase="request_body", body_size=1024 * 1024, config=config, memory_limit_mb=2, seconds=0.01)
     with pytest.raises(BenchError, match="is over max_body_bytes"):
         bench(wasm, phase="request_body", body_size=2048, config=config, max_body_bytes=1024, seconds=0.01)
 
