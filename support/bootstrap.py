@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from extproc.deploy.envoy_config import HCM_STAT_PREFIX, access_log, connection_manager
+from extproc.deploy.envoy_config import HCM_STAT_PREFIX, access_log, connection_manager, runtime_layer
 from extproc.wire import METADATA_NAMESPACE, ROUTE_METADATA_ATTRIBUTE
 
 EXT_PROC_FILTER_NAME = "envoy.filters.http.ext_proc"
@@ -264,8 +264,11 @@ def render_bootstrap(
             "clusters": clusters,
         },
     }
+    # The runtime `extproc envoy-config` gives every Envoy, so tests and the bench run what users run.
+    layers = [runtime_layer()]
     if otlp_collector_port is not None:
         # Envoy sends its spans every 5 s or per 5 spans; a test should not wait that long.
         flush = {"tracing.opentelemetry.flush_interval_ms": 50, "tracing.opentelemetry.min_flush_spans": 1}
-        bootstrap["layered_runtime"] = {"layers": [{"name": "tracing", "static_layer": flush}]}
+        layers.append({"name": "tracing", "static_layer": flush})
+    bootstrap["layered_runtime"] = {"layers": layers}
     return bootstrap

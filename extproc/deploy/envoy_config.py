@@ -19,6 +19,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final
 
 import yaml
@@ -615,6 +616,18 @@ def connection_manager(
     }
 
 
+# Envoy's runtime settings every ext_proc Envoy of ours needs. Without a graceful close, Envoy resets
+# an ext_proc stream once it expects nothing more, just as the server ends it; grpc.aio then leaks the
+# native memory of the operation that failed on the reset stream (measured: 55 bytes per request with a
+# response body plugin, growing for good; none with it).
+RUNTIME: Final[Mapping[str, Any]] = MappingProxyType({"envoy.reloadable_features.ext_proc_graceful_grpc_close": True})
+
+
+def runtime_layer() -> dict[str, Any]:
+    """A `layered_runtime` layer with RUNTIME, for the bootstrap's `layered_runtime.layers`."""
+    return {"name": "extproc", "static_layer": dict(RUNTIME)}
+
+
 def bootstrap(config: Config, needs: Selection, options: Options, proxy: Proxy) -> dict[str, Any]:
     """A complete Envoy bootstrap: listener -> ext_proc -> router -> ``proxy.upstream``."""
     pieces = fragment(config, needs, dataclasses.replace(options, route_cluster=UPSTREAM_CLUSTER))
@@ -624,6 +637,7 @@ def bootstrap(config: Config, needs: Selection, options: Options, proxy: Proxy) 
     )
     return {
         "admin": {"address": proxy.admin.socket_address()},
+        "layered_runtime": {"layers": [runtime_layer()]},
         # Envoy warns on every start without a downstream connection limit.
         "overload_manager": {
             "resource_monitors": [
