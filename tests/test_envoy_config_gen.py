@@ -19,6 +19,7 @@ from extproc import cli
 from extproc.config import Config, ConfigError, parse_config
 from extproc.deploy import envoy_config as ec
 from extproc.deploy.demo import DemoPorts, demo_bootstrap
+from support.bootstrap import render_bootstrap
 from support.envoy import envoy_argv, envoy_validate
 from support.processes import ManagedProcess, free_port, wait_for_http_ready, wait_for_port
 from tests.e2e.harness import request, start_upstream
@@ -350,6 +351,22 @@ def test_cluster_is_http2_health_checked_and_lists_every_server(plugin_dir: Path
     assert cluster["per_connection_buffer_limit_bytes"] == 1024
     assert "health_checks" not in ec.extproc_cluster(config, ec.Options(servers=servers, health_check=False))
     assert ec.extproc_cluster(config, options())["type"] == "STATIC"
+
+
+@pytest.mark.parametrize("path", GENERATED, ids=lambda p: p.name)
+def test_every_envoy_we_write_closes_ext_proc_streams_gracefully(
+    plugin_dir: Path, tmp_path: Path, path: Path
+) -> None:
+    # Without it Envoy resets each stream as the server ends it, and grpc.aio leaks per request
+    # (docs/operations.md, "Memory"); the e2e and bench Envoys carry it as well.
+    config = make_config(tmp_path, plugin(plugin_dir / "transform.wasm"))
+    generated = ec.bootstrap(config, ec.phase_needs(config), options(), PROXY)
+    checked_in = yaml.safe_load(path.read_text())
+    tests_envoy = render_bootstrap(listen_port=1, admin_port=2, upstream_port=3, extproc_port=4)
+    for document in (generated, checked_in, tests_envoy):
+        layers = document["layered_runtime"]["layers"]
+        runtime = {key: value for layer in layers for key, value in layer["static_layer"].items()}
+        assert runtime["envoy.reloadable_features.ext_proc_graceful_grpc_close"] is True
 
 
 def test_fragment_is_what_the_bootstrap_contains(plugin_dir: Path, tmp_path: Path) -> None:
