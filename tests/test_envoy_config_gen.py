@@ -354,9 +354,7 @@ def test_cluster_is_http2_health_checked_and_lists_every_server(plugin_dir: Path
 
 
 @pytest.mark.parametrize("path", GENERATED, ids=lambda p: p.name)
-def test_every_envoy_we_write_closes_ext_proc_streams_gracefully(
-    plugin_dir: Path, tmp_path: Path, path: Path
-) -> None:
+def test_every_envoy_we_write_closes_ext_proc_streams_gracefully(plugin_dir: Path, tmp_path: Path, path: Path) -> None:
     # Without it Envoy resets each stream as the server ends it, and grpc.aio leaks per request
     # (docs/operations.md, "Memory"); the e2e and bench Envoys carry it as well.
     config = make_config(tmp_path, plugin(plugin_dir / "transform.wasm"))
