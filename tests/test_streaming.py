@@ -200,14 +200,18 @@ def test_duplex_body_no_plugin_reads_is_sent_back_chunk_by_chunk(plugin_dir: Pat
         assert stream.done
 
 
-def test_duplex_body_for_a_whole_body_plugin_is_held_then_sent_with_the_trailers(plugin_dir: Path) -> None:
-    whole = {
+def _whole_body_plugin(plugin_dir: Path) -> dict[str, Any]:
+    """A plugin that reads the whole response body (it exports no chunk phase) and prefixes it with "<"."""
+    return {
         "name": "whole",
         "path": str(plugin_dir / "transform.wasm"),
         "execution_points": ["response_body"],
         "config": {"prefix": "<"},
     }
-    with _plugin_set([whole]) as loaded:
+
+
+def test_duplex_body_for_a_whole_body_plugin_is_held_then_sent_with_the_trailers(plugin_dir: Path) -> None:
+    with _plugin_set([_whole_body_plugin(plugin_dir)]) as loaded:
         stream = ExchangeStream(loaded, 1024)
         trailers = ep.ProcessingRequest(
             response_trailers=ep.HttpTrailers(
@@ -234,13 +238,7 @@ def test_duplex_body_for_a_whole_body_plugin_is_held_then_sent_with_the_trailers
 
 def test_buffered_body_followed_by_trailers_is_answered_whole(plugin_dir: Path) -> None:
     """BUFFERED sends a body that trailers follow without end_of_stream: it is the whole body all the same."""
-    whole = {
-        "name": "whole",
-        "path": str(plugin_dir / "transform.wasm"),
-        "execution_points": ["response_body"],
-        "config": {"prefix": "<"},
-    }
-    with _plugin_set([whole]) as loaded:
+    with _plugin_set([_whole_body_plugin(plugin_dir)]) as loaded:
         stream = ExchangeStream(loaded, 1024)
         replies = asyncio.run(
             _send_all(stream, _headers_message(), _response_headers_message(end_of_stream=False), _chunk(b"ab", False))
